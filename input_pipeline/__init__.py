@@ -1,0 +1,1 @@
+"""tf.data input pipelines of mvp-jax: tokenizers, concepts, example assembly, datasets."""

@@ -1,0 +1,54 @@
+"""The two data contracts of mvp-jax: stored image records and model batches.
+
+Every source (ShapesWorld, the VinVL importer, custom datasets) produces **image records**; the
+pipeline turns them into **batches** that `mvp_jax` models consume. Both are plain dicts of numpy
+arrays / Python values so that tests can build them by hand.
+
+Image record (one per image; captions are a list so region features are stored once):
+  image_id:        str, unique within a split.
+  image_png:       bytes, PNG of the image, or b'' when only features exist (VinVL).
+  image_size:      int32 [2], (height, width) in pixels of the image the boxes refer to.
+  region_features: float32 [N, D]; the last 6 dims are the normalised box
+                   [x1/w, y1/h, x2/w, y2/h, (x2-x1)/w, (y2-y1)/h] (spec §5.1).
+  boxes:           float32 [N, 4], (x1, y1, x2, y2) in pixels.
+  tags:            list[str] of length N, the detector class of each region (object tags).
+  captions:        list[str] of length C.
+  phrases:         list (length C) of lists of tuples of str: the scene-graph phrase tuples of each
+                   caption, e.g. [('dog',), ('dog', 'brown'), ('man', 'ride', 'horse')].
+  phrase_regions:  list (length C) of lists of int parallel to `phrases`: index of the region each
+                   phrase is grounded to, -1 when unknown (gold links exist for ShapesWorld only).
+
+Model batch (leading dim B = per-host batch; La = max_seq_length + max_phrases, T = max_tag_length,
+R = max_img_seq_length, D = region feature dim), names as in the reference code and golden file:
+  input_ids_a        int32 [B, La]     [CLS] words phrases [SEP] [PAD]...
+  attention_mask_a   int32 [B, La]
+  token_type_ids_a   int32 [B, La]
+  input_ids_b        int32 [B, T]      [CLS] tags [SEP] [PAD]...
+  token_type_ids_b   int32 [B, T]
+  attention_mask_b   int32 [B, T + R]  tags block then region block
+  img_feats          float32 [B, R, D] zero rows are padding
+  phrase_index       int32 [B, 2]      [start, end) of the phrases in the cross-modal sequence
+  img_index          int32 [B, 2]      [start, end) of the real regions in the cross-modal sequence
+  mlm_labels_a       int32 [B, La]     original word id at corrupted word positions, else -1
+  mlm_labels_b       int32 [B, T]      original tag id at corrupted tag positions, else -1
+  phrase_region_links int32 [B, La]    at a phrase position: gold region slot (0..R-1), else -1
+  image_index        int32 [B]         index of the image within its split (groups captions)
+  example_index      int64 [B]         position of the example in the epoch-independent order
+  example_valid      int32 [B]         1 for real examples, 0 for rows that pad the last eval batch
+"""
+
+TEXT_KEYS = ('input_ids_a', 'attention_mask_a', 'token_type_ids_a')
+VISUAL_KEYS = ('input_ids_b', 'token_type_ids_b', 'attention_mask_b', 'img_feats')
+INDEX_KEYS = ('phrase_index', 'img_index')
+LABEL_KEYS = ('mlm_labels_a', 'mlm_labels_b')
+GROUNDING_KEYS = ('phrase_region_links',)
+BOOKKEEPING_KEYS = ('image_index', 'example_index', 'example_valid')
+
+MODEL_INPUT_KEYS = TEXT_KEYS + VISUAL_KEYS + INDEX_KEYS
+BATCH_KEYS = MODEL_INPUT_KEYS + LABEL_KEYS + GROUNDING_KEYS + BOOKKEEPING_KEYS
+
+RECORD_KEYS = ('image_id', 'image_png', 'image_size', 'region_features', 'boxes', 'tags',
+               'captions', 'phrases', 'phrase_regions')
+
+NUM_BOX_DIMS = 6
+IGNORE_LABEL = -1

@@ -1,0 +1,1 @@
+"""mvp-jax: MVPTR (multi-stage vision-language pre-training) in JAX/Flax."""

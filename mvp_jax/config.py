@@ -1,0 +1,103 @@
+"""Model configuration of MVPTR (spec §1.1).
+
+`ModelConfig` is a frozen dataclass so that it can be a static field of Flax modules. Configs in
+`configs/` are `ml_collections.ConfigDict`s; `ModelConfig.from_dict` turns their `model` field into
+this dataclass.
+"""
+
+import dataclasses
+from typing import Any, Mapping, Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Sizes and options of the MVPTR backbone and its heads.
+
+  Attributes:
+    vocab_size: rows of the shared word table: WordPiece words followed by phrase-concept ids
+      (spec §5.3; the authors' base checkpoint has >= 86051 rows).
+    word_vocab_size: words only (`only_word_size`); the MLM and concept heads predict over these.
+    hidden_size: width of every encoder.
+    num_heads: attention heads per layer (head_dim = hidden_size / num_heads).
+    mlp_dim: feed-forward width.
+    num_text_layers / num_visual_layers / num_cross_layers: depths of the three encoders.
+    max_position_embeddings: rows of the position table (text and tags share it).
+    type_vocab_size: rows of the segment table.
+    region_feature_dim: width of one region feature (2048 RoI + 6 box dims for VinVL).
+    use_region_layernorm: LayerNorm after the region projection (torch name `bert.LayerNorm`).
+    layer_norm_eps: epsilon of every LayerNorm.
+    dropout_rate: hidden dropout (embeddings, region embedding, attention output, FFN output).
+    attention_dropout_rate: dropout on the attention probabilities.
+    initializer_range: std of the normal initialiser of kernels and embeddings.
+    qa_num_answers: size of the optional pre-training `qa_head` (0 = no such head).
+    logit_scale_init: initial value of the learnable ITC log-temperature, log(1/0.07).
+    dtype: compute dtype, 'float32' or 'bfloat16'; parameters are always float32.
+    remat: rematerialise each transformer layer in the backward pass (saves activation memory).
+    cross_tag_slots: extra tag slots that enter the cross-modal encoder in front of the regions. 0 is
+      the clean default; 10 reproduces the authors' VQA fine-tuning quirk (spec §10.1).
+  """
+  vocab_size: int = 86051
+  word_vocab_size: int = 30522
+  hidden_size: int = 768
+  num_heads: int = 12
+  mlp_dim: int = 3072
+  num_text_layers: int = 6
+  num_visual_layers: int = 6
+  num_cross_layers: int = 6
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  region_feature_dim: int = 2054
+  use_region_layernorm: bool = False
+  layer_norm_eps: float = 1e-12
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  initializer_range: float = 0.02
+  qa_num_answers: int = 0
+  logit_scale_init: float = 2.659260036932778
+  dtype: str = 'float32'
+  remat: bool = False
+  cross_tag_slots: int = 0
+
+  def __post_init__(self):
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f'hidden_size {self.hidden_size} is not a multiple of num_heads '
+                       f'{self.num_heads}.')
+    if self.word_vocab_size > self.vocab_size:
+      raise ValueError(f'word_vocab_size {self.word_vocab_size} exceeds vocab_size '
+                       f'{self.vocab_size}: concepts are rows after the words.')
+    if self.dtype not in ('float32', 'bfloat16'):
+      raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}.")
+    for name in ('num_text_layers', 'num_visual_layers', 'num_cross_layers'):
+      if getattr(self, name) < 1:
+        raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}.')
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @classmethod
+  def from_dict(cls, values: Optional[Mapping[str, Any]]) -> 'ModelConfig':
+    """Builds a config from a mapping (e.g. `config.model` of a ConfigDict); unknown keys fail."""
+    values = dict(values or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f'Unknown model config keys {unknown}; known keys: {sorted(known)}.')
+    return cls(**values)
+
+  def replace(self, **changes) -> 'ModelConfig':
+    return dataclasses.replace(self, **changes)
+
+
+def base() -> ModelConfig:
+  """The paper's base setting: BERT-base sizes, 6+6+6 layers (spec §1.1)."""
+  return ModelConfig()
+
+
+def tiny(**overrides) -> ModelConfig:
+  """A few-thousand-parameter model for tests and CPU runs."""
+  values = dict(vocab_size=300, word_vocab_size=200, hidden_size=32, num_heads=4, mlp_dim=64,
+                num_text_layers=2, num_visual_layers=2, num_cross_layers=2,
+                max_position_embeddings=64, region_feature_dim=2054, use_region_layernorm=True)
+  values.update(overrides)
+  return ModelConfig(**values)

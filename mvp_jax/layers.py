@@ -1,0 +1,235 @@
+"""Transformer building blocks of MVPTR: embeddings, post-LN BERT layers, encoders, heads.
+
+Every parameter is declared with logical axis names (`vocab`, `embed`, `mlp`, `heads`, `kv`, ...)
+and the main activations carry logical constraints, so the same modules run replicated,
+data-parallel, FSDP or tensor-parallel depending only on the mesh rules (see `sharding.py`).
+Parameter names follow the authors' PyTorch modules so the converter is a plain renaming.
+"""
+
+from typing import Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mvp_jax.config import ModelConfig
+
+Array = jax.Array
+
+# The reference code adds (1 - mask) * -10000 to the attention scores, not -inf (spec §1.4).
+MASK_VALUE = -10000.0
+
+
+def _dtype(config: ModelConfig):
+  return jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
+
+
+def _normal(config: ModelConfig, axes: Sequence[Optional[str]]):
+  return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), axes)
+
+
+def _zeros(axes):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def _ones(axes):
+  return nn.with_logical_partitioning(nn.initializers.ones_init(), axes)
+
+
+def constrain(x: Array, axes: Tuple[Optional[str], ...]) -> Array:
+  """Logical sharding constraint on an activation (a no-op outside a mesh / rules context)."""
+  return nn.with_logical_constraint(x, axes)
+
+
+def gelu(x: Array) -> Array:
+  """Exact erf GELU, as `modeling_bert.gelu` (spec §1.1)."""
+  return jax.nn.gelu(x, approximate=False)
+
+
+def layer_norm(config: ModelConfig, name: Optional[str] = None) -> nn.LayerNorm:
+  """BERT LayerNorm (biased variance, eps 1e-12) with logically partitioned scale and bias."""
+  return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=_dtype(config), param_dtype=jnp.float32,
+                      scale_init=_ones(('embed',)), bias_init=_zeros(('embed',)), name=name)
+
+
+def dense(config: ModelConfig, features: int, axes: Tuple[Optional[str], Optional[str]],
+          name: str, use_bias: bool = True) -> nn.Dense:
+  return nn.Dense(features, use_bias=use_bias, dtype=_dtype(config), param_dtype=jnp.float32,
+                  kernel_init=_normal(config, axes), bias_init=_zeros((axes[1],)), name=name)
+
+
+class Embeddings(nn.Module):
+  """Shared word + position + segment embeddings, LayerNorm and dropout (`bert.embeddings`).
+
+  Text, phrase concepts (extra rows of the word table) and tags all use these tables; the tag
+  stream restarts its positions at 0 (spec §1.3).
+  """
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    dtype = _dtype(cfg)
+    self.word_embeddings = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype,
+                                    param_dtype=jnp.float32,
+                                    embedding_init=_normal(cfg, ('vocab', 'embed')))
+    self.position_embeddings = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size,
+                                        dtype=dtype, param_dtype=jnp.float32,
+                                        embedding_init=_normal(cfg, ('position', 'embed')))
+    self.token_type_embeddings = nn.Embed(cfg.type_vocab_size, cfg.hidden_size, dtype=dtype,
+                                          param_dtype=jnp.float32,
+                                          embedding_init=_normal(cfg, ('segment', 'embed')))
+    self.layernorm = layer_norm(cfg)
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+
+  def __call__(self, input_ids: Array, token_type_ids: Array, deterministic: bool) -> Array:
+    """[batch, length] ids and segments -> [batch, length, hidden]; positions 0..length-1."""
+    length = input_ids.shape[1]
+    if length > self.config.max_position_embeddings:
+      raise ValueError(f'Sequence length {length} exceeds max_position_embeddings '
+                       f'{self.config.max_position_embeddings}.')
+    positions = jnp.arange(length)[None, :]
+    x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+         + self.token_type_embeddings(token_type_ids))
+    x = self.layernorm(x)
+    x = self.dropout(x, deterministic=deterministic)
+    return constrain(x, ('batch', 'length', 'embed'))
+
+
+class RegionEmbedding(nn.Module):
+  """Region features -> hidden: Dense, optional LayerNorm (`bert.LayerNorm`), dropout (§1.3).
+
+  Regions get no position or segment embedding and skip the embedding LayerNorm.
+  """
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, img_feats: Array, deterministic: bool) -> Array:
+    """[batch, regions, feature_dim] -> [batch, regions, hidden]."""
+    cfg = self.config
+    if img_feats.shape[-1] != cfg.region_feature_dim:
+      raise ValueError(f'img_feats has feature dim {img_feats.shape[-1]}, the model expects '
+                       f'region_feature_dim={cfg.region_feature_dim}.')
+    x = dense(cfg, cfg.hidden_size, ('region_feature', 'embed'), 'img_embedding')(img_feats)
+    if cfg.use_region_layernorm:
+      x = layer_norm(cfg, 'img_layernorm')(x)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    return constrain(x, ('batch', 'length', 'embed'))
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention with an additive key mask (`attention.self` + `output.dense`)."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
+    """x [batch, length, hidden], key_mask [batch, length] (1 = attend) -> [batch, length, hidden]."""
+    cfg = self.config
+    dtype = _dtype(cfg)
+
+    def projection(name):
+      return nn.DenseGeneral((cfg.num_heads, cfg.head_dim), dtype=dtype, param_dtype=jnp.float32,
+                             kernel_init=_normal(cfg, ('embed', 'heads', 'kv')),
+                             bias_init=_zeros(('heads', 'kv')), name=name)
+
+    query = projection('query')(x)
+    key = projection('key')(x)
+    value = projection('value')(x)
+    query = constrain(query, ('batch', 'length', 'heads', 'kv'))
+    key = constrain(key, ('batch', 'length', 'heads', 'kv'))
+    value = constrain(value, ('batch', 'length', 'heads', 'kv'))
+    scores = jnp.einsum('bqhd,bkhd->bhqk', query, key) / jnp.sqrt(cfg.head_dim).astype(dtype)
+    bias = (1.0 - key_mask[:, None, None, :].astype(jnp.float32)) * MASK_VALUE
+    # Softmax in float32 keeps bfloat16 runs stable; float32 runs are unchanged.
+    probs = jax.nn.softmax(scores.astype(jnp.float32) + bias, axis=-1).astype(dtype)
+    probs = nn.Dropout(cfg.attention_dropout_rate)(probs, deterministic=deterministic)
+    context = jnp.einsum('bhqk,bkhd->bqhd', probs, value)
+    context = constrain(context, ('batch', 'length', 'heads', 'kv'))
+    out = nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), dtype=dtype, param_dtype=jnp.float32,
+                          kernel_init=_normal(cfg, ('heads', 'kv', 'embed')),
+                          bias_init=_zeros(('embed',)), name='output')(context)
+    return constrain(out, ('batch', 'length', 'embed'))
+
+
+class TransformerLayer(nn.Module):
+  """Post-LN BERT layer (spec §1.4): attention, residual + LN, GELU FFN, residual + LN."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
+    """x [batch, length, hidden], key_mask [batch, length] -> [batch, length, hidden]."""
+    cfg = self.config
+    attended = SelfAttention(cfg, name='attention')(x, key_mask, deterministic)
+    attended = nn.Dropout(cfg.dropout_rate)(attended, deterministic=deterministic)
+    x = layer_norm(cfg, 'attention_layernorm')(attended + x)
+    hidden = gelu(dense(cfg, cfg.mlp_dim, ('embed', 'mlp'), 'intermediate')(x))
+    hidden = constrain(hidden, ('batch', 'length', 'mlp'))
+    out = dense(cfg, cfg.hidden_size, ('mlp', 'embed'), 'output')(hidden)
+    out = nn.Dropout(cfg.dropout_rate)(out, deterministic=deterministic)
+    out = layer_norm(cfg, 'output_layernorm')(out + x)
+    return constrain(out, ('batch', 'length', 'embed'))
+
+
+class Encoder(nn.Module):
+  """A stack of `num_layers` transformer layers (`txt_encoder`, `vis_encoder` or `mul_encoder`)."""
+  config: ModelConfig
+  num_layers: int
+
+  @nn.compact
+  def __call__(self, x: Array, key_mask: Array, deterministic: bool,
+               return_layer: Optional[int] = None) -> Tuple[Array, Optional[Array]]:
+    """Runs the stack.
+
+    Args:
+      x: [batch, length, hidden] input embeddings.
+      key_mask: [batch, length], 1 on real tokens.
+      deterministic: disables dropout.
+      return_layer: 0-based index of a layer whose output is also returned (spec §10.3).
+
+    Returns:
+      ([batch, length, hidden] final output, [batch, length, hidden] output of `return_layer` or
+      None).
+    """
+    if return_layer is not None and not 0 <= return_layer < self.num_layers:
+      raise ValueError(f'return_layer {return_layer} outside [0, {self.num_layers}).')
+    layer_cls = TransformerLayer
+    if self.config.remat:
+      layer_cls = nn.remat(TransformerLayer, static_argnums=(3,))
+    selected = None
+    for index in range(self.num_layers):
+      x = layer_cls(self.config, name=f'layer_{index}')(x, key_mask, deterministic)
+      if index == return_layer:
+        selected = x
+    return x, selected
+
+
+class Pooler(nn.Module):
+  """tanh(Dense(sequence[:, 0])) (`bert.pooler`)."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, sequence: Array) -> Array:
+    """[batch, length, hidden] -> [batch, hidden]."""
+    cfg = self.config
+    return jnp.tanh(dense(cfg, cfg.hidden_size, ('embed', 'embed_out'), 'dense')(sequence[:, 0]))
+
+
+class PredictionHead(nn.Module):
+  """BertLMPredictionHead with an untied decoder: Dense + GELU + LN, then x @ decoderᵀ + bias.
+
+  `decoder` is stored like an embedding table, [num_outputs, hidden], as in PyTorch, so that it
+  can be initialised as a copy of the word embeddings' first rows (spec §1.7).
+  """
+  config: ModelConfig
+  num_outputs: int
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """[..., hidden] -> [..., num_outputs] logits (float32)."""
+    cfg = self.config
+    x = gelu(dense(cfg, cfg.hidden_size, ('embed', 'embed_out'), 'transform')(x))
+    x = layer_norm(cfg, 'transform_layernorm')(x)
+    decoder = self.param('decoder', _normal(cfg, ('vocab', 'embed')),
+                         (self.num_outputs, cfg.hidden_size), jnp.float32)
+    bias = self.param('bias', _zeros(('vocab',)), (self.num_outputs,), jnp.float32)
+    logits = jnp.einsum('...h,vh->...v', x, decoder.astype(x.dtype))
+    return logits.astype(jnp.float32) + bias

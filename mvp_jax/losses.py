@@ -1,0 +1,169 @@
+"""The five MVPTR pre-training objectives as small pure functions (spec §2).
+
+Each returns `(loss, metrics)` where `metrics` holds the counts needed for accuracies. Where the
+reference code yields NaN (no masked token, no phrase in the batch) these return 0 with the
+normaliser clamped to 1, so a batch without such items contributes nothing instead of poisoning
+the sum.
+
+Shapes: B batch, La text length, L cross-modal length, R region slots, V word vocabulary.
+"""
+
+from typing import Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from mvp_jax import negatives
+
+Array = jax.Array
+LossAndMetrics = Tuple[Array, Dict[str, Array]]
+
+WPG_MARGIN = 0.2
+WPG_TOP_K = 3
+
+
+def masked_token_loss(logits: Array, labels: Array) -> LossAndMetrics:
+  """Cross-entropy at positions with label >= 0, averaged over those positions (MLM and MCR).
+
+  Args:
+    logits: [..., V] float logits.
+    labels: [...] int ids, -1 where there is no target.
+
+  Returns:
+    (mean loss, {'count', 'correct'}). With no target at all the loss is 0 (the reference: NaN).
+  """
+  valid = labels >= 0
+  safe_labels = jnp.where(valid, labels, 0)
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(log_probs, safe_labels[..., None], axis=-1)[..., 0]
+  count = valid.sum()
+  loss = jnp.where(valid, nll, 0.0).sum() / jnp.maximum(count, 1)
+  correct = (valid & (jnp.argmax(logits, axis=-1) == labels)).sum()
+  return loss, {'count': count, 'correct': correct}
+
+
+def masked_language_loss(mlm_logits: Array, mlm_labels_a: Array) -> LossAndMetrics:
+  """MLM on the cross-modal text positions (spec §2.6): logits [B, La, V], labels [B, La]."""
+  return masked_token_loss(mlm_logits[:, :mlm_labels_a.shape[1]], mlm_labels_a)
+
+
+def masked_concept_loss(vis_mlm_logits: Array, mlm_labels_b: Array) -> LossAndMetrics:
+  """MCR on the visual-encoder tag positions (spec §2.3): logits [B, T+R, V], labels [B, T]."""
+  return masked_token_loss(vis_mlm_logits[:, :mlm_labels_b.shape[1]], mlm_labels_b)
+
+
+def contrastive_loss(sim_mat: Array, logit_scale: Array, num_groups: int = 1) -> LossAndMetrics:
+  """Symmetric InfoNCE on exp(logit_scale)·sim (ITC/VSC, spec §2.4).
+
+  Args:
+    sim_mat: [B, B] cosine similarities, rows texts, columns images; pair i is (text i, image i).
+    logit_scale: [] learnable log-temperature (not clamped, as in the reference).
+    num_groups: `local` negatives: each of the G contiguous groups only sees its own samples and
+      the loss is the mean over groups (what averaging per-GPU losses did); 1 = global batch.
+
+  Returns:
+    (loss, {'t2i_correct', 'i2t_correct', 'count'}).
+  """
+  logits = negatives.group_blocks(sim_mat * jnp.exp(logit_scale), num_groups)  # [G, b, b]
+  targets = jnp.arange(logits.shape[1])
+
+  def cross_entropy(x):
+    log_probs = jax.nn.log_softmax(x, axis=-1)
+    return -jnp.take_along_axis(log_probs, targets[None, :, None], axis=-1).mean()
+
+  loss = 0.5 * (cross_entropy(logits) + cross_entropy(jnp.swapaxes(logits, 1, 2)))
+  return loss, {
+      't2i_correct': (jnp.argmax(logits, axis=2) == targets).sum(),
+      'i2t_correct': (jnp.argmax(logits, axis=1) == targets).sum(),
+      'count': jnp.asarray(sim_mat.shape[0]),
+  }
+
+
+def matching_loss(itm_logits: Array) -> LossAndMetrics:
+  """ITM cross-entropy over [positives; hard negatives] (spec §2.5): logits [2B, 2].
+
+  Pre-training convention: label 0 = matched (first B rows), 1 = mismatched (last B rows).
+  """
+  num_pairs = itm_logits.shape[0] // 2
+  labels = jnp.concatenate([jnp.zeros(num_pairs, jnp.int32), jnp.ones(num_pairs, jnp.int32)])
+  log_probs = jax.nn.log_softmax(itm_logits.astype(jnp.float32), axis=-1)
+  loss = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1).mean()
+  correct = (jnp.argmax(itm_logits, axis=-1) == labels).sum()
+  return loss, {'correct': correct, 'count': jnp.asarray(2 * num_pairs)}
+
+
+def span_mask(index: Array, length: int) -> Array:
+  """[B, 2] [start, end) ranges -> [B, length] bool mask."""
+  positions = jnp.arange(length)[None, :]
+  return (positions >= index[:, :1]) & (positions < index[:, 1:2])
+
+
+def _l2_normalize(x: Array) -> Array:
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def sampled_top_k_similarity(rng: Array, similarity: Array, phrase_mask: Array,
+                             region_mask: Array, top_k: int = WPG_TOP_K) -> Array:
+  """`t2i_sim`: per phrase, one of its top-k region similarities at random; mean over phrases.
+
+  Args:
+    rng: PRNG key for the uniform pick among the top k.
+    similarity: [B, P, R] phrase-region cosines.
+    phrase_mask: [B, P] real phrases; region_mask [B, R] real regions.
+    top_k: 3 in the reference. An image with fewer than k regions picks among those it has (the
+      reference crashes there).
+
+  Returns:
+    [B] mean picked similarity; 0 for a sample without phrases or regions.
+  """
+  masked = jnp.where(region_mask[:, None, :], similarity, -jnp.inf)
+  k = min(top_k, similarity.shape[-1])
+  top_values, _ = jax.lax.top_k(masked, k)  # [B, P, k], descending
+  available = jnp.minimum(region_mask.sum(-1), k)[:, None]  # [B, 1]
+  pick = jax.random.randint(rng, phrase_mask.shape, 0, jnp.maximum(available, 1))
+  picked = jnp.take_along_axis(top_values, pick[..., None], axis=-1)[..., 0]
+  valid = phrase_mask & (available > 0)
+  total = jnp.where(valid, picked, 0.0).sum(-1)
+  return total / jnp.maximum(valid.sum(-1), 1)
+
+
+def phrase_grounding_loss(rng: Array, cross_sequence: Array, phrase_index: Array,
+                          img_index: Array, num_groups: int = 1, margin: float = WPG_MARGIN
+                          ) -> LossAndMetrics:
+  """Weakly-supervised phrase grounding (WPG, spec §2.7).
+
+  pos_i = t2i_sim(phrases of i, regions of i); neg_i = t2i_sim(phrases of i, regions of j) with j
+  a uniformly drawn other sample of i's group; both read from the positive pairs' cross-modal
+  outputs. loss = mean over samples with phrases of max(0, neg_i + margin − pos_i).
+
+  Args:
+    rng: PRNG key (negative choice and top-k picks).
+    cross_sequence: [B, L, H] cross-modal output of the positive pairs.
+    phrase_index: [B, 2] [start, end) of the phrases; img_index [B, 2] of the real regions,
+      both absolute positions in the cross-modal sequence.
+    num_groups: negatives drawn within each of G contiguous groups (`local`) or globally (1).
+    margin: hinge margin (0.2).
+
+  Returns:
+    (loss, {'count': samples with phrases, 'pos': mean pos, 'neg': mean neg}). Without any phrase
+    in the batch the loss is 0 (the reference: NaN).
+  """
+  batch, length = cross_sequence.shape[:2]
+  normed = _l2_normalize(cross_sequence.astype(jnp.float32))
+  phrase_mask = span_mask(phrase_index, length)
+  region_mask = span_mask(img_index, length)
+  similarity = jnp.einsum('bph,brh->bpr', normed, normed)  # [B, L, L]
+  other = negatives.random_other_index(jax.random.fold_in(rng, 0), batch, num_groups)
+  similarity_neg = jnp.einsum('bph,brh->bpr', normed, normed[other])
+  pos = sampled_top_k_similarity(jax.random.fold_in(rng, 1), similarity, phrase_mask,
+                                 region_mask)
+  neg = sampled_top_k_similarity(jax.random.fold_in(rng, 2), similarity_neg, phrase_mask,
+                                 region_mask[other])
+  has_phrase = phrase_mask.any(-1)
+  count = has_phrase.sum()
+  hinge = jnp.maximum(0.0, neg + margin - pos)
+  loss = jnp.where(has_phrase, hinge, 0.0).sum() / jnp.maximum(count, 1)
+  denominator = jnp.maximum(count, 1)
+  return loss, {'count': count,
+                'pos': jnp.where(has_phrase, pos, 0.0).sum() / denominator,
+                'neg': jnp.where(has_phrase, neg, 0.0).sum() / denominator}

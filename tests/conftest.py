@@ -1,0 +1,30 @@
+"""Test setup: 8 fake CPU devices (set before jax is imported) and fast compilation."""
+
+import os
+import pathlib
+import sys
+
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+
+import jax  # pylint: disable=g-import-not-at-top
+import pytest  # pylint: disable=g-import-not-at-top
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+jax.config.update('jax_platforms', 'cpu')
+# Tests run tiny models: XLA's optimisation passes cost more than they save.
+jax.config.update('jax_disable_most_optimizations', True)
+
+REFERENCE_DIR = ROOT.parent / 'shared' / 'reference'
+
+
+@pytest.fixture(scope='session')
+def reference_dir() -> pathlib.Path:
+  """`../shared/reference` beside the checkout; tests needing it skip when it is absent."""
+  if not (REFERENCE_DIR / 'golden_tiny.npz').exists():
+    pytest.skip(f'{REFERENCE_DIR} is absent (a fresh clone without ../shared): the golden '
+                'parity test needs the authors\' reference outputs.')
+  return REFERENCE_DIR

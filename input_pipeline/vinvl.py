@@ -11,7 +11,7 @@ Inputs (spec §5.1):
                    "predictions": [class, ...]}` (tools/img_feat_extract.py). It stores no image
                    size, so its records have image_size (1, 1) and boxes in unit coordinates.
 
-Captions come from `captions.load_captions`-style files read by `load_captions` below.
+Captions ({image id: [caption]}) and phrases are read by input_pipeline/import_vinvl.py.
 
 Rows are joined to captions strictly by image id, never by row order; every seek is checked
 against the id in the row. A bad row or image becomes a problem in the `ImportReport` (file,
@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, Optional
 import numpy as np
 
 from input_pipeline import features as features_lib
-from input_pipeline import phrase_files
+from input_pipeline.region_features import box_features
 
 ROI_DIM = 2048
 BOX_DIMS = features_lib.NUM_BOX_DIMS
@@ -164,17 +164,28 @@ class TsvFile:
         if line.strip():
           yield line_no, line
 
-  def seek(self, row: int) -> tuple[int, bytes]:
-    """(line number, raw line) of 0-based `row`, found through the .lineidx offsets."""
+  def load_offsets(self) -> list[int]:
+    """The .lineidx byte offsets; RowError('bad_index') when they are not increasing ints."""
     if self._offsets is None:
-      with open(self.lineidx_path) as f:
-        self._offsets = [int(line) for line in f if line.strip()]
-    if not 0 <= row < len(self._offsets):
-      raise RowError('bad_index', f'row {row} is not among the {len(self._offsets)} rows '
+      try:
+        with open(self.lineidx_path, 'rb') as f:
+          offsets = [int(line) for line in f if line.strip()]
+      except ValueError:
+        raise RowError('bad_index', f'{self.lineidx_path} holds a non-integer offset') from None
+      if any(b <= a for a, b in zip(offsets, offsets[1:])) or (offsets and offsets[0] < 0):
+        raise RowError('bad_index', f'{self.lineidx_path} offsets are not increasing')
+      self._offsets = offsets
+    return self._offsets
+
+  def seek(self, row: int) -> tuple[int, bytes]:
+    """(1-based line number, raw line) of 0-based `row`, found through the .lineidx offsets."""
+    offsets = self.load_offsets()
+    if not 0 <= row < len(offsets):
+      raise RowError('bad_index', f'row {row} is not among the {len(offsets)} rows '
                      f'of {self.lineidx_path}')
     if self._file is None:
       self._file = open(self.path, 'rb')  # pylint: disable=consider-using-with
-    self._file.seek(self._offsets[row])
+    self._file.seek(offsets[row])
     return row + 1, self._file.readline()
 
   def close(self):
@@ -183,10 +194,10 @@ class TsvFile:
       self._file = None
 
 
-def split_fields(line: bytes, num_fields: int) -> list[str]:
+def split_fields(line: bytes, num_fields: int, maxsplit: int = -1) -> list[str]:
   """The stripped tab-separated fields of a line, which must number `num_fields`."""
   try:
-    fields = [field.strip() for field in line.decode('utf-8').split('\t')]
+    fields = [field.decode('utf-8').strip() for field in line.split(b'\t', maxsplit)]
   except UnicodeDecodeError as e:
     raise RowError('bad_row', f'not UTF-8 ({e})') from None
   if len(fields) != num_fields:
@@ -244,14 +255,17 @@ def rows_by_id(tsv: TsvFile, wanted: Iterable[str], num_fields: int, report: Imp
   for line_no, line in tsv.rows():
     where = f'{tsv.path}:{line_no}'
     try:
+      # Only the id is parsed before the row is known to be wanted: rows of other images are
+      # skipped unchecked (and cheaply).
+      image_id = options.image_id(split_fields(line, 2, maxsplit=1)[0])
+      if image_id not in wanted:
+        report.stats['rows_without_captions'] += 1
+        continue
       fields = split_fields(line, num_fields)
-      image_id = options.image_id(fields[0])
     except RowError as e:
       report.problem(e.kind, where, e.detail)
       continue
-    if image_id not in wanted:
-      report.stats['rows_without_captions'] += 1
-    elif image_id in seen:
+    if image_id in seen:
       report.problem('duplicate_id', where, f'second row for image {image_id!r}; the first '
                      'one is kept')
     else:
@@ -274,8 +288,8 @@ def open_index(tsv: TsvFile, report: ImportReport,
     return None
 
 
-def decode_features(encoded: str, num_boxes: Optional[int]) -> np.ndarray:
-  """float32 [N, D] from base64; `num_boxes` (None: unknown) must divide the values evenly."""
+def decode_features(encoded: str, num_boxes: int) -> np.ndarray:
+  """float32 [num_boxes, D] from base64; `num_boxes` must divide the values evenly."""
   try:
     data = base64.b64decode(encoded, validate=True)
   except (binascii.Error, ValueError) as e:
@@ -283,21 +297,13 @@ def decode_features(encoded: str, num_boxes: Optional[int]) -> np.ndarray:
   if len(data) % 4:
     raise RowError('bad_length', f'{len(data)} bytes is not a whole number of float32')
   values = np.frombuffer(data, dtype=np.float32)
-  if num_boxes is None or num_boxes <= 0 or values.size % num_boxes:
+  if num_boxes <= 0 or values.size % num_boxes:
     raise RowError('bad_length', f'{values.size} values do not split into {num_boxes} boxes')
   features = values.reshape(num_boxes, -1).copy()
   if not np.isfinite(features).all():
     bad_boxes = np.flatnonzero(~np.isfinite(features).all(axis=1))
     raise RowError('non_finite', f'NaN/Inf in boxes {bad_boxes[:5].tolist()}')
   return features
-
-
-def box_features(rects: np.ndarray, image_h: float, image_w: float) -> np.ndarray:
-  """float32 [N, 6] `[x1/w, y1/h, x2/w, y2/h, (x2-x1)/w, (y2-y1)/h]` from pixel rects [N, 4]."""
-  rects = np.asarray(rects, np.float64)
-  x1, y1, x2, y2 = rects.T
-  return np.stack([x1 / image_w, y1 / image_h, x2 / image_w, y2 / image_h,
-                   (x2 - x1) / image_w, (y2 - y1) / image_h], axis=1).astype(np.float32)
 
 
 def with_box_features(raw: np.ndarray, boxes6: np.ndarray, options: VinvlOptions) -> np.ndarray:
@@ -322,6 +328,7 @@ class Prediction:
   image_h: int
   image_w: int
   gt_classes: Optional[list] = None
+  where: str = ''
 
 
 def _objects(value: Any, name: str) -> tuple[list, np.ndarray]:
@@ -329,9 +336,9 @@ def _objects(value: Any, name: str) -> tuple[list, np.ndarray]:
     raise RowError('bad_prediction', f'"{name}" must be a list')
   classes, rects = [], []
   for i, obj in enumerate(value):
-    rect = obj.get('rect') if isinstance(obj, dict) else None
     if not isinstance(obj, dict) or not isinstance(obj.get('class'), str):
       raise RowError('bad_prediction', f'{name}[{i}] has no "class" string')
+    rect = obj.get('rect')
     if (not isinstance(rect, list) or len(rect) != 4
         or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in rect)
         or not np.isfinite(rect).all()):
@@ -341,14 +348,19 @@ def _objects(value: Any, name: str) -> tuple[list, np.ndarray]:
   return classes, np.asarray(rects, np.float32).reshape(-1, 4)
 
 
-def parse_prediction(text: str) -> Prediction:
-  """Parses one predictions.tsv JSON field."""
+def _json_object(text: str) -> dict:
   try:
     data = json.loads(text)
   except json.JSONDecodeError as e:
     raise RowError('bad_json', str(e)) from None
   if not isinstance(data, dict):
     raise RowError('bad_json', f'expected a JSON object, got {type(data).__name__}')
+  return data
+
+
+def parse_prediction(text: str) -> Prediction:
+  """Parses the JSON field of a predictions.tsv row."""
+  data = _json_object(text)
   size = [data.get('image_h'), data.get('image_w')]
   if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in size):
     raise RowError('missing_image_size', f'image_h={size[0]!r}, image_w={size[1]!r}')
@@ -357,10 +369,23 @@ def parse_prediction(text: str) -> Prediction:
   return Prediction(classes, rects, int(round(size[0])), int(round(size[1])), gt_classes)
 
 
+def _tags(prediction: Prediction, report: ImportReport, options: VinvlOptions) -> list:
+  """Detected classes, or gt_objects' classes when preferred and one per region."""
+  gt_classes = prediction.gt_classes
+  if not options.prefer_gt_objects or gt_classes is None:
+    return prediction.classes
+  if len(gt_classes) == len(prediction.classes):
+    report.stats['gt_tags'] += 1
+    return gt_classes
+  report.warning('gt_objects_unaligned', prediction.where, f'{len(gt_classes)} gt_objects for '
+                 f'{len(prediction.classes)} regions; the detected classes are the tags')
+  return prediction.classes
+
+
 def make_record(image_id: str, image_size: tuple[int, int], region_features: np.ndarray,
                 boxes: np.ndarray, tags: list, captions: list,
                 phrases: list) -> dict[str, Any]:
-  """An image record (features.py) with every phrase region unknown (-1)."""
+  """An image record (features.py) in which every phrase region is unknown (-1)."""
   return {
       'image_id': image_id,
       'image_png': b'',
@@ -374,6 +399,7 @@ def make_record(image_id: str, image_size: tuple[int, int], region_features: np.
   }
 
 
+# phrases_for(image_id, caption_index, caption) -> list of phrase tuples of that caption.
 PhrasesFor = Callable[[str, int, str], list]
 
 
@@ -381,54 +407,90 @@ def _phrases(image_id: str, captions: list, phrases_for: PhrasesFor) -> list:
   return [phrases_for(image_id, k, caption) for k, caption in enumerate(captions)]
 
 
-def iter_vinvl_records(features_path: str, predictions_path: str,
-                       captions: dict[str, list], phrases_for: PhrasesFor,
-                       report: ImportReport, options: VinvlOptions) -> Iterator[dict]:
-  """Image records of the captioned images found in features.tsv + predictions.tsv.
+def _report_missing(captions: Iterable[str], seen: set, kind: str, path: str,
+                    report: ImportReport):
+  for image_id in captions:
+    if image_id not in seen:
+      report.problem(kind, path, f'no row for captioned image {image_id!r}')
 
-  Records come in caption order when the features are sought through the index, else in
-  features-file order. `captions` is {image id: [caption]}; `phrases_for(image_id, k, caption)`
-  gives the phrase tuples of caption k.
+
+def iter_vinvl_records(features_path: str, predictions_path: str, captions: dict[str, list],
+                       phrases_for: PhrasesFor, report: ImportReport,
+                       options: VinvlOptions) -> Iterator[dict]:
+  """Image records of the captioned images found in features.tsv and predictions.tsv.
+
+  `captions` is {image id: [caption]}. Records come in caption order when the features are
+  sought through imageid2idx.json, else in features-file order.
   """
-  predictions = {}
+  predictions, seen = {}, set()
   for image_id, where, fields in rows_by_id(TsvFile(predictions_path), captions, 2, report,
-                                            options):
+                                            options, seen=seen):
     try:
       predictions[image_id] = parse_prediction(fields[1])
+      predictions[image_id].where = where
     except RowError as e:
       report.problem(e.kind, where, e.detail)
-  for image_id in captions:
-    if image_id not in predictions and not report.problems.get('_', 0):
-      pass
+  _report_missing(captions, seen, 'missing_predictions', predictions_path, report)
   wanted = [image_id for image_id in captions if image_id in predictions]
   features_tsv = TsvFile(features_path)
-  index = _feature_index(features_tsv, report, options)
-  found = set()
+  index, seen = open_index(features_tsv, report, options), set()
   try:
-    for image_id, where, fields in rows_by_id(features_tsv, wanted, 3, report, options, index):
-      found.add(image_id)
+    for image_id, where, fields in rows_by_id(features_tsv, wanted, 3, report, options, index,
+                                              seen):
       prediction = predictions[image_id]
       try:
-        num_boxes = int(fields[1]) if fields[1].isdigit() else None
-        raw = decode_features(fields[2], num_boxes)
+        if not fields[1].isdigit():
+          raise RowError('bad_row', f'num_boxes {fields[1][:20]!r} is not an integer')
+        raw = decode_features(fields[2], int(fields[1]))
         if len(prediction.classes) != raw.shape[0]:
-          raise RowError('box_count_mismatch', f'{raw.shape[0]} feature rows but '
-                         f'{len(prediction.classes)} objects in {predictions_path}')
+          raise RowError('box_count_mismatch', f'{raw.shape[0]} boxes but '
+                         f'{len(prediction.classes)} objects at {prediction.where}')
         boxes6 = box_features(prediction.rects, prediction.image_h, prediction.image_w)
         region_features = with_box_features(raw, boxes6, options)
       except RowError as e:
         report.problem(e.kind, where, e.detail)
         continue
-      yield make_record(image_id, (prediction.image_h, prediction.image_w), region_features,
-                        prediction.rects, _tags(prediction, where, report, options),
-                        captions[image_id], _phrases(image_id, captions[image_id], phrases_for))
       report.stats['records'] += 1
+      yield make_record(image_id, (prediction.image_h, prediction.image_w), region_features,
+                        prediction.rects, _tags(prediction, report, options),
+                        captions[image_id], _phrases(image_id, captions[image_id], phrases_for))
   finally:
     features_tsv.close()
-  for image_id in captions:
-    if image_id not in predictions:
-      report.problem('missing_predictions', predictions_path, f'no valid row for captioned '
-                     f'image {image_id!r}')
-    elif image_id not in found:
-      report.problem('missing_features', features_path, f'no valid row for captioned image '
-                     f'{image_id!r}')
+  _report_missing(wanted, seen, 'missing_features', features_path, report)
+
+
+def parse_extract_row(text: str, options: VinvlOptions) -> tuple[np.ndarray, list]:
+  """(features float32 [N, D], tags [N]) of a tools/img_feat_extract.py row's JSON field."""
+  data = _json_object(text)
+  tags = data.get('predictions')
+  if not isinstance(data.get('feature'), str):
+    raise RowError('bad_prediction', '"feature" is not a base64 string')
+  if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+    raise RowError('bad_prediction', '"predictions" is not a list of class strings')
+  features = decode_features(data['feature'], len(tags))
+  if features.shape[1] != options.feature_dim:
+    raise RowError('bad_length', f'{features.shape[1]} values per box; expected '
+                   f'{options.feature_dim}')
+  # The boxes are only stored normalised: check that the widths agree with the corners.
+  with_box_features(features, box_features(features[:, -BOX_DIMS:-2], 1.0, 1.0), options)
+  return features, tags
+
+
+def iter_extract_records(path: str, captions: dict[str, list], phrases_for: PhrasesFor,
+                         report: ImportReport, options: VinvlOptions) -> Iterator[dict]:
+  """Image records from a tools/img_feat_extract.py file (image_size (1, 1), unit boxes)."""
+  tsv, seen = TsvFile(path), set()
+  index = open_index(tsv, report, options)
+  try:
+    for image_id, where, fields in rows_by_id(tsv, captions, 2, report, options, index, seen):
+      try:
+        features, tags = parse_extract_row(fields[1], options)
+      except RowError as e:
+        report.problem(e.kind, where, e.detail)
+        continue
+      report.stats['records'] += 1
+      yield make_record(image_id, (1, 1), features, features[:, -BOX_DIMS:-2], tags,
+                        captions[image_id], _phrases(image_id, captions[image_id], phrases_for))
+  finally:
+    tsv.close()
+  _report_missing(captions, seen, 'missing_features', path, report)

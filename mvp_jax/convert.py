@@ -13,7 +13,7 @@ imported only then). Weights are cast to float32 (released checkpoints may be fp
 import dataclasses
 import os
 import re
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -94,6 +94,54 @@ def pretraining_entries(config: ModelConfig) -> List[Entry]:
   if config.qa_num_answers:
     entries += _dense('qa_head', ('qa_head',))
   return entries
+
+
+_BERT_LAYER = re.compile(r'^encoder\.layer\.(\d+)\.(.*)$')
+
+
+def bert_to_mvp_names(state: Mapping[str, Any],
+                      target: Union[str, Sequence[str]] = 'txt_encoder',
+                      layers: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+  """Renames a Hugging Face BERT state dict to the authors' MVPTR names (values untouched).
+
+  `embeddings.*` becomes `bert.embeddings.*`, `pooler.*` becomes `bert.pooler.*` and
+  `encoder.layer.{i}.*` becomes `bert.{target}.layer.{k}.*`. A `bert.` prefix on the input
+  (`BertForPreTraining`) is accepted, `cls.*` heads keep their names (MVPTR uses the same ones)
+  and everything else (`position_ids` / `token_type_ids` buffers) is dropped.
+
+  Args:
+    state: {HF name: tensor or array}.
+    target: `txt_encoder`, `vis_encoder` or `mul_encoder`, or several of them, each receiving a
+      copy of the selected layers.
+    layers: HF layer indices feeding target layers 0, 1, ... (default: every layer, in order).
+
+  Returns:
+    {MVPTR torch name: value}, ready for `torch_to_params` with a matching entry table.
+  """
+  targets = (target,) if isinstance(target, str) else tuple(target)
+  known = {torch_encoder for torch_encoder, _, _ in _ENCODERS}
+  if not targets or any(t not in known for t in targets):
+    raise ValueError(f'target must be among {sorted(known)}, got {target!r}.')
+  state = {k[len('bert.'):] if k.startswith('bert.') else k: v for k, v in state.items()}
+  present = sorted({int(m.group(1)) for k in state for m in [_BERT_LAYER.match(k)] if m})
+  layers = present if layers is None else list(layers)
+  absent = sorted(set(layers) - set(present))
+  if absent:
+    raise ConversionError(f'BERT layers {absent} are not in the state dict (it has {present}).')
+  source_to_target = {source: index for index, source in enumerate(layers)}
+  renamed = {}
+  for name, value in state.items():
+    match = _BERT_LAYER.match(name)
+    if match:
+      index = source_to_target.get(int(match.group(1)))
+      if index is not None:
+        for t in targets:
+          renamed[f'bert.{t}.layer.{index}.{match.group(2)}'] = value
+    elif name.startswith(('embeddings.', 'pooler.')) and not name.endswith('_ids'):
+      renamed[f'bert.{name}'] = value
+    elif name.startswith('cls.'):
+      renamed[name] = value
+  return renamed
 
 
 def _to_ours(array: np.ndarray, layout: str, config: ModelConfig, is_kernel: bool) -> np.ndarray:

@@ -98,8 +98,14 @@ def span_mask(index: Array, length: int) -> Array:
   return (positions >= index[:, :1]) & (positions < index[:, 1:2])
 
 
-def _l2_normalize(x: Array) -> Array:
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+def _l2_normalize(x: Array, eps: float = 1e-12) -> Array:
+  """`F.normalize`: x / max(||x||, eps), with a finite gradient at an all-zero vector.
+
+  `jnp.linalg.norm` has a NaN gradient at 0 (even where `maximum` discards it), so the clamp is
+  applied to the squared norm before the square root; for ||x|| >= eps the value is unchanged.
+  """
+  squared = jnp.sum(x * x, axis=-1, keepdims=True)
+  return x / jnp.sqrt(jnp.maximum(squared, eps * eps))
 
 
 def sampled_top_k_similarity(rng: Array, similarity: Array, phrase_mask: Array,

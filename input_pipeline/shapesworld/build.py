@@ -1,0 +1,113 @@
+"""Writes ShapesWorld to disk as a dataset directory the pre-training pipeline reads.
+
+  python -m input_pipeline.shapesworld.build --out_dir=/tmp/shapesworld --num_train=8000
+
+Produces `vocab.txt` (a compact WordPiece vocabulary of every ShapesWorld word), `id2phrase.json`
+(concepts seen in at least `min_concept_count` training captions), and the `train` / `val` /
+`test` splits (image records, `input_pipeline.storage`). A directory that is already complete
+with the same configuration is left untouched, so re-running is free; a different configuration
+in the same directory is an error rather than a silent mix.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from input_pipeline import concepts
+from input_pipeline import storage
+from input_pipeline import tokenizers
+from input_pipeline import train_vocab
+from input_pipeline.shapesworld import generate
+
+BUILD_FILE = 'shapesworld_build.json'
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+  world: generate.ShapesWorldConfig = generate.ShapesWorldConfig()
+  num_train_images: int = 8000
+  num_val_images: int = 200
+  num_test_images: int = 0
+  min_concept_count: int = 5
+
+
+def config_from_dict(values: Optional[Mapping[str, Any]]) -> BuildConfig:
+  """BuildConfig from a flat dict: split sizes, `min_concept_count`, and ShapesWorldConfig fields."""
+  values = dict(values or {})
+  build_fields = {f.name for f in dataclasses.fields(BuildConfig)} - {'world'}
+  world_fields = {f.name for f in dataclasses.fields(generate.ShapesWorldConfig)}
+  unknown = sorted(set(values) - build_fields - world_fields)
+  if unknown:
+    raise ValueError(f'Unknown ShapesWorld options {unknown}; known: '
+                     f'{sorted(build_fields | world_fields)}.')
+  world = generate.ShapesWorldConfig(**{k: v for k, v in values.items() if k in world_fields})
+  return BuildConfig(world=world, **{k: v for k, v in values.items() if k in build_fields})
+
+
+def _describe(config: BuildConfig) -> dict:
+  return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def build_dataset(directory: str, config: BuildConfig) -> str:
+  """Generates (or verifies) ShapesWorld in `directory`; returns the directory."""
+  marker = os.path.join(directory, BUILD_FILE)
+  wanted = _describe(config)
+  if os.path.exists(marker):
+    with open(marker, encoding='utf-8') as f:
+      existing = json.load(f)
+    if existing != wanted:
+      raise ValueError(f'{directory} holds ShapesWorld built with {existing}, not {wanted}; '
+                       'use another data.directory or delete it.')
+    return directory
+  os.makedirs(directory, exist_ok=True)
+  vocab_path = os.path.join(directory, 'vocab.txt')
+  train_vocab.write_vocab(generate.word_list(), vocab_path)
+  tokenizer = tokenizers.load_tokenizer(vocab_path)
+  splits = [('train', config.num_train_images), ('val', config.num_val_images),
+            ('test', config.num_test_images)]
+  concept_vocab = None
+  for split, count in splits:
+    if count <= 0:
+      continue
+    logging.info('ShapesWorld: writing %d %s images to %s.', count, split, directory)
+    records = generate.generate_records(config.world, split, count)
+    if split == 'train':
+      records = list(records)
+      concept_vocab = concepts.ConceptVocab.build(
+          (phrases for r in records for phrases in r['phrases']), tokenizer,
+          config.min_concept_count)
+      storage.save_vocabularies(directory, vocab_path, concept_vocab)
+    storage.write_dataset(records, directory, split, metadata={'source': 'shapesworld'})
+  if concept_vocab is None:
+    raise ValueError('ShapesWorld needs num_train_images > 0 to build its concept vocabulary.')
+  with open(marker + '.tmp', 'w', encoding='utf-8') as f:
+    json.dump(wanted, f, indent=1)
+  os.replace(marker + '.tmp', marker)  # written last: the directory is complete
+  return directory
+
+
+_OUT_DIR = flags.DEFINE_string('out_dir', None, 'Output dataset directory.')
+_NUM_TRAIN = flags.DEFINE_integer('num_train', 8000, 'Training images.')
+_NUM_VAL = flags.DEFINE_integer('num_val', 200, 'Validation images.')
+_NUM_TEST = flags.DEFINE_integer('num_test', 200, 'Test images.')
+_FEATURE_DIM = flags.DEFINE_integer('feature_dim', 134, 'Region feature width (2054 = VinVL).')
+_SEED = flags.DEFINE_integer('seed', 0, 'Generation seed.')
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  config = BuildConfig(world=generate.ShapesWorldConfig(feature_dim=_FEATURE_DIM.value,
+                                                        seed=_SEED.value),
+                       num_train_images=_NUM_TRAIN.value, num_val_images=_NUM_VAL.value,
+                       num_test_images=_NUM_TEST.value)
+  print(build_dataset(_OUT_DIR.value, config))
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('out_dir')
+  app.run(main)

@@ -1,0 +1,1 @@
+"""Evaluators share one interface: `evaluator.run(params) -> {metric name: float}`."""

@@ -7,10 +7,12 @@ model trained on these features has to learn colours and shapes from pixels.
 Raw appearance descriptor of one box (sampled on a SAMPLES x SAMPLES lattice of pixel centres over
 the box, i.e. the crop resized with nearest-pixel sampling):
   colour grid      GRID x GRID x 3   mean RGB of each cell of the resized crop, in [0, 1]
-  colour moments   6                 mean and standard deviation of R, G, B
+  colour moments   6                 mean and standard deviation of R, G, B over the cells
   colour histogram 27                fraction of samples in each 3x3x3 RGB bin
-  silhouette       GRID x GRID       fraction of each cell that differs from the crop's border colour
-  edges            16                gradient energy in 4 orientations x 2x2 quadrants
+  silhouette       GRID x GRID       fraction of each cell whose colour differs (distance > 0.15)
+                                     from the mean colour of the crop's border
+  edges            16                squared derivative of the grey image (forward differences)
+                                     in 2x2 quadrants x 4 directions (x, y, 2 diagonals)
 The raw descriptor (305 dims) is mapped to feature_dim - 6 dims by a fixed seeded Gaussian random
 projection (identity when the sizes match).
 """
@@ -25,16 +27,23 @@ GRID = 8
 SAMPLES = 2 * GRID
 RAW_DIM = GRID * GRID * 3 + 6 + 27 + GRID * GRID + 16
 _PROJECTION_SEED = 20240605
+_STEPS = (np.arange(SAMPLES, dtype=np.float32) + 0.5) / SAMPLES  # sample points within a box
+_TO_UNIT = np.arange(256, dtype=np.float32) / 255  # uint8 -> [0, 1] lookup table
 _SILHOUETTE_THRESHOLD = 0.15
 
 
 @functools.lru_cache(maxsize=8)
-def _projection(out_dim: int) -> np.ndarray:
-  """Fixed float32 [RAW_DIM, out_dim] projection; identity when out_dim == RAW_DIM."""
+def _projection_transposed(out_dim: int) -> np.ndarray:
+  """Fixed float32 [out_dim, RAW_DIM] projection (transposed); identity when out_dim == RAW_DIM.
+
+  Stored transposed because `P.T @ raw.T` with few rows stays fast when other processes compete
+  for the cores (BLAS threads make `raw @ P` up to 10x slower then).
+  """
   if out_dim == RAW_DIM:
     return np.eye(RAW_DIM, dtype=np.float32)
   rng = np.random.default_rng(_PROJECTION_SEED)
-  return (rng.standard_normal((RAW_DIM, out_dim)) / np.sqrt(RAW_DIM)).astype(np.float32)
+  projection = rng.standard_normal((RAW_DIM, out_dim)) / np.sqrt(RAW_DIM)
+  return np.ascontiguousarray(projection.T, dtype=np.float32)
 
 
 def _check_inputs(image: np.ndarray, boxes: np.ndarray, feature_dim: int) -> None:
@@ -50,59 +59,97 @@ def _check_inputs(image: np.ndarray, boxes: np.ndarray, feature_dim: int) -> Non
     raise ValueError(f'feature_dim must be an int >= {features.NUM_BOX_DIMS + 1} '
                      f'(appearance + {features.NUM_BOX_DIMS} box dims), got {feature_dim!r}.')
   height, width = image.shape[:2]
-  if not np.all(np.isfinite(boxes)):
-    raise ValueError('boxes contain NaN or Inf.')
   eps = 1e-3
-  outside = ((boxes[:, 0] < -eps) | (boxes[:, 1] < -eps) | (boxes[:, 2] > width + eps) |
-             (boxes[:, 3] > height + eps))
-  if outside.any():
-    raise ValueError(f'boxes {boxes[outside].tolist()} lie outside the image of (height, width) '
-                     f'({height}, {width}).')
-  empty = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
-  if empty.any():
-    raise ValueError(f'boxes {boxes[empty].tolist()} are empty (need x2 > x1 and y2 > y1).')
+  for x1, y1, x2, y2 in boxes.tolist():
+    if not (x1 >= -eps and y1 >= -eps and x2 <= width + eps and y2 <= height + eps):
+      raise ValueError(f'box {[x1, y1, x2, y2]} lies outside the image of (height, width) '
+                       f'({height}, {width}), or is not finite.')
+    if not (x2 > x1 and y2 > y1):
+      raise ValueError(f'box {[x1, y1, x2, y2]} is empty (need x2 > x1 and y2 > y1).')
+
+
+# [x1, y1, x2, y2] @ _BOX_MIX = [x1, y1, x2, y2, x2 - x1, y2 - y1].
+_BOX_MIX = np.array([[1, 0, 0, 0, -1, 0], [0, 1, 0, 0, 0, -1], [0, 0, 1, 0, 1, 0],
+                     [0, 0, 0, 1, 0, 1]], np.float32)
 
 
 def box_features(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
   """VinVL box dims float32 [N, 6]: [x1/w, y1/h, x2/w, y2/h, (x2-x1)/w, (y2-y1)/h]."""
-  x1, y1, x2, y2 = (boxes[:, k] for k in range(4))
-  return np.stack([x1 / width, y1 / height, x2 / width, y2 / height,
-                   (x2 - x1) / width, (y2 - y1) / height], axis=1).astype(np.float32)
+  scale = np.array([1 / width, 1 / height] * 3, np.float32)
+  return (np.asarray(boxes, np.float32) @ _BOX_MIX) * scale
+
+
+def _pool_matrices(cells: int) -> tuple:
+  """Averaging matrices rows [cells, S] and cols [C S, C cells] (per channel, for C = 3 and 4) so
+  that rows @ crop[S, C S] @ cols averages a [S, S, C] crop into [cells, cells, C] blocks."""
+  rows = np.repeat(np.eye(cells, dtype=np.float32), SAMPLES // cells, axis=1) * (cells / SAMPLES)
+  return (rows, np.kron(rows.T, np.eye(3, dtype=np.float32)),
+          np.kron(rows.T, np.eye(4, dtype=np.float32)))
+
+
+_CELL_ROWS, _CELL_COLS3, _ = _pool_matrices(GRID)
+_QUADRANT_ROWS, _, _QUADRANT_COLS4 = _pool_matrices(2)
+_CELL_MEAN = np.full(GRID * GRID, 1 / (GRID * GRID), np.float32)
+_BORDER_MEAN = np.zeros((SAMPLES, SAMPLES), np.float32)
+_BORDER_MEAN[[0, -1]] = _BORDER_MEAN[:, [0, -1]] = 1 / (4 * SAMPLES - 4)
+_BORDER_MEAN = _BORDER_MEAN.reshape(-1)
+_BIN_WEIGHTS = np.array([9, 3, 1], np.float32)
+# Directional derivatives along x, y and the two diagonals from (d/dx, d/dy).
+_DIRECTIONS = np.array([[1, 0, 0.5 ** 0.5, 0.5 ** 0.5], [0, 1, 0.5 ** 0.5, -(0.5 ** 0.5)]],
+                       np.float32)
+
+
+def _image_maps(image: np.ndarray) -> tuple:
+  """Per-pixel maps shared by all boxes of an image.
+
+  Returns:
+    rgb: float32 [H*W, 3] in [0, 1].
+    grads: float32 [H*W, 2], forward differences of the grey image along x and y (0 on the last
+      column / row).
+  """
+  height, width = image.shape[:2]
+  rgb = image.astype(np.float32)
+  rgb *= 1 / 255
+  grey = rgb @ np.full(3, 1 / 3, np.float32)  # [H, W]
+  grads = np.zeros((height, width, 2), np.float32)
+  grads[:, :-1, 0] = grey[:, 1:] - grey[:, :-1]
+  grads[:-1, :, 1] = grey[1:] - grey[:-1]
+  return rgb.reshape(-1, 3), grads.reshape(-1, 2)
 
 
 def _appearance(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-  """Raw descriptor float32 [N, RAW_DIM] of each box (see the module docstring)."""
+  """Raw descriptor float32 [N, RAW_DIM] of each box (see the module docstring).
+
+  Written with few numpy calls, mostly small matmuls: for small images the per-call overhead
+  dominates.
+  """
   n = boxes.shape[0]
   height, width = image.shape[:2]
-  steps = (np.arange(SAMPLES, dtype=np.float32) + 0.5) / SAMPLES
-  xs = boxes[:, 0:1] + (boxes[:, 2:3] - boxes[:, 0:1]) * steps  # [N, S]
-  ys = boxes[:, 1:2] + (boxes[:, 3:4] - boxes[:, 1:2]) * steps
-  xi = np.clip(xs.astype(np.int32), 0, width - 1)
-  yi = np.clip(ys.astype(np.int32), 0, height - 1)
-  crops = image[yi[:, :, None], xi[:, None, :]].astype(np.float32) * (1 / 255)  # [N, S, S, 3]
+  corners = boxes.reshape(n, 2, 2)  # [N, (x1 y1 | x2 y2), (x | y)]
+  coords = corners[:, 0, :, None] + (corners[:, 1, :, None] - corners[:, 0, :, None]) * _STEPS
+  coords = np.minimum(coords.astype(np.int32), np.array([[width - 1], [height - 1]]))  # [N, 2, S]
+  flat_index = coords[:, 1, :, None] * width + coords[:, 0, None, :]  # [N, S, S]
+  rgb, grads = _image_maps(image)
+  crops = rgb[flat_index].reshape(n, SAMPLES, 3 * SAMPLES)  # [N, S, S*3]
 
-  cells = crops.reshape(n, GRID, 2, GRID, 2, 3).mean(axis=(2, 4))  # [N, G, G, 3]
+  cells = (_CELL_ROWS @ crops @ _CELL_COLS3).reshape(n, GRID * GRID, 3)
+  mean = _CELL_MEAN @ cells  # [N, 3]
+  std = np.sqrt(np.maximum(_CELL_MEAN @ (cells * cells) - mean * mean, 0.0))
+
   flat = crops.reshape(n, SAMPLES * SAMPLES, 3)
-  moments = np.concatenate([flat.mean(1), flat.std(1)], axis=1)  # [N, 6]
-  bins = np.minimum((flat * 3).astype(np.int32), 2)
-  bin_index = bins[..., 0] * 9 + bins[..., 1] * 3 + bins[..., 2]  # [N, S*S]
-  histogram = (bin_index[:, :, None] == np.arange(27)).mean(1, dtype=np.float32)  # [N, 27]
+  bins = (np.floor(flat * 2.9999) @ _BIN_WEIGHTS).astype(np.int64) + 27 * np.arange(n)[:, None]
+  histogram = np.bincount(bins.ravel(), minlength=27 * n).reshape(n, 27)
+  histogram = histogram.astype(np.float32) * (1 / (SAMPLES * SAMPLES))
 
-  border = np.concatenate([crops[:, 0], crops[:, -1], crops[:, 1:-1, 0], crops[:, 1:-1, -1]],
-                          axis=1).mean(1)  # [N, 3]
-  distance = np.sqrt(((crops - border[:, None, None, :]) ** 2).sum(-1))  # [N, S, S]
-  silhouette = (distance > _SILHOUETTE_THRESHOLD).astype(np.float32)
-  silhouette = silhouette.reshape(n, GRID, 2, GRID, 2).mean(axis=(2, 4))  # [N, G, G]
+  border = _BORDER_MEAN @ flat  # [N, 3]
+  diff = flat - border[:, None, :]
+  far = np.einsum('npc,npc->np', diff, diff) > _SILHOUETTE_THRESHOLD ** 2
+  silhouette = _CELL_ROWS @ far.reshape(n, SAMPLES, SAMPLES).astype(np.float32) @ _CELL_ROWS.T
 
-  grey = crops.mean(-1)  # [N, S, S]
-  gx = grey[:, :-1, 1:] - grey[:, :-1, :-1]
-  gy = grey[:, 1:, :-1] - grey[:, :-1, :-1]  # both [N, S-1, S-1]
-  half = (SAMPLES - 1) // 2
-  energies = [gx * gx, gy * gy, 0.5 * (gx + gy) ** 2, 0.5 * (gx - gy) ** 2]
-  edges = np.stack([e[:, :2 * half, :2 * half].reshape(n, 2, half, 2, half).mean(axis=(2, 4))
-                    for e in energies], axis=-1).reshape(n, 16)
-  return np.concatenate([cells.reshape(n, -1), moments, histogram,
-                         silhouette.reshape(n, -1), edges], axis=1).astype(np.float32)
+  energies = np.square(grads[flat_index] @ _DIRECTIONS).reshape(n, SAMPLES, 4 * SAMPLES)
+  edges = _QUADRANT_ROWS @ energies @ _QUADRANT_COLS4  # [N, 2, 2 * 4]
+  return np.concatenate([cells.reshape(n, -1), mean, std, histogram, silhouette.reshape(n, -1),
+                         edges.reshape(n, -1)], axis=1)
 
 
 def extract_region_features(image: np.ndarray, boxes, feature_dim: int) -> np.ndarray:
@@ -125,7 +172,8 @@ def extract_region_features(image: np.ndarray, boxes, feature_dim: int) -> np.nd
   if boxes.shape[0] == 0:
     return out
   appearance_dim = feature_dim - features.NUM_BOX_DIMS
-  out[:, :appearance_dim] = _appearance(image, boxes) @ _projection(appearance_dim)
+  raw = _appearance(image, boxes)  # [N, RAW_DIM]
+  out[:, :appearance_dim] = (_projection_transposed(appearance_dim) @ raw.T).T
   out[:, appearance_dim:] = box_features(boxes, height, width)
   return out
 

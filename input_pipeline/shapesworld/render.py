@@ -27,7 +27,7 @@ def _star_mask(dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
 
 
 def shape_mask(kind: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
-  """Boolean mask [h, w] of `kind` with circumradius `r`.
+  """Boolean mask [h, w] of `kind` with circumradius `r` (every shape lies inside that circle).
 
   Args:
     dx: float [1, w] (or [h, w]) x offsets of pixel centres from the shape centre.
@@ -39,7 +39,7 @@ def shape_mask(kind: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarra
   if kind == 'square':
     return np.maximum(ax, ay) <= 0.8 * r
   if kind == 'diamond':
-    return ax + ay <= 1.05 * r
+    return ax + ay <= r
   if kind == 'triangle':  # pointing up, centroid at the centre
     return (dy <= 0.5 * r) & (dy >= _SQRT3 * ax - r)
   if kind == 'hexagon':  # pointy top

@@ -71,10 +71,10 @@ def loosely_holds(a: ShapeObject, b: ShapeObject, rel: str) -> bool:
           'above': a.cy < b.cy, 'below': a.cy > b.cy}[rel]
 
 
-def _jittered_rgb(u: np.ndarray, colour: str) -> tuple:
+def _jittered_rgb(u: Sequence[float], colour: str) -> tuple:
   """RGB of `colour` jittered by 3 uniforms `u` in [0, 1)."""
-  jitter = np.floor(u * (2 * COLOUR_JITTER + 1)) - COLOUR_JITTER
-  return tuple(int(v) for v in np.clip(np.add(COLOURS[colour], jitter), 0, 255))
+  return tuple(min(255, max(0, c + int(x * (2 * COLOUR_JITTER + 1)) - COLOUR_JITTER))
+               for c, x in zip(COLOURS[colour], u))
 
 
 def _fits(cx: float, cy: float, radius: float, others: Sequence[ShapeObject], gap: float) -> bool:
@@ -82,20 +82,16 @@ def _fits(cx: float, cy: float, radius: float, others: Sequence[ShapeObject], ga
              for o in others)
 
 
-def _place(u: np.ndarray, radius: float, placed: Sequence[ShapeObject],
+def _place(candidates: Sequence[Sequence[float]], radius: float, placed: Sequence[ShapeObject],
            image_size: int) -> Optional[tuple]:
-  """The first of the candidate centres `u` (uniforms [tries, 2]) that overlaps no placed shape."""
-  lo, hi = radius + 1.0, image_size - radius - 1.0
-  centres = lo + (hi - lo) * u
-  if not placed:
-    return float(centres[0, 0]), float(centres[0, 1])
-  others = np.array([(o.cx, o.cy, o.radius + radius + 2.0) for o in placed])
-  dist2 = ((centres[:, None, :] - others[None, :, :2]) ** 2).sum(-1)
-  ok = (dist2 >= others[None, :, 2] ** 2).all(axis=1)
-  if not ok.any():
-    return None
-  cx, cy = centres[int(np.argmax(ok))]
-  return float(cx), float(cy)
+  """The first of the candidate centres (uniforms [tries][2] in [0, 1)) that keeps the shape
+  inside the image and overlaps no placed shape, or None. Plain Python: a few objects only."""
+  lo, span = radius + 1.0, image_size - 2 * radius - 2.0
+  for ux, uy in candidates:
+    cx, cy = lo + span * ux, lo + span * uy
+    if _fits(cx, cy, radius, placed, 2.0):
+      return cx, cy
+  return None
 
 
 def _pick(options: Sequence, u: float):
@@ -114,8 +110,8 @@ def sample_scene(rng: np.random.Generator, image_size: int, max_objects: int = 4
     raise ValueError(f'image_size must be >= {MIN_IMAGE_SIZE}, got {image_size}.')
   if not 1 <= min_objects <= max_objects:
     raise ValueError(f'Need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}.')
-  tries, choices = 48, 6
-  pool = rng.random(2 + max_objects * (4 * choices + 6))
+  tries, choices = 32, 6
+  pool = rng.random(2 + max_objects * (4 * choices + 6)).tolist()
   centre_pool = rng.random((max_objects, 2, tries, 2))
   count = min_objects + int(pool[0] * (max_objects - min_objects + 1))
   objects = []
@@ -135,8 +131,8 @@ def sample_scene(rng: np.random.Generator, image_size: int, max_objects: int = 4
     v = u[4 * choices:]
     for attempt, size in enumerate((_pick(SIZES, v[0]), 'small')):
       lo, hi = RADIUS_RANGE[size]
-      radius = (lo + (hi - lo) * v[1]) * image_size
-      centre = _place(centre_pool[n, attempt], radius, objects, image_size)
+      radius = float((lo + (hi - lo) * v[1]) * image_size)
+      centre = _place(centre_pool[n, attempt].tolist(), radius, objects, image_size)
       if centre is not None:
         objects.append(ShapeObject(kind, colour, size, centre[0], centre[1], radius,
                                    _jittered_rgb(v[2:5], colour)))
@@ -155,12 +151,14 @@ def _swap_keeps_pairs_distinct(objs: Sequence[ShapeObject], i: int, j: int) -> b
   return (a.kind, b.colour) not in rest and (b.kind, a.colour) not in rest
 
 
-def perturb_scene(scene: Scene, rng: np.random.Generator, image_size: int) -> tuple:
+def perturb_scene(scene: Scene, rng: np.random.Generator, image_size: int,
+                  avoid: Sequence[str] = ()) -> tuple:
   """A near-duplicate of `scene` that differs in one compositional fact.
 
   Returns (scene, kind of change): 'swap_colours' and 'swap_kinds' keep the bag of words of the
   scene and only change which colour goes with which shape; 'swap_positions' and 'mirror' flip
-  spatial relations; 'recolour' gives one shape a colour it did not have.
+  spatial relations; 'recolour' gives one shape a colour it did not have. Kinds of change in
+  `avoid` are not chosen unless nothing else applies.
   """
   objs = list(scene.objects)
   pairs = [(i, j) for i in range(len(objs)) for j in range(i + 1, len(objs))]
@@ -170,6 +168,7 @@ def perturb_scene(scene: Scene, rng: np.random.Generator, image_size: int) -> tu
     options += ['swap_colours', 'swap_kinds']
   if pairs:
     options.append('swap_positions')
+  options = [o for o in options if o not in avoid] or options
   change = options[rng.integers(len(options))]
   if change in ('swap_colours', 'swap_kinds'):
     i, j = valid[rng.integers(len(valid))]
@@ -198,5 +197,6 @@ def perturb_scene(scene: Scene, rng: np.random.Generator, image_size: int) -> tu
     taken = {o.colour for o in objs if o.kind == objs[k].kind}
     free = [c for c in COLOUR_NAMES if c not in taken]
     colour = free[rng.integers(len(free))]
-    objs[k] = dataclasses.replace(objs[k], colour=colour, rgb=_jittered_rgb(rng.random(3), colour))
+    rgb = _jittered_rgb(rng.random(3).tolist(), colour)
+    objs[k] = dataclasses.replace(objs[k], colour=colour, rgb=rgb)
   return Scene(tuple(objs), scene.background), change

@@ -97,11 +97,12 @@ class Tokenizer(abc.ABC):
   def mask_id(self) -> int:
     return self._special_ids['mask']
 
-  def split_words(self, text) -> tf.Tensor | tf.RaggedTensor:
-    """Splits text into words: string [] -> [(words)], string [B] -> ragged [B, (words)]."""
+  def split_words(self, text: tf.Tensor) -> tf.RaggedTensor:
+    """Splits text into words: string [B] -> ragged [B, (words)]."""
     text = tf.strings.regex_replace(text, r'\p{Cc}|\p{Cf}', ' ')
     return tf_text.regex_split(text, self._delim_pattern, self._keep_pattern)
 
+  @tf.autograph.experimental.do_not_convert
   def tokenize_words(self, text) -> tf.RaggedTensor:
     """Pieces grouped by word.
 
@@ -111,11 +112,13 @@ class Tokenizer(abc.ABC):
     Returns:
       int32 ragged [(words), (pieces)] for a scalar, [B, (words), (pieces)] for a batch.
     """
-    words = self.split_words(tf.convert_to_tensor(text))
-    if isinstance(words, tf.RaggedTensor):
-      return words.with_flat_values(self._tokenize_flat_words(words.flat_values))
-    return self._tokenize_flat_words(words)
+    text = tf.convert_to_tensor(text, tf.string)
+    if text.shape.rank == 0:
+      return self.tokenize_words(text[None])[0]
+    words = self.split_words(text)  # [B, (words)]
+    return words.with_flat_values(self._tokenize_flat_words(words.flat_values))
 
+  @tf.autograph.experimental.do_not_convert
   def tokenize(self, text) -> tf.Tensor | tf.RaggedTensor:
     """Token ids: string [] -> int32 [n]; string [B] -> int32 ragged [B, (n)]."""
     return self.tokenize_words(text).merge_dims(-2, -1)

@@ -60,7 +60,7 @@ def train_sentencepiece(captions: Sequence[str], vocab_size: int, path: str) -> 
       sentence_iterator=iter(captions), model_writer=model, vocab_size=vocab_size,
       model_type='unigram', normalization_rule_name='nmt_nfkc_cf', pad_id=0, unk_id=1, bos_id=-1,
       eos_id=-1, pad_piece='[PAD]', unk_piece='[UNK]',
-      user_defined_symbols=['[CLS]', '[SEP]', '[MASK]'], minloglevel=2)
+      user_defined_symbols=['[CLS]', '[SEP]', '[MASK]'], hard_vocab_limit=False, minloglevel=2)
   _makedirs_for(path)
   with open(path, 'wb') as f:
     f.write(model.getvalue())

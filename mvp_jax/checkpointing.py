@@ -73,3 +73,54 @@ class PreemptionFlag:
     if jax.process_count() > 1:
       stop = bool(multihost_utils.process_allgather(stop).any())
     return stop
+
+
+MODEL_CONFIG_FILE = 'model_config.json'
+CONFIG_FILE = 'config.json'
+
+
+def save_run_configs(workdir: str, config, model_config) -> None:
+  """Writes the run's ConfigDict and resolved ModelConfig beside the checkpoints (process 0)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  if jax.process_index() != 0:
+    return
+  with open(os.path.join(workdir, MODEL_CONFIG_FILE), 'w', encoding='utf-8') as f:
+    json.dump(dataclasses.asdict(model_config), f, indent=1)
+  with open(os.path.join(workdir, CONFIG_FILE), 'w', encoding='utf-8') as f:
+    f.write(config.to_json_best_effort(indent=1))
+
+
+def load_trained(workdir: str, step: Optional[int] = None):
+  """(ModelConfig, params, step) of a training run's checkpoint (the latest by default).
+
+  Params are returned unboxed as numpy-backed jax arrays on the default device, in the layout of
+  `MVPPretrainingModel` (or of the downstream model the run trained).
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from mvp_jax.config import ModelConfig  # pylint: disable=g-import-not-at-top
+  config_path = os.path.join(workdir, MODEL_CONFIG_FILE)
+  if not os.path.exists(config_path):
+    raise FileNotFoundError(f'{config_path} is missing: {workdir} is not an mvp-jax run.')
+  with open(config_path, encoding='utf-8') as f:
+    model_config = ModelConfig.from_dict(json.load(f))
+  manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'{workdir}/checkpoints holds no complete checkpoint.')
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  manager.close()
+  params = _strip_boxes(restored['state']['params'])
+  return model_config, nn.unbox(params), step
+
+
+def _strip_boxes(tree):
+  """Orbax restores nn.Partitioned leaves without a target as {'value': array}; unwrap them."""
+  if isinstance(tree, dict):
+    if set(tree) == {'value'} and not isinstance(tree['value'], dict):
+      return tree['value']
+    return {k: _strip_boxes(v) for k, v in tree.items()}
+  return tree

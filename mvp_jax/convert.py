@@ -280,7 +280,7 @@ def load_state_dict(path: str) -> Dict[str, np.ndarray]:
 
   `.safetensors` and `.npz` need no torch; `.bin`/`.pt`/`.pth` import torch only here. A
   directory is searched for `model.safetensors` then `pytorch_model.bin`. A golden-style `.npz`
-  with `param/<name>` keys is accepted too.
+  with `param/<name>` keys is accepted too. A DataParallel `module.` prefix is dropped.
   """
   if os.path.isdir(path):
     for name in ('model.safetensors', 'pytorch_model.bin'):
@@ -309,7 +309,12 @@ def load_state_dict(path: str) -> Dict[str, np.ndarray]:
   else:
     raise ValueError(f'Unknown checkpoint format {path!r}: expected .safetensors, .bin, .pt, '
                      f'.pth or .npz.')
-  return {k: np.asarray(_to_numpy(v), np.float32) for k, v in raw.items()}
+  return {k: np.asarray(_to_numpy(v), np.float32) for k, v in strip_module_prefix(raw).items()}
+
+
+def strip_module_prefix(state: Mapping[str, Any]) -> Dict[str, Any]:
+  """Drops the `module.` prefix that `nn.DataParallel` / DDP checkpoints put on every name."""
+  return {re.sub(r'^module\.', '', k): v for k, v in state.items()}
 
 
 def save_safetensors(state: Mapping[str, np.ndarray], path: str) -> None:

@@ -4,12 +4,15 @@ Parameters and activations are annotated with logical axis names (`layers.py`); 
 them to the mesh axes `data`, `fsdp` and `tensor`. The rule sets below cover the usual layouts:
   replicated / data-parallel: batch over (data, fsdp), parameters replicated;
   fsdp: batch over (data, fsdp), the `embed` dimension of parameters sharded over `fsdp`;
-  tensor: heads and mlp (and the vocabulary) over `tensor`.
+  tensor: heads and mlp over `tensor`.
+Vocabulary rows stay unsharded: the authors' 86,051-row table divides by no power of two, and
+NamedSharding needs even splits.
 """
 
 from typing import Dict, Sequence, Tuple
 
 import flax.linen as nn
+from absl import logging
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -28,11 +31,10 @@ RULES: Dict[str, Tuple[Tuple[str, object], ...]] = {
     'fsdp': _ACTIVATION_RULES + (
         ('embed', 'fsdp'), ('mlp', None), ('heads', None), ('kv', None), ('vocab', None)),
     'tensor': _ACTIVATION_RULES + (
-        ('embed', None), ('mlp', 'tensor'), ('heads', 'tensor'), ('kv', None),
-        ('vocab', 'tensor')),
+        ('embed', None), ('mlp', 'tensor'), ('heads', 'tensor'), ('kv', None), ('vocab', None)),
     'fsdp_tensor': _ACTIVATION_RULES + (
         ('embed', 'fsdp'), ('mlp', 'tensor'), ('heads', 'tensor'), ('kv', None),
-        ('vocab', 'tensor')),
+        ('vocab', None)),
 }
 
 
@@ -58,8 +60,12 @@ def create_mesh(shape: Sequence[int], devices=None) -> Mesh:
     if len(devices) % known:
       raise ValueError(f'{len(devices)} devices do not divide into mesh {shape}.')
     shape[shape.index(-1)] = len(devices) // known
-  if int(np.prod(shape)) != len(devices):
-    raise ValueError(f'Mesh {shape} needs {int(np.prod(shape))} devices, have {len(devices)}.')
+  needed = int(np.prod(shape))
+  if needed > len(devices):
+    raise ValueError(f'Mesh {shape} needs {needed} devices, have {len(devices)}.')
+  if needed < len(devices):
+    logging.warning('Mesh %s uses %d of the %d devices.', shape, needed, len(devices))
+    devices = devices[:needed]
   mesh_devices = np.asarray(devices).reshape(shape)
   return Mesh(mesh_devices, MESH_AXES)
 

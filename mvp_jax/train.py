@@ -110,6 +110,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   schedule_fn = optim.learning_rate_schedule(config.optimizer, config.total_steps,
                                              config.batch_size)
   logging.info('Model config: %s', model_cfg)
+  checkpointing.save_run_configs(workdir, config, model_cfg)
 
   # --- Sharded init: eval_shape -> logical specs -> shardings -> jit(init, out_shardings) ----
   first_batch = next(train_iter)

@@ -17,6 +17,11 @@ sys.path.insert(0, str(ROOT))
 jax.config.update('jax_platforms', 'cpu')
 # Tests run tiny models: XLA's optimisation passes cost more than they save.
 jax.config.update('jax_disable_most_optimizations', True)
+# Many tests compile the same tiny train step; the persistent cache compiles it once per session.
+jax.config.update('jax_compilation_cache_dir',
+                  os.environ.get('MVP_JAX_TEST_CACHE', '/tmp/mvp_jax_test_xla_cache'))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 REFERENCE_DIR = ROOT.parent / 'shared' / 'reference'
 

@@ -1,0 +1,421 @@
+r"""Hugging Face BERT <-> MVPTR: seed pre-training from a BERT checkpoint; export the text encoder.
+
+Import (`import_bert`): a HF BERT folder (`config.json` + `model.safetensors` or
+`pytorch_model.bin`, a `BertModel` or a `BertForPreTraining`) initialises a fresh MVPTR model:
+- Transformer layers: `layer_map` chooses which BERT layers seed the text, visual and cross-modal
+  encoders (K = BERT depth; t, v, c = our depths):
+    'split'  (default) text <- 0..t-1, visual <- 0..v-1, cross <- t..t+c-1. With BERT-base and the
+             base config: text and visual <- 0..5, cross <- 6..11, i.e. the uni-modal encoders see
+             the lower BERT, the cross encoder continues where the text encoder stops.
+    'bottom' every encoder <- 0..depth-1.
+    explicit 'text=0-5;visual=0,1,2,3,4,5;cross=6-11' (or a dict {'text': [...], ...}).
+- Embeddings: BERT word rows are copied into our first rows (`word_rows='by_id'`, the authors'
+  setting: our tokenizer is BERT's), or matched by token string with BERT's `vocab.txt`
+  (`word_rows='by_token'`, e.g. a compact ShapesWorld vocabulary). Position, segment and the
+  embedding LayerNorm are copied (positions beyond BERT's table stay fresh).
+- Concept rows (>= word_vocab_size, spec §5.3) start as the mean of the embeddings of their words'
+  pieces under the dataset tokenizer.
+- The pooler is copied. Both MLM decoders start as the first word_vocab_size rows of the new table
+  (as the authors' `tie_weights`, spec §1.7); with a `BertForPreTraining` checkpoint the MLM head's
+  transform, LayerNorm and bias are copied too. The region projection, contrastive projections,
+  ITM and concept-head transform stay freshly initialised.
+
+The result is a complete parameter tree, saved as a torch-named safetensors file that the trainer
+loads with `--config.init_from` (nothing to skip: every parameter is in the file):
+
+  python -m mvp_jax.hf_bert --mode=import --bert=/path/bert-base-uncased \
+      --config=configs/mvp_base.py --dataset_dir=/data/mvp --out=/tmp/mvp_from_bert.safetensors
+  python main.py --config=configs/mvp_base.py --workdir=/tmp/run \
+      --config.init_from=/tmp/mvp_from_bert.safetensors
+
+Export (`export_text_encoder`): our embeddings + text encoder + pooler as a standard `transformers`
+`BertModel` folder (`config.json`, `model.safetensors`, and `vocab.txt` when the tokenizer is
+WordPiece). Note: our pooler is trained on the *cross-modal* [CLS] (spec §1.5), so the exported
+`pooler_output` of a text-only input is not a trained sentence embedding; use `last_hidden_state`
+(or the ITC embedding of `mvp_jax.inference`). The embedding table includes the concept rows.
+
+  python -m mvp_jax.hf_bert --mode=export_text --workdir=/tmp/mvp_tiny --out=/tmp/text_bert
+"""
+
+import functools
+import json
+import os
+import re
+import shutil
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from mvp_jax import convert
+from mvp_jax.config import ModelConfig
+
+Params = Dict[str, Any]
+LayerMap = Union[str, Mapping[str, Sequence[int]]]
+
+# Our encoder names in layer maps -> (authors' torch encoder, ModelConfig depth field).
+ENCODERS = {'text': ('txt_encoder', 'num_text_layers'),
+            'visual': ('vis_encoder', 'num_visual_layers'),
+            'cross': ('mul_encoder', 'num_cross_layers')}
+_WORDS = 'bert.embeddings.word_embeddings.weight'
+_POSITIONS = 'bert.embeddings.position_embeddings.weight'
+_SEGMENTS = 'bert.embeddings.token_type_embeddings.weight'
+
+
+class BertImportError(ValueError):
+  """The BERT checkpoint does not fit the MVPTR config (widths, heads, layers, vocabulary)."""
+
+
+def resolve_layer_map(layer_map: LayerMap, num_bert_layers: int,
+                      config: ModelConfig) -> Dict[str, List[int]]:
+  """BERT layer indices seeding each encoder: {'text': [...], 'visual': [...], 'cross': [...]}.
+
+  Args:
+    layer_map: 'split', 'bottom', 'text=0-5;visual=0-5;cross=6-11' or a dict of index lists.
+    num_bert_layers: depth K of the BERT checkpoint.
+    config: gives the depth of each encoder; list i seeds layer i.
+  """
+  depth = {name: getattr(config, field) for name, (_, field) in ENCODERS.items()}
+  if isinstance(layer_map, str) and layer_map == 'split':
+    resolved = {'text': list(range(depth['text'])), 'visual': list(range(depth['visual'])),
+                'cross': list(range(depth['text'], depth['text'] + depth['cross']))}
+  elif isinstance(layer_map, str) and layer_map == 'bottom':
+    resolved = {name: list(range(d)) for name, d in depth.items()}
+  elif isinstance(layer_map, str):
+    resolved = _parse_layer_map(layer_map)
+  else:
+    resolved = {k: [int(i) for i in v] for k, v in dict(layer_map).items()}
+  unknown = sorted(set(resolved) - set(ENCODERS))
+  if unknown or set(resolved) != set(ENCODERS):
+    raise BertImportError(f'layer_map needs exactly the encoders {sorted(ENCODERS)}, got '
+                          f'{sorted(resolved)}.')
+  for name, layers in resolved.items():
+    if len(layers) != depth[name]:
+      raise BertImportError(f'layer_map gives {len(layers)} BERT layers for the {name} encoder, '
+                            f'which has {depth[name]} layers ({ENCODERS[name][1]}).')
+    bad = [i for i in layers if not 0 <= i < num_bert_layers]
+    if bad:
+      raise BertImportError(f'layer_map: {name} uses BERT layers {bad}, but the checkpoint has '
+                            f'only {num_bert_layers} layers (0..{num_bert_layers - 1}).')
+  return resolved
+
+
+def _parse_layer_map(text: str) -> Dict[str, List[int]]:
+  """'text=0-5;visual=0,1;cross=6-11' -> dict of index lists."""
+  out = {}
+  for part in filter(None, (p.strip() for p in text.split(';'))):
+    if '=' not in part:
+      raise BertImportError(f"layer_map {text!r}: expected 'split', 'bottom' or "
+                            "'text=0-5;visual=0-5;cross=6-11'.")
+    name, spec = (s.strip() for s in part.split('=', 1))
+    layers = []
+    for item in filter(None, (s.strip() for s in spec.split(','))):
+      match = re.fullmatch(r'(\d+)(?:-(\d+))?', item)
+      if not match:
+        raise BertImportError(f'layer_map {text!r}: bad layer range {item!r}.')
+      start, end = int(match.group(1)), int(match.group(2) or match.group(1))
+      layers.extend(range(start, end + 1))
+    out[name] = layers
+  return out
+
+
+def read_bert(directory: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+  """(state dict without a `bert.` prefix, LayerNorm gamma/beta renamed; its config.json)."""
+  config_path = os.path.join(directory, 'config.json')
+  if not os.path.isdir(directory) or not os.path.exists(config_path):
+    raise FileNotFoundError(f'{directory}: not a Hugging Face BERT folder (needs config.json and '
+                            'model.safetensors or pytorch_model.bin).')
+  with open(config_path, encoding='utf-8') as f:
+    bert_config = json.load(f)
+  state = {}
+  for name, value in convert.load_state_dict(directory).items():
+    name = name[len('bert.'):] if name.startswith('bert.') else name
+    name = re.sub(r'LayerNorm\.gamma$', 'LayerNorm.weight', name)
+    state[re.sub(r'LayerNorm\.beta$', 'LayerNorm.bias', name)] = value
+  if 'embeddings.word_embeddings.weight' not in state:
+    raise BertImportError(f'{directory}: no embeddings.word_embeddings.weight; is it a BERT?')
+  return state, bert_config
+
+
+def _bert_vocab(directory: str) -> Dict[str, int]:
+  path = os.path.join(directory, 'vocab.txt')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: word_rows='by_token' needs BERT's vocab.txt.")
+  with open(path, encoding='utf-8') as f:
+    return {line.rstrip('\n'): i for i, line in enumerate(f)}
+
+
+def import_bert(bert_dir: str, config: ModelConfig, *, tokenizer=None, concept_vocab=None,
+                layer_map: LayerMap = 'split', word_rows: str = 'by_id',
+                seed: int = 0) -> Tuple[Params, Dict[str, Any]]:
+  """MVPTR pre-training params seeded from a HF BERT folder (see the module docstring).
+
+  Args:
+    bert_dir: folder with config.json and model.safetensors / pytorch_model.bin.
+    config: the MVPTR model config (hidden size, heads and MLP width must equal BERT's).
+    tokenizer: the dataset tokenizer (`input_pipeline.tokenizers`); needed for concept rows and
+      for `word_rows='by_token'`.
+    concept_vocab: the dataset's `ConceptVocab`; None leaves concept rows fresh.
+    layer_map: which BERT layers seed which encoder (`resolve_layer_map`).
+    word_rows: 'by_id' (row i <- BERT row i) or 'by_token' (match token strings).
+    seed: seed of the fresh parts.
+
+  Returns:
+    (params of `MVPPretrainingModel` as float32 numpy, report dict of what was copied).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  from mvp_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+
+  state, bert_config = read_bert(bert_dir)
+  words = state['embeddings.word_embeddings.weight']
+  hidden = words.shape[1]
+  heads = int(bert_config.get('num_attention_heads', config.num_heads))
+  layer_ids = sorted({int(m.group(1)) for k in state
+                      for m in [re.match(r'encoder\.layer\.(\d+)\.', k)] if m})
+  mlp = state['encoder.layer.0.intermediate.dense.weight'].shape[0] if layer_ids else None
+  mismatch = [f'{name}: BERT {theirs}, config {ours}' for name, theirs, ours in (
+      ('hidden_size', hidden, config.hidden_size), ('num_heads', heads, config.num_heads),
+      ('mlp_dim', mlp, config.mlp_dim)) if theirs != ours]
+  if mismatch:
+    raise BertImportError(f'{bert_dir} does not fit the model config: {"; ".join(mismatch)}.')
+  layers = resolve_layer_map(layer_map, len(layer_ids), config)
+
+  renamed = {}
+  for name, (torch_encoder, _) in ENCODERS.items():
+    renamed.update(convert.bert_to_mvp_names(state, torch_encoder, layers[name]))
+  # Tables copied in part (below); cls.* handled separately.
+  tables = {k: renamed.pop(k) for k in (_WORDS, _POSITIONS, _SEGMENTS)}
+  heads_state = {k: renamed.pop(k) for k in list(renamed) if k.startswith('cls.')}
+  entries = [e for e in convert.backbone_entries(config) if e.torch_name in renamed]
+  copied = convert.torch_to_params(renamed, config, entries)
+
+  init = jax.jit(functools.partial(model_lib.init_params, config))
+  fresh = jax.device_get(init(jax.random.PRNGKey(seed)))
+  flat = {k: np.array(v, np.float32) for k, v in traverse_util.flatten_dict(
+      convert._unbox(fresh)).items()}  # pylint: disable=protected-access
+  flat.update(traverse_util.flatten_dict(copied))
+
+  embeddings = ('backbone', 'embeddings')
+  table = flat[embeddings + ('word_embeddings', 'embedding')]
+  row_source = _word_row_sources(words.shape[0], config, tokenizer, word_rows, bert_dir)
+  ours_rows = np.array(sorted(row_source), np.int64)
+  theirs_rows = np.array([row_source[i] for i in ours_rows], np.int64)
+  table[ours_rows] = words[theirs_rows]
+  concept_rows = _mean_word_rows(table, config, tokenizer, concept_vocab)
+  for key, name in ((('position_embeddings', 'embedding'), _POSITIONS),
+                    (('token_type_embeddings', 'embedding'), _SEGMENTS)):
+    ours, theirs = flat[embeddings + key], tables[name]
+    n = min(len(ours), len(theirs))
+    ours[:n] = theirs[:n]
+
+  word_table = table[:config.word_vocab_size]
+  flat[('mlm_head', 'decoder')] = word_table.copy()
+  flat[('concept_head', 'decoder')] = word_table.copy()
+  mlm_head_copied = _copy_mlm_head(flat, heads_state, config, ours_rows, theirs_rows)
+
+  report = {
+      'bert_dir': os.path.abspath(bert_dir), 'bert_layers': len(layer_ids),
+      'layer_map': layers, 'word_rows': word_rows, 'words_copied': int(len(ours_rows)),
+      'concept_rows_from_words': concept_rows,
+      'positions_copied': int(min(config.max_position_embeddings, len(tables[_POSITIONS]))),
+      'mlm_head_copied': mlm_head_copied, 'seed': seed,
+      'fresh': ['backbone/region_embedding', 'backbone/text_projection',
+                'backbone/visual_projection', 'backbone/logit_scale', 'itm_head',
+                'concept_head (transform, bias)'] + ([] if mlm_head_copied else
+                                                     ['mlm_head (transform, bias)']),
+  }
+  return traverse_util.unflatten_dict(flat), report
+
+
+def _word_row_sources(num_bert_rows: int, config: ModelConfig, tokenizer, word_rows: str,
+                      bert_dir: str) -> Dict[int, int]:
+  """{our word row: BERT row} for the rows to copy."""
+  if word_rows == 'by_id':
+    if num_bert_rows > config.word_vocab_size:
+      raise BertImportError(
+          f'BERT has {num_bert_rows} word rows but the model has word_vocab_size '
+          f"{config.word_vocab_size}: with another tokenizer use word_rows='by_token'.")
+    return {i: i for i in range(num_bert_rows)}
+  if word_rows == 'by_token':
+    if tokenizer is None:
+      raise BertImportError("word_rows='by_token' needs the dataset tokenizer.")
+    vocab = _bert_vocab(bert_dir)
+    sources = {}
+    for i in range(min(tokenizer.vocab_size, config.word_vocab_size)):
+      j = vocab.get(tokenizer.id_to_token(i))
+      if j is not None and j < num_bert_rows:
+        sources[i] = j
+    return sources
+  raise BertImportError(f"word_rows must be 'by_id' or 'by_token', got {word_rows!r}.")
+
+
+def _mean_word_rows(table: np.ndarray, config: ModelConfig, tokenizer, concept_vocab) -> int:
+  """Sets each new concept row to the mean of its words' piece rows; returns how many."""
+  if concept_vocab is None:
+    return 0
+  if tokenizer is None:
+    raise BertImportError('Concept rows need the dataset tokenizer to split their words.')
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rows = [r for r in sorted(concept_vocab.id2phrase) if r >= config.word_vocab_size]
+  too_big = [r for r in rows if r >= config.vocab_size]
+  if too_big:
+    raise BertImportError(f'Concept rows {too_big[:5]} exceed vocab_size {config.vocab_size}.')
+  if not rows:
+    return 0
+  texts = [' '.join(concept_vocab.id2phrase[r]) for r in rows]
+  pieces = tokenizer.tokenize(tf.constant(texts)).to_list()
+  for row, ids in zip(rows, pieces):
+    ids = [i for i in ids if i < config.word_vocab_size]
+    if ids:
+      table[row] = table[ids].mean(axis=0)
+  return len(rows)
+
+
+def _copy_mlm_head(flat, heads_state, config, ours_rows, theirs_rows) -> bool:
+  """Copies a BertForPreTraining `cls.predictions` transform + bias into our MLM head."""
+  prefix = 'cls.predictions.'
+  needed = [prefix + n for n in ('transform.dense.weight', 'transform.dense.bias',
+                                 'transform.LayerNorm.weight', 'transform.LayerNorm.bias',
+                                 'bias')]
+  if not all(n in heads_state for n in needed):
+    return False
+  flat[('mlm_head', 'transform', 'kernel')] = heads_state[needed[0]].T.copy()
+  flat[('mlm_head', 'transform', 'bias')] = heads_state[needed[1]].copy()
+  flat[('mlm_head', 'transform_layernorm', 'scale')] = heads_state[needed[2]].copy()
+  flat[('mlm_head', 'transform_layernorm', 'bias')] = heads_state[needed[3]].copy()
+  bias = np.zeros([config.word_vocab_size], np.float32)
+  bias[ours_rows] = heads_state[needed[4]][theirs_rows]
+  flat[('mlm_head', 'bias')] = bias
+  return True
+
+
+def save_init_checkpoint(params: Params, config: ModelConfig, path: str,
+                         report: Optional[Mapping[str, Any]] = None) -> None:
+  """Writes complete pre-training params as torch-named safetensors for `config.init_from`."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  state = convert.params_to_torch(params, config)
+  metadata = {'format': 'pt', 'mvp_jax_model_config': json.dumps(_asdict(config))}
+  if report is not None:
+    metadata['mvp_jax_import'] = json.dumps(report)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  save_file(state, path, metadata=metadata)
+
+
+def _asdict(config: ModelConfig) -> Dict[str, Any]:
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  return dataclasses.asdict(config)
+
+
+# --- Export -----------------------------------------------------------------------------------
+
+def text_encoder_state(params: Params, config: ModelConfig) -> Dict[str, np.ndarray]:
+  """HF `BertModel` state dict of our embeddings, text encoder and pooler."""
+  backbone = params['backbone'] if 'backbone' in params else params
+  state = convert.params_to_torch({'backbone': backbone}, config,
+                                  convert.backbone_entries(config))
+  out = {}
+  for name, value in state.items():
+    match = re.match(r'^bert\.txt_encoder\.layer\.(\d+)\.(.*)$', name)
+    if match:
+      out[f'encoder.layer.{match.group(1)}.{match.group(2)}'] = value
+    elif name.startswith(('bert.embeddings.', 'bert.pooler.')):
+      out[name[len('bert.'):]] = value
+  return out
+
+
+def bert_config(config: ModelConfig, pad_token_id: int = 0) -> Dict[str, Any]:
+  """`transformers.BertConfig` fields of the exported text encoder."""
+  return {
+      'architectures': ['BertModel'], 'model_type': 'bert',
+      'vocab_size': config.vocab_size, 'hidden_size': config.hidden_size,
+      'num_hidden_layers': config.num_text_layers, 'num_attention_heads': config.num_heads,
+      'intermediate_size': config.mlp_dim, 'hidden_act': 'gelu',
+      'hidden_dropout_prob': config.dropout_rate,
+      'attention_probs_dropout_prob': config.attention_dropout_rate,
+      'max_position_embeddings': config.max_position_embeddings,
+      'type_vocab_size': config.type_vocab_size, 'initializer_range': config.initializer_range,
+      'layer_norm_eps': config.layer_norm_eps, 'pad_token_id': pad_token_id,
+      'position_embedding_type': 'absolute', 'torch_dtype': 'float32',
+      'mvp_jax_note': ('Text encoder of an mvp-jax MVPTR model. The pooler was trained on the '
+                       'cross-modal [CLS], not on text alone; rows >= '
+                       f'{config.word_vocab_size} of the word table are phrase concepts.'),
+  }
+
+
+def export_text_encoder(params: Params, config: ModelConfig, out_dir: str,
+                        tokenizer_file: Optional[str] = None, pad_token_id: int = 0) -> str:
+  """Writes a `transformers.BertModel` folder (config.json, model.safetensors[, vocab.txt]).
+
+  Load it with `transformers.BertModel.from_pretrained(out_dir)`; see the module docstring for
+  what the pooler means. Returns out_dir.
+  """
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  os.makedirs(out_dir, exist_ok=True)
+  save_file(text_encoder_state(params, config), os.path.join(out_dir, 'model.safetensors'),
+            metadata={'format': 'pt'})
+  with open(os.path.join(out_dir, 'config.json'), 'w', encoding='utf-8') as f:
+    json.dump(bert_config(config, pad_token_id), f, indent=1)
+  if tokenizer_file and tokenizer_file.endswith('.txt'):
+    shutil.copyfile(tokenizer_file, os.path.join(out_dir, 'vocab.txt'))
+    with open(os.path.join(out_dir, 'tokenizer_config.json'), 'w', encoding='utf-8') as f:
+      json.dump({'tokenizer_class': 'BertTokenizer', 'do_lower_case': True}, f, indent=1)
+  return out_dir
+
+
+# --- Command line -----------------------------------------------------------------------------
+
+def _main(argv):
+  del argv
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  values = flags.FLAGS
+  if values.mode == 'import':
+    _run_import(values)
+  elif values.mode == 'export_text':
+    from mvp_jax import checkpointing  # pylint: disable=g-import-not-at-top
+    from mvp_jax import export_hf  # pylint: disable=g-import-not-at-top
+    config, params, _ = checkpointing.load_trained(values.workdir)
+    directory = export_hf.find_dataset_dir(values.workdir, values.dataset_dir)
+    tokenizer_file = export_hf.tokenizer_file(directory)
+    print(export_text_encoder(params, config, values.out, tokenizer_file))
+  else:
+    raise ValueError(f"--mode must be 'import' or 'export_text', got {values.mode!r}.")
+
+
+def _run_import(values) -> None:
+  from input_pipeline import storage  # pylint: disable=g-import-not-at-top
+  from mvp_jax import train  # pylint: disable=g-import-not-at-top
+  if not values.bert or not values.config or not values.out:
+    raise ValueError('--mode=import needs --bert, --config and --out.')
+  directory = values.dataset_dir or values.config.data.get('directory')
+  if not directory:
+    raise ValueError('--dataset_dir (or config.data.directory) is needed for the vocabularies.')
+  tokenizer, concept_vocab = storage.load_vocabularies(directory)
+  config = train.model_config(values.config, directory)
+  params, report = import_bert(values.bert, config, tokenizer=tokenizer,
+                               concept_vocab=concept_vocab, layer_map=values.layer_map,
+                               word_rows=values.word_rows, seed=values.seed)
+  save_init_checkpoint(params, config, values.out, report)
+  print(json.dumps(report, indent=1))
+  print(f'Wrote {values.out}; train with --config.init_from={values.out}')
+
+
+def _define_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_enum('mode', 'import', ['import', 'export_text'], 'What to do.')
+  flags.DEFINE_string('bert', None, 'import: HF BERT folder.')
+  config_flags.DEFINE_config_file('config', None, 'import: the training config.')
+  flags.DEFINE_string('dataset_dir', None, 'Dataset folder with vocab.txt/*.model + '
+                      'id2phrase.json (default: config.data.directory / the run\'s).')
+  flags.DEFINE_string('layer_map', 'split', "import: 'split', 'bottom' or "
+                      "'text=0-5;visual=0-5;cross=6-11'.")
+  flags.DEFINE_enum('word_rows', 'by_id', ['by_id', 'by_token'], 'import: word row matching.')
+  flags.DEFINE_integer('seed', 0, 'import: seed of the fresh parameters.')
+  flags.DEFINE_string('workdir', None, 'export_text: the training run.')
+  flags.DEFINE_string('out', None, 'import: .safetensors file; export_text: folder.')
+
+
+if __name__ == '__main__':
+  from absl import app  # pylint: disable=g-import-not-at-top
+  _define_flags()
+  app.run(_main)

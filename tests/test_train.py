@@ -1,0 +1,225 @@
+"""The pre-training system end to end: few-step training, meshes, resume, init_from, NaN guard.
+
+Runs the real `train_and_evaluate` on a small ShapesWorld dataset generated once per session.
+"""
+
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from configs import mvp_tiny
+from input_pipeline import storage
+from mvp_jax import checkpointing
+from mvp_jax import convert
+from mvp_jax import data as data_lib
+from mvp_jax import init_from
+from mvp_jax import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def shapesworld_dir(tmp_path_factory):
+  config = mvp_tiny.get_config('smoke')
+  directory = str(tmp_path_factory.mktemp('shapesworld'))
+  config.data.directory = directory
+  return data_lib.prepare_dataset(config.data, directory)
+
+
+def smoke_config(directory, **overrides):
+  config = mvp_tiny.get_config('smoke')
+  config.data.directory = directory
+  config.model['dropout_rate'] = 0.0
+  config.model['attention_dropout_rate'] = 0.0
+  config.eval_every = 0
+  config.async_checkpointing = False
+  config.mesh_shape = (1, 1, 1)
+  config.optimizer.warmup_steps = 1
+  for key, value in overrides.items():
+    target = config
+    *path, last = key.split('.')
+    for name in path:
+      target = target[name]
+    target[last] = value
+  return config
+
+
+def params_of(workdir):
+  _, params, step = checkpointing.load_trained(workdir)
+  return jax.tree_util.tree_map(np.asarray, params), step
+
+
+def test_config_overrides_from_the_command_line(monkeypatch):
+  argv = ['main.py', f'--config={ROOT}/configs/mvp_tiny.py:smoke', '--config.batch_size=16',
+          '--config.optimizer.lr=0.125', '--config.schedule=two_stage']
+  monkeypatch.setattr('sys.argv', argv)  # config_flags reads the overrides from sys.argv
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'config', flag_values=values)
+  values(argv)
+  assert values.config.batch_size == 16
+  assert values.config.optimizer.lr == 0.125
+  assert values.config.schedule == 'two_stage'
+  assert values.config.total_steps == 6  # from the :smoke argument
+
+
+def test_base_config_is_the_paper_setting():
+  from configs import mvp_base  # pylint: disable=g-import-not-at-top
+  config = mvp_base.get_config()
+  assert (config.model['hidden_size'], config.model['num_heads'], config.model['mlp_dim']) == (
+      768, 12, 3072)
+  assert (config.model['num_text_layers'], config.model['num_visual_layers'],
+          config.model['num_cross_layers']) == (6, 6, 6)
+  assert config.batch_size == 1024
+  assert (config.data.max_seq_length + config.data.max_phrases, config.data.max_tag_length,
+          config.data.max_img_seq_length) == (40, 20, 50)
+  assert (config.optimizer.b1, config.optimizer.b2, config.optimizer.eps,
+          config.optimizer.weight_decay) == (0.9, 0.999, 1e-8, 0.01)
+
+
+def test_training_writes_metrics_and_evaluates(shapesworld_dir, tmp_path):
+  config = smoke_config(shapesworld_dir, total_steps=4, eval_every=4, log_every=2)
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results['final_step'] == 4
+  for name in ('loss_mcr', 'loss_itc', 'loss_mlm', 'loss_itm', 'loss_wpg'):
+    assert np.isfinite(results[f'train/{name}'])
+  for name in ('retrieval/t2i_R@1', 'retrieval/i2t_R@10', 'val/grounding_accuracy',
+               'val/mlm_accuracy', 'val/mcr_accuracy'):
+    assert 0.0 <= results[name] <= 1.0
+  assert results['retrieval/num_images'] == 16
+  assert results['train/examples_per_s'] > 0
+  assert os.path.exists(tmp_path / 'model_config.json')
+
+
+def test_two_stage_schedule_freezes_cross_encoder_in_stage_one(shapesworld_dir, tmp_path):
+  config = smoke_config(shapesworld_dir, total_steps=2, schedule='two_stage', stage1_steps=2,
+                        checkpoint_every=1)
+  config.keep_checkpoints = 5
+  train.train_and_evaluate(config, str(tmp_path))
+  manager_dir = str(tmp_path)
+  _, before, _ = checkpointing.load_trained(manager_dir, step=1)
+  _, after, _ = checkpointing.load_trained(manager_dir, step=2)
+  same = jax.tree_util.tree_map(lambda a, b: bool(np.array_equal(a, b)), before, after)
+  assert all(jax.tree_util.tree_leaves(same['backbone']['cross_encoder']))
+  assert all(jax.tree_util.tree_leaves(same['itm_head']))
+  assert not all(jax.tree_util.tree_leaves(same['backbone']['text_encoder']))
+  assert train.train_step_lib.stage_at(1, 'two_stage', 2) == 1
+  assert train.train_step_lib.stage_at(2, 'two_stage', 2) == 2
+
+
+@pytest.fixture(scope='module')
+def single_device_run(shapesworld_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('single'))
+  config = smoke_config(shapesworld_dir, total_steps=2, negatives='global', log_every=1)
+  config.optimizer.eps = 1e-3
+  results = train.train_and_evaluate(config, workdir)
+  return results, params_of(workdir)[0]
+
+
+@pytest.mark.parametrize('mesh_shape,rules', [((4, 2, 1), 'fsdp'), ((4, 1, 2), 'tensor')])
+def test_meshes_match_one_device(shapesworld_dir, single_device_run, tmp_path, mesh_shape,
+                                 rules):
+  """Same loss and updated parameters on 8 devices as on one device (global negatives).
+
+  Tolerance 1e-5. Sharded reductions sum in another order; Adam's eps is raised to 1e-3 here
+  because its first step divides each gradient by its own magnitude, which would turn float32
+  rounding of near-zero gradients into differences of the size of the learning rate.
+  """
+  results_single, params_single = single_device_run
+  sharded = smoke_config(shapesworld_dir, total_steps=2, negatives='global', log_every=1,
+                         mesh_shape=mesh_shape, sharding_rules=rules)
+  sharded.optimizer.eps = 1e-3
+  results_sharded = train.train_and_evaluate(sharded, str(tmp_path))
+  np.testing.assert_allclose(results_sharded['train/loss'], results_single['train/loss'],
+                             rtol=1e-5)
+  params_sharded, _ = params_of(str(tmp_path))
+  for a, b in zip(jax.tree_util.tree_leaves(params_single),
+                  jax.tree_util.tree_leaves(params_sharded)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_sigterm_then_resume_equals_uninterrupted_run(shapesworld_dir, tmp_path, monkeypatch):
+  config = smoke_config(shapesworld_dir, total_steps=6, checkpoint_every=100)
+  train.train_and_evaluate(config, str(tmp_path / 'straight'))
+
+  calls = {'n': 0}
+  original = data_lib.to_global
+
+  def to_global_then_sigterm(batch, sharding):
+    calls['n'] += 1
+    if calls['n'] == 3:  # during step 3 a preemption notice arrives
+      os.kill(os.getpid(), signal.SIGTERM)
+    return original(batch, sharding)
+
+  monkeypatch.setattr(data_lib, 'to_global', to_global_then_sigterm)
+  interrupted = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  assert interrupted['preempted_at_step'] == 3
+  monkeypatch.setattr(data_lib, 'to_global', original)
+  resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  assert resumed['final_step'] == 6
+  straight_params, _ = params_of(str(tmp_path / 'straight'))
+  resumed_params, step = params_of(str(tmp_path / 'resumed'))
+  assert step == 6
+  for a, b in zip(jax.tree_util.tree_leaves(straight_params),
+                  jax.tree_util.tree_leaves(resumed_params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_nan_loss_stops_before_checkpointing(shapesworld_dir, tmp_path, monkeypatch):
+  config = smoke_config(shapesworld_dir, total_steps=6, checkpoint_every=2, log_every=1)
+  original = data_lib.to_global
+  calls = {'n': 0}
+
+  def poisoned(batch, sharding):
+    calls['n'] += 1
+    if calls['n'] == 3:  # step 3's regions are NaN
+      batch = dict(batch, img_feats=np.full_like(batch['img_feats'], np.nan))
+    return original(batch, sharding)
+
+  monkeypatch.setattr(data_lib, 'to_global', poisoned)
+  with pytest.raises(train.NonFiniteLossError, match='loss_mcr|mcr'):
+    train.train_and_evaluate(config, str(tmp_path))
+  params, step = params_of(str(tmp_path))
+  assert step == 2
+  assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
+
+
+def test_init_from_checks_keys(shapesworld_dir, tmp_path):
+  config = smoke_config(shapesworld_dir, total_steps=2)
+  train.train_and_evaluate(config, str(tmp_path / 'source'))
+  model_config, params, _ = checkpointing.load_trained(str(tmp_path / 'source'))
+  state = convert.params_to_torch(params, model_config)
+  path = str(tmp_path / 'weights.safetensors')
+  convert.save_safetensors(state, path)
+
+  fresh = train.model_lib.init_params(model_config, jax.random.PRNGKey(7))
+  loaded = init_from.load_into(fresh, path, model_config)
+  np.testing.assert_array_equal(
+      np.asarray(jax.tree_util.tree_leaves(loaded['backbone']['pooler'])[0]),
+      np.asarray(params['backbone']['pooler']['dense']['bias']))
+
+  del state['bert.pooler.dense.bias']
+  state['cls.extra.weight'] = np.zeros(3, np.float32)
+  convert.save_safetensors(state, path)
+  with pytest.raises(init_from.InitFromError, match='bert.pooler.dense.bias'):
+    init_from.load_into(fresh, path, model_config)
+  loaded = init_from.load_into(fresh, path, model_config,
+                               skip=(r'backbone/pooler/dense/bias', r'^cls\.extra'))
+  np.testing.assert_array_equal(
+      np.asarray(jax.tree_util.tree_leaves(loaded['backbone']['pooler'])[0]),
+      np.asarray(jax.tree_util.tree_leaves(fresh['backbone']['pooler'])[0]))
+
+  config = smoke_config(shapesworld_dir, total_steps=2, init_from=path)
+  with pytest.raises(init_from.InitFromError, match='missing'):
+    train.train_and_evaluate(config, str(tmp_path / 'target'))
+  config.init_skip = (r'backbone/pooler/dense/bias', r'^cls\.extra')
+  assert train.train_and_evaluate(config, str(tmp_path / 'target2'))['final_step'] == 2
+
+
+def test_vocabularies_are_beside_the_data(shapesworld_dir):
+  tokenizer, concept_vocab = storage.load_vocabularies(shapesworld_dir)
+  assert concept_vocab.num_rows > tokenizer.vocab_size

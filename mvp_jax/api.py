@@ -29,7 +29,8 @@ def load_checkpoint(source: Union[str, Mapping[str, Any]],
     (config, params) with params a nested dict of float32 arrays for `MVPPretrainingModel`.
     A backbone-only checkpoint (`BiImageBertRep`) gives params with only the `backbone` entry.
   """
-  state = convert.load_state_dict(source) if isinstance(source, str) else dict(source)
+  state = convert.strip_module_prefix(
+      convert.load_state_dict(source) if isinstance(source, str) else dict(source))
   if config is None:
     config = convert.infer_config(state, **config_overrides)
   elif config_overrides:

@@ -127,9 +127,12 @@ class SelfAttention(nn.Module):
     dtype = _dtype(cfg)
 
     def projection(name):
-      return nn.DenseGeneral((cfg.num_heads, cfg.head_dim), dtype=dtype, param_dtype=jnp.float32,
-                             kernel_init=_normal(cfg, ('embed', 'heads', 'kv')),
-                             bias_init=_zeros(('heads', 'kv')), name=name)
+      # nn.Einsum (not DenseGeneral, whose kernel is flat [H, heads*head_dim] inside) so the
+      # kernel really is [hidden, heads, head_dim] for the logical constraints.
+      return nn.Einsum((cfg.hidden_size, cfg.num_heads, cfg.head_dim), 'blh,hnd->blnd',
+                       dtype=dtype, param_dtype=jnp.float32,
+                       kernel_init=_normal(cfg, ('embed', 'heads', 'kv')),
+                       bias_init=_zeros(('heads', 'kv')), name=name)
 
     query = projection('query')(x)
     key = projection('key')(x)
@@ -144,9 +147,10 @@ class SelfAttention(nn.Module):
     probs = nn.Dropout(cfg.attention_dropout_rate)(probs, deterministic=deterministic)
     context = jnp.einsum('bhqk,bkhd->bqhd', probs, value)
     context = constrain(context, ('batch', 'length', 'heads', 'kv'))
-    out = nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), dtype=dtype, param_dtype=jnp.float32,
-                          kernel_init=_normal(cfg, ('heads', 'kv', 'embed')),
-                          bias_init=_zeros(('embed',)), name='output')(context)
+    out = nn.Einsum((cfg.num_heads, cfg.head_dim, cfg.hidden_size), 'blnd,ndh->blh',
+                    dtype=dtype, param_dtype=jnp.float32,
+                    kernel_init=_normal(cfg, ('heads', 'kv', 'embed')),
+                    bias_init=_zeros(('embed',)), name='output')(context)
     return constrain(out, ('batch', 'length', 'embed'))
 
 

@@ -118,7 +118,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   init_fn = functools.partial(create_train_state, model_cfg, optimizer,
                               init_batch=data.model_inputs(init_batch))
   rng = jax.random.PRNGKey(config.seed)
-  with mesh, nn.logical_axis_rules(rules):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract_state = jax.eval_shape(init_fn, rng)
     state_sharding = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_state), mesh,
                                                  rules)
@@ -155,7 +155,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       keep=config.keep_checkpoints, async_save=config.get('async_checkpointing', True))
   latest = manager.latest_step()
   if latest is not None:
-    with mesh:
+    with jax.set_mesh(mesh):
       state, data_state = manager.restore(latest, state)
     train_iter.set_state(data_state)
     first_batch = None
@@ -184,7 +184,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   def run_evals(params) -> Dict[str, float]:
     results = {}
-    with mesh, nn.logical_axis_rules(rules):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       for evaluator in all_evaluators:
         results.update(evaluator.run(params))
     return results
@@ -205,7 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       stage = train_step_lib.stage_at(step, config.schedule, config.stage1_steps)
       batch = first_batch if first_batch is not None else next(train_iter)
       first_batch = None
-      with mesh, jax.profiler.StepTraceAnnotation('train', step_num=step):
+      with jax.set_mesh(mesh), jax.profiler.StepTraceAnnotation('train', step_num=step):
         global_batch = data.to_global(data.model_inputs(batch), batch_sharding)
         if stage not in step_fns:
           step_fns[stage] = compile_step(stage, state, global_batch)

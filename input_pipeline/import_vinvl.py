@@ -330,6 +330,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument('--verify_boxes', action=argparse.BooleanOptionalAction, default=True)
   parser.add_argument('--box_atol', type=float, default=VinvlOptions.box_atol)
   parser.add_argument('--overwrite', action='store_true', help='replace an existing split')
+  parser.add_argument('--vocab', default=None,
+                      help='tokenizer vocabulary (BERT vocab.txt or a SentencePiece .model) to '
+                           'store beside the data; required once per dataset directory')
+  parser.add_argument('--id2phrase', default=None,
+                      help="concept vocabulary in the authors' id2phrase JSON format; without it "
+                           'one is built from the imported phrases (see --min_concept_count)')
+  parser.add_argument('--min_concept_count', type=int, default=50,
+                      help='keep phrase tuples seen in at least this many captions (authors: 50)')
   parser.add_argument('--use_index', action=argparse.BooleanOptionalAction, default=True,
                       help='seek with .lineidx and imageid2idx.json when both exist')
   return parser.parse_args(argv)
@@ -355,7 +363,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 1
   print(report.summary())
   print(f'report: {report_path(args.out_dir, args.split)}')
+  if args.vocab:
+    write_vocabularies(args.out_dir, args.vocab, args.id2phrase, args.split,
+                       args.min_concept_count)
   return 0
+
+
+def write_vocabularies(out_dir: str, vocab: str, id2phrase: Optional[str] = None,
+                       split: str = 'train', min_concept_count: int = 50) -> None:
+  """Stores the tokenizer and concept vocabulary beside the data (what training reads).
+
+  With `id2phrase` (e.g. the authors' `id2phrase_new.json`) the concepts are taken as they are,
+  so the authors' checkpoints keep their embedding rows; otherwise they are built from the
+  phrases of `split` (tuples in at least `min_concept_count` captions).
+  """
+  from input_pipeline import concepts  # pylint: disable=g-import-not-at-top
+  from input_pipeline import tokenizers  # pylint: disable=g-import-not-at-top
+  tokenizer = tokenizers.load_tokenizer(vocab)
+  if id2phrase:
+    concept_vocab = concepts.ConceptVocab.load(id2phrase, tokenizer.vocab_size)
+  else:
+    sentences = (
+        [tuple(w.decode() for w in phrase) for phrase in caption]
+        for record in storage.read_dataset(out_dir, split).as_numpy_iterator()
+        for caption in record['phrases'])
+    concept_vocab = concepts.ConceptVocab.build(sentences, tokenizer, min_concept_count)
+  storage.save_vocabularies(out_dir, vocab, concept_vocab)
+  print(f'vocabularies: {tokenizer.vocab_size} words, {len(concept_vocab)} concepts '
+        f'({concept_vocab.num_rows} embedding rows) in {out_dir}')
 
 
 if __name__ == '__main__':

@@ -16,9 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers
 from clu import periodic_actions
-from jax.sharding import NamedSharding, PartitionSpec
 
 from mvp_jax import checkpointing
 from mvp_jax import data
@@ -26,8 +24,8 @@ from mvp_jax import init_from as init_from_lib
 from mvp_jax import metrics as metrics_lib
 from mvp_jax import model as model_lib
 from mvp_jax import optim
-from mvp_jax import sharding
 from mvp_jax import train_step as train_step_lib
+from mvp_jax import trainer_lib
 from mvp_jax.config import ModelConfig
 from mvp_jax.evaluators import pretraining as evaluators
 
@@ -37,8 +35,8 @@ PEAK_FLOPS = {'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v
               'NVIDIA A100-SXM4-80GB': 312e12, 'NVIDIA A100-SXM4-40GB': 312e12}
 
 
-class NonFiniteLossError(RuntimeError):
-  """A loss or the gradient norm became NaN/Inf; nothing after it was checkpointed."""
+METRICS_FILE = trainer_lib.METRICS_FILE
+NonFiniteLossError = trainer_lib.NonFiniteLossError
 
 
 def model_config(config: ml_collections.ConfigDict, directory: Optional[str]) -> ModelConfig:
@@ -72,18 +70,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   # --- Logging -------------------------------------------------------------------------------
   if config.get('distributed', False):
     jax.distributed.initialize()
-  os.makedirs(workdir, exist_ok=True)
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0, asynchronous=False)
-  writer.write_hparams({k: v for k, v in config.to_dict().items()
-                        if isinstance(v, (int, float, str, bool))})
+  scalar_writer = trainer_lib.ScalarWriter(workdir, config)
 
   # --- Mesh ----------------------------------------------------------------------------------
-  mesh = sharding.create_mesh(config.mesh_shape)
-  rules = sharding.logical_rules(config.sharding_rules)
-  batch_sharding = sharding.batch_sharding(mesh)
-  replicated = NamedSharding(mesh, PartitionSpec())
-  num_groups = sharding.num_data_shards(mesh) if config.negatives == 'local' else 1
+  mesh_setup = trainer_lib.create_mesh(config)
+  mesh, rules = mesh_setup.mesh, mesh_setup.rules
+  batch_sharding, replicated = mesh_setup.batch_sharding, mesh_setup.replicated
+  num_groups = mesh_setup.num_data_shards if config.negatives == 'local' else 1
   if config.negatives not in ('local', 'global'):
     raise ValueError(f"config.negatives must be 'local' or 'global', got {config.negatives!r}.")
   logging.info('Mesh %s, rules %s, %d negative group(s).', dict(mesh.shape),
@@ -117,14 +110,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   init_batch = {k: v[:2] for k, v in first_batch.items()}
   init_fn = functools.partial(create_train_state, model_cfg, optimizer,
                               init_batch=data.model_inputs(init_batch))
-  rng = jax.random.PRNGKey(config.seed)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract_state = jax.eval_shape(init_fn, rng)
-    state_sharding = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_state), mesh,
-                                                 rules)
-    state = jax.jit(init_fn, out_shardings=state_sharding)(rng)
-  num_params = sum(x.size for x in jax.tree_util.tree_leaves(nn.unbox(abstract_state.params)))
-  logging.info('Parameters: %d', num_params)
+  state, state_sharding, _ = trainer_lib.sharded_init(init_fn, jax.random.PRNGKey(config.seed),
+                                                       mesh_setup)
 
   # --- Update step (one compiled function per stage) -----------------------------------------
   weights = dict(config.loss_weights)
@@ -145,7 +132,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   def compile_step(stage: int, state, batch):
     """Compiles the stage's step once; its cost analysis gives the FLOPs for MFU."""
     compiled = compiled_step(stage).lower(state, batch).compile()
-    return compiled, _flops(compiled)
+    return compiled, trainer_lib.flops(compiled)
 
   step_fns: Dict[int, Any] = {}
 
@@ -190,8 +177,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     return results
 
   # --- Loop ----------------------------------------------------------------------------------
+  write_scalars = scalar_writer.write
   preemption = checkpointing.PreemptionFlag().install()
-  report = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer)
+  report = periodic_actions.ReportProgress(num_train_steps=config.total_steps,
+                                           writer=scalar_writer.writer)
   hooks = [report]
   if jax.process_index() == 0 and config.get('profile', False):
     hooks.append(periodic_actions.Profile(num_profile_steps=5, logdir=workdir))
@@ -215,16 +204,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       collection = metrics_lib.collection_for_stage(stage)
       update = collection.single_from_model_output(**step_metrics)
       train_metrics = update if train_metrics is None else train_metrics.merge(update)
-      flags = {k: v for k, v in step_metrics.items() if k.startswith('nonfinite_')}
-      nonfinite = flags if nonfinite is None else jax.tree_util.tree_map(
-          jnp.logical_or, nonfinite, flags)
+      nonfinite = trainer_lib.merge_flags(nonfinite, step_metrics)
       done = step + 1
       for hook in hooks:
         hook(done)
 
       is_last = done == config.total_steps
       if done % config.log_every == 0 or is_last or done % config.checkpoint_every == 0:
-        _raise_if_nonfinite(nonfinite, done)
+        trainer_lib.raise_if_nonfinite(nonfinite, done)
         nonfinite = None
       if done % config.log_every == 0 or is_last:
         elapsed = time.time() - last_log_time
@@ -237,17 +224,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
           scalars['train/tflops_per_s'] = achieved / 1e12
           if peak:
             scalars['train/mfu'] = achieved / (peak * jax.device_count())
-        writer.write_scalars(done, scalars)
+        write_scalars(done, scalars)
         final.update(scalars)
         train_metrics, last_log_time, last_log_step = None, time.time(), done
       if config.eval_every and (done % config.eval_every == 0 or is_last):
         with report.timed('eval'):
           eval_results = run_evals(state.params)
-        writer.write_scalars(done, eval_results)
+        write_scalars(done, eval_results)
         final.update(eval_results)
       manager.save(done, state, train_iter.get_state(), force=is_last)
       if preemption.should_stop() and not is_last:
-        _raise_if_nonfinite(nonfinite, done)
+        trainer_lib.raise_if_nonfinite(nonfinite, done)
         manager.save(done, state, train_iter.get_state(), force=True)
         manager.wait()
         logging.warning('Preempted: saved step %d and stopped.', done)
@@ -256,28 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   finally:
     manager.close()
     preemption.uninstall()
-    writer.flush()
+    scalar_writer.flush()
   final['final_step'] = int(jax.device_get(state.step))
   return final
 
-
-def _flops(compiled) -> Optional[float]:
-  """FLOPs of one compiled step from XLA's cost analysis (None if unavailable)."""
-  try:
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):
-      analysis = analysis[0]
-    return float(analysis.get('flops', 0.0)) or None
-  except Exception:  # pylint: disable=broad-except
-    logging.warning('XLA cost analysis unavailable: MFU is not reported.')
-    return None
-
-
-def _raise_if_nonfinite(nonfinite, step: int) -> None:
-  if nonfinite is None:
-    return
-  bad = metrics_lib.nonfinite_losses(jax.device_get(nonfinite))
-  if bad:
-    raise NonFiniteLossError(
-        f'Non-finite {", ".join(sorted(bad))} at or before step {step}: the update was dropped '
-        f'and training stopped before any checkpoint of it was written.')

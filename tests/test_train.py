@@ -223,3 +223,53 @@ def test_init_from_checks_keys(shapesworld_dir, tmp_path):
 def test_vocabularies_are_beside_the_data(shapesworld_dir):
   tokenizer, concept_vocab = storage.load_vocabularies(shapesworld_dir)
   assert concept_vocab.num_rows > tokenizer.vocab_size
+
+
+def read_metrics(workdir):
+  import json  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(workdir, train.METRICS_FILE)) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_every_loss_decreases_on_shapesworld(shapesworld_dir, tmp_path):
+  config = smoke_config(shapesworld_dir, total_steps=40, log_every=10, checkpoint_every=1000)
+  config.optimizer.update(lr=2e-3, warmup_steps=2)
+  train.train_and_evaluate(config, str(tmp_path))
+  logged = [m for m in read_metrics(str(tmp_path)) if 'train/loss' in m]
+  assert [m['step'] for m in logged] == [10, 20, 30, 40]
+  for name in ('loss_mcr', 'loss_itc', 'loss_mlm', 'loss_itm', 'loss_wpg'):
+    first, last = logged[0][f'train/{name}'], logged[-1][f'train/{name}']
+    assert last < first, (name, [m[f'train/{name}'] for m in logged])
+
+
+def test_few_steps_on_a_mock_vinvl_dataset(tmp_path):
+  """VinVL TSVs -> importer -> vocabularies -> a few training steps with 2054-d regions."""
+  import vinvl_fixtures as fx  # pylint: disable=g-import-not-at-top
+  from input_pipeline import import_vinvl  # pylint: disable=g-import-not-at-top
+  from input_pipeline import train_vocab  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  images = [fx.make_image(rng, str(100 + i), num_boxes=int(rng.integers(3, 7)))
+            for i in range(12)]
+  features = fx.write_tsv(tmp_path / 'features.tsv',
+                          [fx.feature_line(im.image_id, im.features()) for im in images])
+  predictions = fx.write_tsv(tmp_path / 'predictions.tsv',
+                             [fx.prediction_line(im) for im in images])
+  words = ['a', 'the', 'on', 'with', 'near'] + list(fx.CLASSES)
+  captions = {im.image_id: [f'a {im.classes[0]} near the {im.classes[-1]}',
+                            f'the {im.classes[1]} with a {im.classes[0]}'] for im in images}
+  caption_file = fx.write_json(tmp_path / 'captions.json', fx.caption_list(captions))
+  vocab = str(tmp_path / 'vocab.txt')
+  train_vocab.write_vocab(words, vocab)
+  out_dir = str(tmp_path / 'records')
+  import_vinvl.import_vinvl(features=features, predictions=predictions, captions=caption_file,
+                            out_dir=out_dir, split='train', builtin_phrases=True)
+  import_vinvl.write_vocabularies(out_dir, vocab, min_concept_count=1)
+  config = smoke_config(out_dir, total_steps=3, log_every=1)
+  config.data.kind = 'records'
+  config.model['region_feature_dim'] = 2054
+  config.data.update(max_seq_length=10, max_phrases=3, max_tag_length=6, max_img_seq_length=5)
+  results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert results['final_step'] == 3
+  for name in ('loss_mcr', 'loss_itc', 'loss_mlm', 'loss_itm', 'loss_wpg'):
+    assert np.isfinite(results[f'train/{name}'])
+  assert results['train/loss_wpg'] >= 0.0

@@ -38,7 +38,7 @@ _DTYPE = flags.DEFINE_string('dtype', '', 'Override compute dtype (float32 / bfl
 _REMAT = flags.DEFINE_integer('remat', -1, 'Override remat (0/1); -1 keeps the config value.')
 _PEAK = flags.DEFINE_float('peak_flops', 0.0, 'Peak FLOP/s per device for MFU (0 = table).')
 # The tiny config reads its vocabulary from ShapesWorld; these are its measured sizes.
-_TINY_VOCAB = dict(word_vocab_size=87, vocab_size=160)
+_TINY_VOCAB = dict(word_vocab_size=87, vocab_size=363)
 _BASE_VOCAB = dict(word_vocab_size=30522, vocab_size=86051)
 
 

@@ -221,8 +221,9 @@ def import_bert(bert_dir: str, config: ModelConfig, *, tokenizer=None, concept_v
       'mlm_head_copied': mlm_head_copied, 'seed': seed,
       'fresh': ['backbone/region_embedding', 'backbone/text_projection',
                 'backbone/visual_projection', 'backbone/logit_scale', 'itm_head',
-                'concept_head (transform, bias)'] + ([] if mlm_head_copied else
-                                                     ['mlm_head (transform, bias)']),
+                'concept_head (transform, bias)']
+               + ([] if mlm_head_copied else ['mlm_head (transform, bias)'])
+               + (['qa_head'] if config.qa_num_answers else []),
   }
   return traverse_util.unflatten_dict(flat), report
 

@@ -1,0 +1,210 @@
+"""Hugging Face BERT import (pre-training init) and text-encoder export (`mvp_jax/hf_bert.py`)."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mvp_jax
+from input_pipeline import concepts
+from input_pipeline import tokenizers
+from mvp_jax import hf_bert
+from mvp_jax import init_from
+
+torch = pytest.importorskip('torch')
+transformers = pytest.importorskip('transformers')
+
+HIDDEN, HEADS, MLP, POSITIONS, BERT_LAYERS = 32, 4, 64, 40, 4
+SPECIAL = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]']
+WORDS = ['a', 'red', 'blue', 'circle', 'square', 'left', 'of', 'the', 'big', '##s', 'is', 'on']
+BATCH, LENGTH = 3, 9
+
+
+@pytest.fixture(scope='module')
+def bert_dir(tmp_path_factory):
+  """A random BertModel (every tensor perturbed) saved with its vocab.txt."""
+  torch.manual_seed(0)
+  vocab = SPECIAL + WORDS + [f'w{i}' for i in range(8)]
+  config = transformers.BertConfig(
+      vocab_size=len(vocab), hidden_size=HIDDEN, num_attention_heads=HEADS,
+      num_hidden_layers=BERT_LAYERS, intermediate_size=MLP, max_position_embeddings=POSITIONS,
+      type_vocab_size=2, hidden_act='gelu')
+  model = transformers.BertModel(config).eval()
+  with torch.no_grad():
+    for parameter in model.parameters():
+      parameter.normal_(0.0, 0.2)
+  directory = tmp_path_factory.mktemp('bert')
+  model.save_pretrained(directory)
+  (directory / 'vocab.txt').write_text('\n'.join(vocab) + '\n')
+  return directory
+
+
+@pytest.fixture(scope='module')
+def bert_model(bert_dir):
+  return transformers.BertModel.from_pretrained(bert_dir).eval()
+
+
+@pytest.fixture(scope='module')
+def vocabularies(bert_dir):
+  """The dataset tokenizer (= BERT's vocab) and a concept vocabulary with 3 new rows."""
+  tokenizer = tokenizers.load_tokenizer(str(bert_dir / 'vocab.txt'))
+  rows = tokenizer.vocab_size
+  concept_vocab = concepts.ConceptVocab(
+      {tokenizer.token_to_id('circle'): ['circle'], rows: ['circle', 'red'],
+       rows + 1: ['square', 'left of', 'circle'], rows + 2: ['circles', 'big']}, rows)
+  return tokenizer, concept_vocab
+
+
+def model_config(tokenizer, **overrides):
+  values = dict(vocab_size=tokenizer.vocab_size + 3, word_vocab_size=tokenizer.vocab_size,
+                hidden_size=HIDDEN, num_heads=HEADS, mlp_dim=MLP, num_text_layers=2,
+                num_visual_layers=2, num_cross_layers=2, max_position_embeddings=POSITIONS,
+                region_feature_dim=16)
+  values.update(overrides)
+  return mvp_jax.config.tiny(**values)
+
+
+@pytest.fixture(scope='module')
+def imported(bert_dir, vocabularies):
+  tokenizer, concept_vocab = vocabularies
+  config = model_config(tokenizer)
+  params, report = hf_bert.import_bert(str(bert_dir), config, tokenizer=tokenizer,
+                                       concept_vocab=concept_vocab, layer_map='split', seed=3)
+  return config, params, report
+
+
+@pytest.fixture(scope='module')
+def text_inputs():
+  rng = np.random.RandomState(0)
+  ids = rng.randint(0, 20, (BATCH, LENGTH))
+  types = rng.randint(0, 2, (BATCH, LENGTH))
+  mask = (np.arange(LENGTH)[None] < np.array([[LENGTH], [6], [3]])).astype(np.int64)
+  return ids, types, mask
+
+
+def bert_hidden_states(bert_model, ids, types, mask):
+  with torch.no_grad():
+    out = bert_model(input_ids=torch.from_numpy(ids), token_type_ids=torch.from_numpy(types),
+                     attention_mask=torch.from_numpy(mask), output_hidden_states=True)
+  return [h.numpy() for h in out.hidden_states], out
+
+
+def backbone_apply(config, params, fn, *args):
+  return np.asarray(mvp_jax.MVPBackbone(config).apply({'params': params['backbone']}, *args,
+                                                      method=fn))
+
+
+def test_split_layers_reproduce_bert(imported, bert_model, text_inputs):
+  """text <- BERT 0..1 and cross <- BERT 2..3: text then cross == the whole 4-layer BERT."""
+  config, params, report = imported
+  assert report['layer_map'] == {'text': [0, 1], 'visual': [0, 1], 'cross': [2, 3]}
+  ids, types, mask = text_inputs
+  hidden, _ = bert_hidden_states(bert_model, ids, types, mask)
+  batch = dict(input_ids_a=jnp.asarray(ids), token_type_ids_a=jnp.asarray(types),
+               attention_mask_a=jnp.asarray(mask))
+  text = backbone_apply(config, params, mvp_jax.MVPBackbone.encode_text, batch)
+  np.testing.assert_allclose(text, hidden[2], atol=1e-5, rtol=0)
+  encoder = lambda name: (lambda m, x, k: getattr(m, name)(x, k, True)[0])
+  cross = backbone_apply(config, params, encoder('cross_encoder'), jnp.asarray(hidden[2]),
+                         jnp.asarray(mask))
+  np.testing.assert_allclose(cross, hidden[4], atol=1e-5, rtol=0)
+  visual = backbone_apply(config, params, encoder('visual_encoder'), jnp.asarray(hidden[0]),
+                          jnp.asarray(mask))
+  np.testing.assert_allclose(visual, hidden[2], atol=1e-5, rtol=0)
+
+
+def test_embeddings_concepts_decoders_and_fresh_parts(imported, bert_model, vocabularies):
+  config, params, report = imported
+  tokenizer, _ = vocabularies
+  state = {k: v.numpy() for k, v in bert_model.state_dict().items()}
+  words = state['embeddings.word_embeddings.weight']
+  table = np.asarray(params['backbone']['embeddings']['word_embeddings']['embedding'])
+  np.testing.assert_array_equal(table[:len(words)], words)
+  rows, piece = tokenizer.vocab_size, tokenizer.token_to_id
+  np.testing.assert_allclose(table[rows], words[[piece('circle'), piece('red')]].mean(0),
+                             atol=1e-7)
+  np.testing.assert_allclose(  # 'left of' is two words; 'circles' is circle + ##s.
+      table[rows + 1], words[[piece('square'), piece('left'), piece('of'), piece('circle')]]
+      .mean(0), atol=1e-7)
+  np.testing.assert_allclose(table[rows + 2],
+                             words[[piece('circle'), piece('##s'), piece('big')]].mean(0),
+                             atol=1e-7)
+  assert report['concept_rows_from_words'] == 3
+  for head in ('mlm_head', 'concept_head'):
+    np.testing.assert_array_equal(params[head]['decoder'], table[:config.word_vocab_size])
+  positions = np.asarray(params['backbone']['embeddings']['position_embeddings']['embedding'])
+  np.testing.assert_array_equal(positions, state['embeddings.position_embeddings.weight'])
+  np.testing.assert_array_equal(params['backbone']['pooler']['dense']['kernel'],
+                                state['pooler.dense.weight'].T)
+  fresh = nn.unbox(jax.jit(functools.partial(mvp_jax.init_params, config))(
+      jax.random.PRNGKey(3)))
+  for path in (('backbone', 'region_embedding'), ('backbone', 'text_projection'),
+               ('itm_head',), ('concept_head', 'transform')):
+    got, want = params, fresh
+    for key in path:
+      got, want = got[key], want[key]
+    jax.tree_util.tree_map(functools.partial(np.testing.assert_allclose, rtol=1e-6), got, want)
+
+
+def test_layer_maps(bert_dir, vocabularies):
+  tokenizer, _ = vocabularies
+  config = model_config(tokenizer, num_text_layers=3, num_visual_layers=1, num_cross_layers=2)
+  resolve = hf_bert.resolve_layer_map
+  assert resolve('split', 12, config) == {'text': [0, 1, 2], 'visual': [0], 'cross': [3, 4]}
+  assert resolve('bottom', 12, config) == {'text': [0, 1, 2], 'visual': [0], 'cross': [0, 1]}
+  assert resolve('text=0-2;visual=5;cross=1,3', 12, config) == {
+      'text': [0, 1, 2], 'visual': [5], 'cross': [1, 3]}
+  assert resolve({'text': [2, 1, 0], 'visual': [3], 'cross': [3, 3]}, 4, config)['text'] == [
+      2, 1, 0]
+  with pytest.raises(hf_bert.BertImportError, match='visual encoder, which has 1'):
+    resolve('text=0-2;visual=0-1;cross=0-1', 12, config)
+  with pytest.raises(hf_bert.BertImportError, match='only 4 layers'):
+    resolve('split', 4, model_config(tokenizer, num_text_layers=3, num_cross_layers=3))
+  with pytest.raises(hf_bert.BertImportError, match='num_heads: BERT 4, config 2'):
+    hf_bert.import_bert(str(bert_dir), model_config(tokenizer, num_heads=2))
+
+
+def test_by_token_rows_and_init_checkpoint(bert_dir, bert_model, tmp_path):
+  """A compact vocabulary in another order takes BERT rows by token; init_from reads the file."""
+  ours = SPECIAL + ['square', 'zebra', 'red', 'a']
+  (tmp_path / 'vocab.txt').write_text('\n'.join(ours) + '\n')
+  tokenizer = tokenizers.load_tokenizer(str(tmp_path / 'vocab.txt'))
+  config = model_config(tokenizer, vocab_size=len(ours))
+  with pytest.raises(hf_bert.BertImportError, match='by_token'):
+    hf_bert.import_bert(str(bert_dir), config, tokenizer=tokenizer)
+  params, report = hf_bert.import_bert(str(bert_dir), config, tokenizer=tokenizer,
+                                       word_rows='by_token', layer_map='bottom')
+  assert report['words_copied'] == len(ours) - 1  # all but 'zebra'
+  words = bert_model.state_dict()['embeddings.word_embeddings.weight'].numpy()
+  table = np.asarray(params['backbone']['embeddings']['word_embeddings']['embedding'])
+  bert_vocab = (bert_dir / 'vocab.txt').read_text().split('\n')
+  for i, token in enumerate(ours):
+    if token != 'zebra':
+      np.testing.assert_array_equal(table[i], words[bert_vocab.index(token)], err_msg=token)
+  path = str(tmp_path / 'init.safetensors')
+  hf_bert.save_init_checkpoint(params, config, path, report)
+  target = jax.tree_util.tree_map(jnp.zeros_like, params)
+  loaded = init_from.load_into(target, path, config)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, params)
+
+
+def test_text_encoder_export_loads_in_transformers(imported, text_inputs, tmp_path,
+                                                   vocabularies):
+  config, params, _ = imported
+  out = hf_bert.export_text_encoder(params, config, str(tmp_path / 'bert'),
+                                    vocabularies[0].path)
+  model = transformers.BertModel.from_pretrained(out, local_files_only=True).eval()
+  ids, types, mask = text_inputs
+  ids = ids.copy()
+  ids[0, 3] = config.vocab_size - 1  # a concept row is a valid input too
+  _, reference = bert_hidden_states(model, ids, types, mask)
+  batch = dict(input_ids_a=jnp.asarray(ids), token_type_ids_a=jnp.asarray(types),
+               attention_mask_a=jnp.asarray(mask))
+  ours = backbone_apply(config, params, mvp_jax.MVPBackbone.encode_text, batch)
+  np.testing.assert_allclose(reference.last_hidden_state.numpy(), ours, atol=1e-5, rtol=0)
+  pooled = backbone_apply(config, params, lambda m, x: m.pooler(x), jnp.asarray(ours))
+  np.testing.assert_allclose(reference.pooler_output.numpy(), pooled, atol=1e-5, rtol=0)
+  assert (tmp_path / 'bert' / 'vocab.txt').exists()

@@ -1,0 +1,316 @@
+"""Builds a task dataset from hand-written JSON lines and plain images or precomputed features.
+
+  python -m input_pipeline.tasks.custom --task=ve --train=train.jsonl --val=val.jsonl \\
+      --image_root=DIR --out_dir=DIR [--feature_dim=134] [--vocab=vocab.txt]
+
+Format: one JSON object per line, one task example per line. Paths are relative to
+`--image_root` (default: the folder of the JSON-lines file).
+  Text:     "text" (retrieval caption, VE hypothesis, RE expression; VQA may say "question").
+  Image, one of:
+    "image": "a.png"       a PNG/JPEG. Region features come from
+                           `region_features.extract_region_features` on "boxes"
+                           ([[x1, y1, x2, y2], ...] pixels) when given, else on
+                           `grid_boxes(h, w, --grid)`: the grid cells and the whole image.
+    "features": "a.npz"    precomputed regions: `features` float32 [N, D] with D = feature_dim
+                           (the last 6 dims the normalised box, spec §5.1) or feature_dim - 6 (the
+                           box dims are then appended from `boxes` and `image_size` [2] = (h, w),
+                           or the size of "image"), `boxes` [N, 4] pixels, optional `tags` [N].
+    "image_id": "123"      an image of `--image_records=DIR` (image records written by
+                           input_pipeline.storage, e.g. a VinVL TSV import), split
+                           `--image_records_split` (default: the split being built).
+  Optional: "tags" (one detector class per region; default: none, i.e. empty strings), "phrases"
+  ([[word, ...], ...]; default: input_pipeline.phrase_extractor), "image_id" naming an "image" or
+  "features" image (default: its path); lines naming the same image must agree on its regions.
+  Task fields:
+    retrieval  none
+    vqa        "answers": ["yes", "yes", "no"] (annotator answers: score min(1, count / 3)), or
+               [["yes", 1.0], ...] (explicit scores), or "answer": "yes" (score 1)
+    ve         "label": "entailment" | "neutral" | "contradiction" (or 2 | 1 | 0)
+    re         "box": [x1, y1, x2, y2], the referred object in pixels of the image
+Vocabularies: `--vocab` (vocab.txt or a SentencePiece .model) when given, else a WordPiece
+vocabulary trained on the training texts and tags (`input_pipeline.train_vocab`); the concept
+vocabulary keeps the phrases of at least `--min_concept_count` training texts. VQA's answer
+vocabulary holds the answers given in at least `--min_answer_count` training examples.
+Any malformed line stops the build with an error naming the file and line.
+"""
+
+import argparse
+import collections
+import io
+import json
+import os
+import sys
+import tempfile
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from input_pipeline import concepts
+from input_pipeline import phrase_extractor
+from input_pipeline import region_features
+from input_pipeline import storage
+from input_pipeline import tokenizers
+from input_pipeline import train_vocab
+from input_pipeline.tasks import examples as examples_lib
+
+TaskDataError = examples_lib.TaskDataError
+VE_LABELS = {name: i for i, name in enumerate(examples_lib.VE_LABELS)}
+
+
+def build_custom_dataset(*, task: str, splits: Mapping[str, str], out_dir: str,
+                         image_root: Optional[str] = None, feature_dim: int = 2054,
+                         grid: int = 4, vocab: Optional[str] = None, vocab_size: int = 2000,
+                         min_concept_count: int = 1, min_answer_count: int = 1,
+                         image_records: Optional[str] = None,
+                         image_records_split: Optional[str] = None,
+                         overwrite: bool = False) -> examples_lib.TaskInfo:
+  """Builds `out_dir` from {split: JSON-lines path} (see the module docstring); needs 'train'
+  unless `vocab` is given and the task is not VQA. Returns the TaskInfo."""
+  if task not in examples_lib.TASKS:
+    raise ValueError(f'Unknown task {task!r}; expected one of {examples_lib.TASKS}.')
+  if os.path.exists(os.path.join(out_dir, examples_lib.TASK_FILE)) and not overwrite:
+    raise FileExistsError(f'{out_dir}: already holds a task dataset (pass overwrite=True).')
+  parsed = {split: _read_lines(path, task, image_root) for split, path in splits.items()}
+  if 'train' not in parsed and (vocab is None or task == 'vqa'):
+    raise ValueError('a train split is needed to build the vocabularies (or pass vocab, and for '
+                     'VQA a train split for the answers).')
+  os.makedirs(out_dir, exist_ok=True)
+  records = {split: _records(lines, feature_dim, grid, image_records,
+                             image_records_split or split) for split, lines in parsed.items()}
+  train_lines = parsed.get('train', [])
+  with tempfile.TemporaryDirectory() as tmp:
+    if vocab is None:
+      corpus = [line['example']['text'] for line in train_lines] + [
+          ' '.join(t for t in r['tags'] if t) for r in records['train'].values()]
+      vocab = os.path.join(tmp, 'vocab.txt')
+      train_vocab.train_wordpiece([c for c in corpus if c.strip()], vocab_size, vocab)
+    tokenizer = tokenizers.load_tokenizer(vocab)
+    concept_vocab = concepts.ConceptVocab.build(
+        ([tuple(p) for p in line['example']['phrases']] for line in train_lines), tokenizer,
+        min_concept_count)
+    storage.save_vocabularies(out_dir, vocab, concept_vocab)
+  answers = None
+  if task == 'vqa':
+    counts = collections.Counter(a for line in train_lines for a in line['answers'])
+    answers = sorted((a for a, c in counts.items() if c >= min_answer_count),
+                     key=lambda a: (-counts[a], a))
+    examples_lib.write_answers(out_dir, answers)
+  info = None
+  for split, lines in parsed.items():
+    ans2label = {a: i for i, a in enumerate(answers or ())}
+    split_examples = []
+    for line in lines:
+      example = dict(line['example'])
+      if task == 'vqa':
+        labels = sorted(ans2label[a] for a in line['answers'] if a in ans2label)
+        example['labels'] = labels
+        example['scores'] = [line['answers'][answers[l]] for l in labels]
+      split_examples.append(example)
+    info = examples_lib.write_task_split(out_dir, split, task=task,
+                                         records=list(records[split].values()),
+                                         examples=split_examples, source=splits[split],
+                                         overwrite=overwrite)
+  return info
+
+
+def _read_lines(path: str, task: str, image_root: Optional[str]) -> list[dict[str, Any]]:
+  """[{'example': task example without image_index, 'image': spec, 'answers': {a: score}}]."""
+  root = image_root if image_root is not None else os.path.dirname(os.path.abspath(path))
+  lines = []
+  with open(path, encoding='utf-8') as f:
+    for line_no, text in enumerate(f, 1):
+      if text.strip():
+        lines.append(_parse_line(text, f'{path}:{line_no}', task, root, len(lines)))
+  if not lines:
+    raise TaskDataError(f'{path}: no examples.')
+  return lines
+
+
+def _parse_line(text: str, where: str, task: str, root: str, index: int) -> dict[str, Any]:
+  def fail(problem):
+    raise TaskDataError(f'{where}: {problem}')
+
+  try:
+    entry = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise TaskDataError(f'{where}: not JSON ({e}).') from None
+  if not isinstance(entry, dict):
+    fail('expected a JSON object.')
+  sentence = entry.get('question' if task == 'vqa' and 'question' in entry else 'text')
+  if not isinstance(sentence, str) or not sentence.strip():
+    fail('"text" (or, for VQA, "question") must be a non-empty string.')
+  sources = [k for k in ('image', 'features') if k in entry]
+  if not sources and 'image_id' not in entry:
+    fail('give "image", "features" or "image_id".')
+  spec = {k: os.path.join(root, entry[k]) for k in sources}
+  for key in ('boxes', 'tags'):
+    if key in entry:
+      spec[key] = entry[key]
+  image_id = str(entry.get('image_id') or entry.get('features') or entry.get('image'))
+  spec['where'] = where
+  phrases = entry.get('phrases')
+  if phrases is None:
+    phrases = [list(p) for p in phrase_extractor.extract_phrases(sentence)]
+  example = {'example_id': str(entry.get('id', index)), 'image_id': image_id,
+             'text': sentence, 'phrases': [] if task == 're' else phrases}
+  answers = {}
+  if task == 'vqa':
+    answers = _answers(entry, fail)
+    example['question_id'] = int(entry.get('question_id', index))
+  elif task == 've':
+    label = entry.get('label')
+    label = VE_LABELS.get(label, label) if isinstance(label, str) else label
+    if not isinstance(label, int) or not 0 <= label < 3:
+      fail(f'"label" must be one of {list(VE_LABELS)} (or 0..2), got {entry.get("label")!r}.')
+    example['label'] = label
+  elif task == 're':
+    if not isinstance(entry.get('box'), list) or len(entry['box']) != 4:
+      fail('"box" must be [x1, y1, x2, y2] pixels.')
+    example['target_box'] = entry['box']
+  examples_lib.validate_example(  # VQA targets are set once the answer vocabulary is known.
+      {**example, **({'labels': [], 'scores': []} if task == 'vqa' else {})}, task, where)
+  return {'example': example, 'image': spec, 'answers': answers}
+
+
+def _answers(entry: Mapping[str, Any], fail) -> dict[str, float]:
+  if isinstance(entry.get('answer'), str):
+    return {entry['answer'].strip().lower(): 1.0}
+  answers = entry.get('answers')
+  if isinstance(answers, list) and answers and all(isinstance(a, str) for a in answers):
+    return examples_lib.vqa_soft_scores(a.strip().lower() for a in answers)
+  if isinstance(answers, list) and answers and all(
+      isinstance(a, list) and len(a) == 2 and isinstance(a[0], str)
+      and isinstance(a[1], (int, float)) and 0 <= a[1] <= 1 for a in answers):
+    return {a.strip().lower(): float(s) for a, s in answers}
+  fail('VQA needs "answer": str, or "answers": [str, ...] or [[str, score in [0, 1]], ...].')
+  return {}
+
+
+def _records(lines, feature_dim, grid, image_records, image_records_split) -> dict[str, dict]:
+  """{image_id: image record} of the images the lines name, in order of first mention."""
+  specs = {}
+  for line in lines:
+    image_id, spec = line['example']['image_id'], line['image']
+    if image_id in specs:
+      first = {k: v for k, v in specs[image_id].items() if k != 'where'}
+      if first != {k: v for k, v in spec.items() if k != 'where'}:
+        raise TaskDataError(f'{spec["where"]}: image {image_id!r} was described differently at '
+                            f'{specs[image_id]["where"]}.')
+      continue
+    specs[image_id] = spec
+  external = [i for i, s in specs.items() if 'image' not in s and 'features' not in s]
+  found = {}
+  if external:
+    if image_records is None:
+      raise TaskDataError(f'{specs[external[0]]["where"]}: "image_id" {external[0]!r} without '
+                          '"image" or "features" needs --image_records.')
+    found = examples_lib.load_image_records([(image_records, image_records_split)], external,
+                                            normalize_ids=False)
+  records = {}
+  for image_id, spec in specs.items():
+    if image_id in external:
+      if image_id not in found:
+        raise TaskDataError(f'{spec["where"]}: image {image_id!r} is not in '
+                            f'{image_records}/{image_records_split}.')
+      records[image_id] = found[image_id]
+    else:
+      records[image_id] = _record(image_id, spec, feature_dim, grid)
+  return records
+
+
+def _record(image_id: str, spec: Mapping[str, Any], feature_dim: int, grid: int) -> dict:
+  where = spec['where']
+  image, png = None, b''
+  if 'image' in spec:
+    try:
+      with Image.open(spec['image']) as img:
+        image = np.asarray(img.convert('RGB'), np.uint8)
+    except OSError as e:
+      raise TaskDataError(f'{where}: cannot read image {spec["image"]} ({e}).') from None
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format='PNG')
+    png = buffer.getvalue()
+  if 'features' in spec:
+    feats, boxes, tags, size = _load_npz(spec['features'], where)
+    if size is None and image is not None:
+      size = image.shape[:2]
+    if feats.shape[1] == feature_dim - 6:
+      if size is None:
+        raise TaskDataError(f'{where}: {spec["features"]} has no box dims and no image_size.')
+      feats = np.concatenate([feats, region_features.box_features(boxes, *size)], axis=1)
+    elif feats.shape[1] != feature_dim:
+      raise TaskDataError(f'{where}: {spec["features"]} features are {feats.shape[1]} wide; '
+                          f'expected feature_dim {feature_dim} or {feature_dim - 6}.')
+    size = size if size is not None else (1, 1)
+  else:
+    height, width = image.shape[:2]
+    boxes = (np.asarray(spec['boxes'], np.float32) if 'boxes' in spec
+             else region_features.grid_boxes(height, width, grid))
+    try:
+      feats = region_features.extract_region_features(image, boxes, feature_dim)
+    except ValueError as e:
+      raise TaskDataError(f'{where}: {e}') from None
+    tags, size = None, (height, width)
+  tags = spec.get('tags', tags)
+  if tags is None:
+    tags = [''] * len(boxes)  # No detector classes: an empty tag list in the batch.
+  if len(tags) != len(boxes) or not all(isinstance(t, str) for t in tags):
+    raise TaskDataError(f'{where}: "tags" must hold one string per region ({len(boxes)}).')
+  return {'image_id': image_id, 'image_png': png, 'image_size': np.asarray(size, np.int32),
+          'region_features': np.asarray(feats, np.float32),
+          'boxes': np.asarray(boxes, np.float32).reshape(-1, 4), 'tags': list(tags),
+          'captions': [], 'phrases': [], 'phrase_regions': []}
+
+
+def _load_npz(path: str, where: str) -> tuple:
+  try:
+    with np.load(path) as data:
+      feats = np.asarray(data['features'], np.float32)
+      boxes = np.asarray(data['boxes'], np.float32)
+      tags = [str(t) for t in data['tags']] if 'tags' in data else None
+      size = tuple(int(v) for v in data['image_size']) if 'image_size' in data else None
+  except (OSError, KeyError, ValueError) as e:
+    raise TaskDataError(f'{where}: {path} needs arrays "features" [N, D] and "boxes" [N, 4] '
+                        f'({e}).') from None
+  if feats.ndim != 2 or boxes.shape != (feats.shape[0], 4):
+    raise TaskDataError(f'{where}: {path}: features {feats.shape} and boxes {boxes.shape} do '
+                        'not describe the same N regions.')
+  return feats, boxes, tags, size
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m input_pipeline.tasks.custom',
+                                   description=__doc__.split('\n', 1)[0])
+  parser.add_argument('--task', required=True, choices=examples_lib.TASKS)
+  for split in ('train', 'val', 'test'):
+    parser.add_argument(f'--{split}', help=f'{split} JSON lines')
+  parser.add_argument('--image_root', help='folder the paths are relative to')
+  parser.add_argument('--out_dir', required=True)
+  parser.add_argument('--feature_dim', type=int, default=2054)
+  parser.add_argument('--grid', type=int, default=4, help='grid boxes per side without boxes')
+  parser.add_argument('--vocab', help='vocab.txt or SentencePiece .model (default: trained)')
+  parser.add_argument('--vocab_size', type=int, default=2000)
+  parser.add_argument('--min_concept_count', type=int, default=1)
+  parser.add_argument('--min_answer_count', type=int, default=1)
+  parser.add_argument('--image_records', help='image-record dataset for "image_id" lines')
+  parser.add_argument('--image_records_split')
+  parser.add_argument('--overwrite', action='store_true')
+  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  splits = {s: getattr(args, s) for s in ('train', 'val', 'test') if getattr(args, s)}
+  try:
+    info = build_custom_dataset(
+        task=args.task, splits=splits, out_dir=args.out_dir, image_root=args.image_root,
+        feature_dim=args.feature_dim, grid=args.grid, vocab=args.vocab,
+        vocab_size=args.vocab_size, min_concept_count=args.min_concept_count,
+        min_answer_count=args.min_answer_count, image_records=args.image_records,
+        image_records_split=args.image_records_split, overwrite=args.overwrite)
+  except (TaskDataError, ValueError, FileExistsError, FileNotFoundError) as e:
+    print(f'build failed: {e}', file=sys.stderr)
+    return 1
+  print(json.dumps({'task': info.task, 'splits': info.splits}, indent=1))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,524 @@
+"""Storage of downstream-task datasets: image records plus one task-example file per split.
+
+Layout of a task dataset directory:
+  directory/metadata.json               storage metadata, with "task" (storage.py)
+  directory/vocab.txt | *.model         tokenizer vocabulary   } shared with pre-training
+  directory/id2phrase.json              concept vocabulary     }
+  directory/<split>/                    image records (storage.write_dataset)
+  directory/<split>.examples.jsonl      the task examples of the split, one JSON object a line
+  directory/answers.json                VQA only: the answer vocabulary, label -> answer string
+  directory/task.json                   task, label names and the complete splits
+
+A split is complete once `task.json` lists it; that entry is written last (atomically), after the
+image records and the example file, so a half-written split never looks complete. Rewriting a
+split first removes its entry.
+
+Task example (one line of `<split>.examples.jsonl`):
+  example_id      str, unique within the split
+  image_id        str, the image record the example reads
+  image_index     int, position of that record in the split (set by `write_task_split`)
+  text            str, the caption / question / hypothesis / referring expression
+  phrases         [[str, ...], ...], phrase tuples of `text` (not used for 're')
+  phrase_regions  [int, ...], optional: grounded region of each phrase, -1 unknown (default)
+  task fields:
+    vqa  question_id int; labels [int] and scores [float]: sparse soft targets over answers.json
+    ve   label int: 0 contradiction, 1 neutral, 2 entailment
+    re   target_box [x1, y1, x2, y2], float pixels in the image record's coordinates
+"""
+
+import collections
+import dataclasses
+import json
+import os
+import shutil
+import uuid
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from input_pipeline import storage
+
+TASKS = ('retrieval', 'vqa', 've', 're')
+VE_LABELS = ('contradiction', 'neutral', 'entailment')
+TASK_FILE = 'task.json'
+ANSWERS_FILE = 'answers.json'
+EXAMPLES_SUFFIX = '.examples.jsonl'
+_COMMON_FIELDS = ('example_id', 'image_id', 'image_index', 'text', 'phrases', 'phrase_regions')
+TASK_FIELDS = {'retrieval': (), 'vqa': ('question_id', 'labels', 'scores'), 've': ('label',),
+               're': ('target_box',)}
+
+
+class TaskDataError(ValueError):
+  """A task dataset or import input that cannot be used; the message names file and entry."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+  """What `task.json` (and `answers.json`) say about a task dataset.
+
+  Attributes:
+    task: one of TASKS.
+    splits: split -> {'num_examples', 'num_images'} for every complete split.
+    answers: VQA answer strings by label (label2ans), else None.
+    label_names: VE class names by label, else None.
+  """
+  task: str
+  splits: Mapping[str, Mapping[str, int]]
+  answers: Optional[Sequence[str]] = None
+  label_names: Optional[Sequence[str]] = None
+
+  @property
+  def num_answers(self) -> int:
+    """Size of the VQA answer vocabulary (0 for other tasks)."""
+    return len(self.answers) if self.answers is not None else 0
+
+  @property
+  def num_labels(self) -> int:
+    """Number of VE classes (0 for other tasks)."""
+    return len(self.label_names) if self.label_names is not None else 0
+
+  @property
+  def ans2label(self) -> dict[str, int]:
+    return {a: i for i, a in enumerate(self.answers or ())}
+
+
+def examples_path(directory: str, split: str) -> str:
+  return os.path.join(directory, split + EXAMPLES_SUFFIX)
+
+
+def load_task_info(directory: str) -> TaskInfo:
+  """The task, label names, answer vocabulary and complete splits of a task dataset."""
+  path = os.path.join(directory, TASK_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path}: not a task dataset (no {TASK_FILE}; write a split with '
+                            'write_task_split first).')
+  info = _read_json(path)
+  if not isinstance(info, dict) or info.get('task') not in TASKS:
+    raise TaskDataError(f'{path}: expected {{"task": one of {TASKS}, ...}}.')
+  answers = load_answers(directory) if info['task'] == 'vqa' else None
+  return TaskInfo(task=info['task'], splits=info.get('splits', {}), answers=answers,
+                  label_names=tuple(info['label_names']) if info.get('label_names') else None)
+
+
+def load_answers(directory: str) -> list[str]:
+  """The VQA answer vocabulary (answers.json, a list indexed by label)."""
+  path = os.path.join(directory, ANSWERS_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path}: the VQA answer vocabulary is missing (write_answers).')
+  answers = _read_json(path)
+  if (not isinstance(answers, list) or not answers
+      or not all(isinstance(a, str) for a in answers) or len(set(answers)) != len(answers)):
+    raise TaskDataError(f'{path}: expected a non-empty list of distinct answer strings.')
+  return answers
+
+
+def write_answers(directory: str, answers: Sequence[str]) -> None:
+  """Writes answers.json (label -> answer); an existing, different vocabulary is an error."""
+  answers = list(answers)
+  if not answers or len(set(answers)) != len(answers) or not all(
+      isinstance(a, str) and a for a in answers):
+    raise TaskDataError(f'{directory}: the answer vocabulary must be distinct non-empty strings.')
+  path = os.path.join(directory, ANSWERS_FILE)
+  if os.path.exists(path):
+    if load_answers(directory) != answers:
+      raise TaskDataError(f'{path}: holds another answer vocabulary; splits of one dataset must '
+                          'share it (use another directory).')
+    return
+  os.makedirs(directory, exist_ok=True)
+  _write_json_atomically(answers, path)
+
+
+def copy_vocabularies(source_dir: str, directory: str) -> None:
+  """Copies the tokenizer file and id2phrase.json of `source_dir` beside the task data.
+
+  Files already in `directory` must be byte-identical (a model's embedding table depends on them).
+  """
+  names = [n for n in sorted(os.listdir(source_dir))
+           if n == 'vocab.txt' or n.endswith('.model')] + [storage.CONCEPTS_FILE]
+  storage.load_vocabularies(source_dir)  # Fails clearly when the source has no vocabularies.
+  os.makedirs(directory, exist_ok=True)
+  for name in names:
+    src, dst = os.path.join(source_dir, name), os.path.join(directory, name)
+    if os.path.abspath(src) == os.path.abspath(dst):
+      continue
+    if os.path.exists(dst):
+      with open(src, 'rb') as a, open(dst, 'rb') as b:
+        if a.read() != b.read():
+          raise TaskDataError(f'{dst}: differs from {src}; a task dataset keeps the vocabulary '
+                              'of the model it fine-tunes (use another directory).')
+      continue
+    tmp = f'{dst}.tmp-{uuid.uuid4().hex}'
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def validate_example(example: Mapping[str, Any], task: str, where: str,
+                     num_answers: int = 0) -> dict[str, Any]:
+  """Checks one task example (module docstring) and returns it in stored form.
+
+  `image_index` may be absent (write_task_split sets it). Raises TaskDataError naming `where`.
+  """
+  def fail(problem):
+    raise TaskDataError(f'{where}: {problem}')
+
+  allowed = set(_COMMON_FIELDS) | set(TASK_FIELDS[task])
+  required = {'example_id', 'image_id', 'text'} | set(TASK_FIELDS[task])
+  missing, unknown = sorted(required - set(example)), sorted(set(example) - allowed)
+  if missing or unknown:
+    fail(f'{task} example: missing fields {missing}, unknown fields {unknown}.')
+  out = {}
+  for key in ('example_id', 'image_id', 'text'):
+    if not isinstance(example[key], str) or not example[key].strip():
+      fail(f'{key} must be a non-empty str, got {example[key]!r:.60}.')
+    out[key] = example[key].strip() if key == 'text' else example[key]
+  phrases = example.get('phrases', [])
+  if not isinstance(phrases, (list, tuple)) or not all(
+      isinstance(p, (list, tuple)) and 1 <= len(p) <= 3 and all(isinstance(w, str) and w
+                                                                for w in p) for p in phrases):
+    fail('phrases must be a list of tuples of 1 to 3 non-empty str.')
+  out['phrases'] = [list(p) for p in phrases]
+  links = example.get('phrase_regions', [-1] * len(phrases))
+  if (not isinstance(links, (list, tuple)) or len(links) != len(phrases)
+      or not all(isinstance(r, (int, np.integer)) and r >= -1 for r in links)):
+    fail(f'phrase_regions must hold one int >= -1 per phrase ({len(phrases)}).')
+  out['phrase_regions'] = [int(r) for r in links]
+  if 'image_index' in example:
+    out['image_index'] = int(example['image_index'])
+  if task == 'vqa':
+    qid, labels, scores = example['question_id'], example['labels'], example['scores']
+    if not isinstance(qid, (int, np.integer)) or isinstance(qid, bool):
+      fail(f'question_id must be an int, got {qid!r}.')
+    if (not isinstance(labels, (list, tuple)) or not isinstance(scores, (list, tuple))
+        or len(labels) != len(scores)):
+      fail('labels and scores must be lists of the same length.')
+    if not all(isinstance(l, (int, np.integer)) and 0 <= l < num_answers for l in labels):
+      fail(f'labels must be ints in [0, {num_answers}) (answers.json), got {list(labels)}.')
+    if len(set(int(l) for l in labels)) != len(labels):
+      fail(f'labels repeat an answer: {list(labels)}.')
+    if not all(isinstance(s, (int, float)) and 0.0 <= s <= 1.0 for s in scores):
+      fail(f'scores must be numbers in [0, 1], got {list(scores)}.')
+    out.update(question_id=int(qid), labels=[int(l) for l in labels],
+               scores=[float(s) for s in scores])
+  elif task == 've':
+    label = example['label']
+    if not isinstance(label, (int, np.integer)) or not 0 <= label < len(VE_LABELS):
+      fail(f'label must be an int in [0, {len(VE_LABELS)}) ({VE_LABELS}), got {label!r}.')
+    out['label'] = int(label)
+  elif task == 're':
+    box = np.asarray(example['target_box'], np.float64)
+    if box.shape != (4,) or not np.all(np.isfinite(box)) or not (box[2] > box[0]
+                                                                   and box[3] > box[1]):
+      fail(f'target_box must be finite [x1, y1, x2, y2] with x2 > x1, y2 > y1, got '
+           f'{example["target_box"]!r}.')
+    out['target_box'] = [float(v) for v in box]
+  return out
+
+
+def write_task_split(directory: str, split: str, *, task: str,
+                     records: Iterable[Mapping[str, Any]], examples: Iterable[Mapping[str, Any]],
+                     source: str = '', overwrite: bool = False) -> TaskInfo:
+  """Writes the image records and task examples of one split; returns the updated TaskInfo.
+
+  Args:
+    directory: the task dataset directory (vocabularies and, for VQA, answers.json are written
+      separately: `copy_vocabularies`, `write_answers`).
+    split: split name.
+    task: one of TASKS; must match the dataset's.
+    records: image records (features.py), each image once.
+    examples: task examples referencing the records by image_id.
+    source: recorded in task.json for this split.
+    overwrite: replace a complete split.
+  """
+  if task not in TASKS:
+    raise ValueError(f'Unknown task {task!r}; expected one of {TASKS}.')
+  info_path = os.path.join(directory, TASK_FILE)
+  info = _read_json(info_path) if os.path.exists(info_path) else {
+      'task': task, 'splits': {}, 'label_names': list(VE_LABELS) if task == 've' else None}
+  if info.get('task') != task:
+    raise TaskDataError(f'{info_path}: the dataset is a {info.get("task")!r} dataset, not '
+                        f'{task!r}.')
+  if split in info['splits'] and not overwrite:
+    raise FileExistsError(f'{directory}/{split}: split already written (pass overwrite=True).')
+  num_answers = len(load_answers(directory)) if task == 'vqa' else 0
+  path = examples_path(directory, split)
+  checked = [validate_example(e, task, f'{path}: example {i}', num_answers)
+             for i, e in enumerate(examples)]
+  if not checked:
+    raise TaskDataError(f'{path}: no examples to write.')
+  counts = collections.Counter(e['example_id'] for e in checked)
+  duplicates = [k for k, c in counts.items() if c > 1]
+  if duplicates:
+    raise TaskDataError(f'{path}: duplicate example_id {duplicates[:5]}.')
+
+  # Un-complete the split before touching it (and fix the dataset's task on its first split).
+  info['splits'] = {k: v for k, v in info['splits'].items() if k != split}
+  os.makedirs(directory, exist_ok=True)
+  _write_json_atomically(info, info_path)
+  image_ids = []
+
+  def tracked():
+    for record in records:
+      image_ids.append(record['image_id'])
+      yield record
+
+  # A split folder not listed in task.json is left over from a failed write: replace it.
+  num_images = storage.write_dataset(tracked(), directory, split, metadata={'task': task},
+                                     overwrite=True)
+  index = {image_id: i for i, image_id in enumerate(image_ids)}
+  for i, example in enumerate(checked):
+    if example['image_id'] not in index:
+      raise TaskDataError(f'{path}: example {i} ({example["example_id"]!r}) references image '
+                          f'{example["image_id"]!r}, which is not among the split\'s records.')
+    if example.get('image_index', index[example['image_id']]) != index[example['image_id']]:
+      raise TaskDataError(f'{path}: example {i} has image_index {example["image_index"]}, but '
+                          f'image {example["image_id"]!r} is record {index[example["image_id"]]}.')
+    example['image_index'] = index[example['image_id']]
+  tmp = f'{path}.tmp-{uuid.uuid4().hex}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    for example in checked:
+      f.write(json.dumps(example, separators=(',', ':')) + '\n')
+  os.replace(tmp, path)
+  info['splits'] = {**info['splits'], split: {'num_examples': len(checked),
+                                              'num_images': num_images, 'source': source}}
+  _write_json_atomically(info, info_path)
+  return load_task_info(directory)
+
+
+def read_examples(directory: str, split: str) -> tuple[TaskInfo, list[dict[str, Any]]]:
+  """(TaskInfo, the split's examples in stored order) of a complete split."""
+  info = load_task_info(directory)
+  if split not in info.splits:
+    raise TaskDataError(f'{directory}: split {split!r} is not complete (task.json lists '
+                        f'{sorted(info.splits)}).')
+  path = examples_path(directory, split)
+  examples = []
+  with open(path, encoding='utf-8') as f:
+    for line_no, line in enumerate(f, 1):
+      try:
+        example = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise TaskDataError(f'{path}:{line_no}: not JSON ({e}).') from None
+      examples.append(validate_example(example, info.task, f'{path}:{line_no}',
+                                       info.num_answers))
+  expected = info.splits[split]['num_examples']
+  if len(examples) != expected:
+    raise TaskDataError(f'{path}: {len(examples)} examples, task.json says {expected}.')
+  return info, examples
+
+
+# ----------------------------------------------------------------------------------------------
+# Importing: reports, image ids, and the image records of an existing image-record dataset.
+
+
+@dataclasses.dataclass
+class ImportReport:
+  """Counts and first messages of problems met while importing a split.
+
+  With on_error='raise' the first problem raises TaskDataError; with 'skip' the entry is left
+  out, counted by kind and (up to `max_messages`) described with its file and line or index.
+  """
+  on_error: str = 'skip'
+  max_messages: int = 20
+  problems: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  stats: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  messages: list = dataclasses.field(default_factory=list)
+
+  def __post_init__(self):
+    if self.on_error not in ('skip', 'raise'):
+      raise ValueError(f"on_error must be 'skip' or 'raise', got {self.on_error!r}.")
+
+  def problem(self, kind: str, where: str, detail: str) -> None:
+    self.problems[kind] += 1
+    message = f'{where}: {kind}: {detail}'
+    if len(self.messages) < self.max_messages:
+      self.messages.append(message)
+    if self.on_error == 'raise':
+      raise TaskDataError(message)
+
+  def summary(self) -> str:
+    lines = [', '.join(f'{k}={v}' for k, v in sorted(self.stats.items()))]
+    if self.problems:
+      lines.append('problems: ' + ', '.join(f'{k}={v}' for k, v in sorted(self.problems.items())))
+    return '\n'.join(lines + ['  ' + m for m in self.messages])
+
+  def to_dict(self) -> dict:
+    return {'problems': dict(self.problems), 'stats': dict(self.stats),
+            'messages': list(self.messages)}
+
+
+def normalize_image_id(raw: Any, normalize: bool) -> str:
+  """`str(raw)`, or with `normalize` the authors' `str(int(k.split('_')[-1]))`."""
+  raw = str(raw).strip()
+  if not normalize:
+    return raw
+  try:
+    return str(int(raw.split('_')[-1]))
+  except ValueError:
+    raise TaskDataError(f'cannot normalise image id {raw!r} with str(int(id.split("_")[-1]))'
+                        ) from None
+
+
+def load_image_records(sources: Sequence[tuple[str, str]], wanted: Iterable[str], *,
+                       normalize_ids: bool, keep_captions: bool = False
+                       ) -> dict[str, dict[str, Any]]:
+  """The image records (features.py) of the `wanted` images, keyed by (normalised) id.
+
+  Args:
+    sources: (directory, split) of image-record datasets (storage.py), searched in order; the
+      first record of an id wins.
+    wanted: image ids to find, already normalised like `normalize_ids` does.
+    normalize_ids: compare record ids after `normalize_image_id` (ids it cannot parse are kept).
+    keep_captions: keep the records' captions and phrases (retrieval), else drop them.
+
+  Returns:
+    {id: record} with `image_id` set to the (normalised) id; ids not found are absent.
+  """
+  wanted, found = set(wanted), {}
+  for directory, split in sources:
+    source = storage.RecordSource(directory, split)
+    for start in range(0, source.num_images, 256):
+      serialized = source.read(np.arange(start, min(start + 256, source.num_images)))
+      ids = tf.io.parse_example(  # Only the id is decoded for records that are not wanted.
+          serialized.tolist(), {'image_id': tf.io.FixedLenFeature([], tf.string)})['image_id']
+      for data, raw in zip(serialized, ids.numpy()):
+        raw = raw.decode('utf-8')
+        try:
+          key = normalize_image_id(raw, normalize_ids)
+        except TaskDataError:
+          key = raw
+        if key in wanted and key not in found:
+          found[key] = _decoded_record(source.features.deserialize_example_np(data), key,
+                                       keep_captions)
+  return found
+
+
+def _decoded_record(values: Mapping[str, Any], image_id: str,
+                    keep_captions: bool) -> dict[str, Any]:
+  text = lambda v: v.decode('utf-8') if isinstance(v, bytes) else str(v)
+  captions = [text(c) for c in values['captions']] if keep_captions else []
+  phrases = ([[tuple(text(w) for w in p) for p in caption] for caption in values['phrases']]
+             if keep_captions else [])
+  links = ([[int(r) for r in caption] for caption in values['phrase_regions']]
+           if keep_captions else [])
+  return {
+      'image_id': image_id, 'image_png': bytes(values['image_png']),
+      'image_size': np.asarray(values['image_size'], np.int32),
+      'region_features': np.asarray(values['region_features'], np.float32),
+      'boxes': np.asarray(values['boxes'], np.float32).reshape(-1, 4),
+      'tags': [text(t) for t in values['tags']], 'captions': captions, 'phrases': phrases,
+      'phrase_regions': links,
+  }
+
+
+@dataclasses.dataclass
+class Candidate:
+  """An imported example before its image is found: the example and where it was read."""
+  example: dict[str, Any]
+  where: str
+
+
+def write_imported_split(directory: str, split: str, *, task: str,
+                         candidates: Sequence[Candidate], image_sources: Sequence[tuple[str, str]],
+                         normalize_ids: bool, report: ImportReport,
+                         max_error_fraction: float = 0.01, source: str = '',
+                         overwrite: bool = False) -> TaskInfo:
+  """Joins imported examples to their image records, reports missing images, writes the split.
+
+  Every example whose image is in no source is reported as 'missing_image' (its file and
+  line/index) and left out; the import fails when more than `max_error_fraction` of the examples
+  read were lost to any problem. The report is written to `{split}_import_report.json`.
+  """
+  wanted = {c.example['image_id'] for c in candidates}
+  images = load_image_records(image_sources, wanted, normalize_ids=normalize_ids)
+  kept = []
+  for candidate in candidates:
+    if candidate.example['image_id'] in images:
+      kept.append(candidate.example)
+    else:
+      report.problem('missing_image', candidate.where,
+                     f'image {candidate.example["image_id"]!r} is in none of the image '
+                     f'sources {[f"{d}/{s}" for d, s in image_sources]}')
+  used = list(dict.fromkeys(e['image_id'] for e in kept))
+  report.stats.update(examples=len(kept), images=len(used))
+  read = report.stats['examples_read']
+  lost = (read - len(kept)) / read if read else 1.0
+  report_path = os.path.join(directory, f'{split}_import_report.json')
+  os.makedirs(directory, exist_ok=True)
+  _write_json_atomically({'split': split, 'task': task, 'lost_fraction': lost,
+                          **report.to_dict()}, report_path)
+  if not kept or lost > max_error_fraction:
+    raise TaskDataError(f'{split}: {lost:.2%} of {read} examples were left out (more than '
+                        f'max_error_fraction={max_error_fraction:.2%}); see {report_path}:\n'
+                        f'{report.summary()}')
+  return write_task_split(directory, split, task=task, records=(images[i] for i in used),
+                          examples=kept, source=source, overwrite=overwrite)
+
+
+def phrases_or_extracted(table: Optional[Mapping[tuple[str, int], list]], key: str, text: str,
+                         extract: bool) -> list:
+  """Phrases of `text`: from `table[(key, 0)]` when given, else extracted, else none."""
+  if table is not None and (key, 0) in table:
+    return [list(p) for p in table[(key, 0)]]
+  if extract:
+    from input_pipeline import phrase_extractor  # pylint: disable=import-outside-toplevel
+    return [list(p) for p in phrase_extractor.extract_phrases(text)]
+  return []
+
+
+def retrieval_examples(records: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
+  """One retrieval example per caption of each record, in record then caption order."""
+  for record in records:
+    for k, caption in enumerate(record['captions']):
+      yield {'example_id': f'{record["image_id"]}#{k}', 'image_id': record['image_id'],
+             'text': caption, 'phrases': [list(p) for p in record['phrases'][k]],
+             'phrase_regions': [int(r) for r in record['phrase_regions'][k]]}
+
+
+def retrieval_from_dataset(image_dir: str, split: str, out_dir: str, *,
+                           overwrite: bool = False) -> TaskInfo:
+  """A retrieval task split from an image-record dataset with captions (e.g. a VinVL import)."""
+  source = storage.RecordSource(image_dir, split)
+  records = []
+  for start in range(0, source.num_images, 256):
+    for data in source.read(np.arange(start, min(start + 256, source.num_images))):
+      values = source.features.deserialize_example_np(data)
+      records.append(_decoded_record(values, values['image_id'].decode('utf-8'), True))
+  copy_vocabularies(image_dir, out_dir)
+  return write_task_split(out_dir, split, task='retrieval', records=records,
+                          examples=list(retrieval_examples(records)), source=image_dir,
+                          overwrite=overwrite)
+
+
+def vqa_soft_scores(answers: Iterable[str]) -> dict[str, float]:
+  """VQA soft score of each distinct answer: min(1, annotators who gave it / 3)."""
+  counts = collections.Counter(answers)
+  return {a: min(1.0, c / 3.0) for a, c in counts.items()}
+
+
+def _read_json(path: str) -> Any:
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise TaskDataError(f'{path}: not valid JSON ({e}).') from None
+
+
+def _write_json_atomically(value: Any, path: str) -> None:
+  tmp = f'{path}.tmp-{uuid.uuid4().hex}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(value, f, indent=1)
+  os.replace(tmp, path)
+
+
+
+def parse_image_sources(values: Sequence[str]) -> list[tuple[str, str]]:
+  """Command-line image sources 'DIR:SPLIT' -> [(DIR, SPLIT)]."""
+  sources = []
+  for value in values:
+    directory, sep, split = value.rpartition(':')
+    if not sep or not directory or not split:
+      raise ValueError(f'image source {value!r} must look like DIR:SPLIT (an image-record '
+                       'dataset written by input_pipeline.storage, e.g. a VinVL import).')
+    sources.append((directory, split))
+  return sources

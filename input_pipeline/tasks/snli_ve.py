@@ -1,0 +1,106 @@
+"""Imports SNLI-VE as a 've' task split (input_pipeline/tasks/examples.py).
+
+  python -m input_pipeline.tasks.snli_ve --jsonl=snli_ve_train.jsonl \\
+      --images=data/flickr_vinvl:train --out_dir=data/snli_ve --split=train \\
+      [--phrases=train_sgs.json]
+
+Input: JSON lines with "sentence2" (the hypothesis, text A), "gold_label" (contradiction 0,
+neutral 1, entailment 2), "Flickr30K_ID" (the premise image) and "pairID" (the example id).
+Region features come from image-record datasets (`--images=DIR:SPLIT`) joined by the image id
+normalised as str(int(id.split('_')[-1])). A line with another label, malformed fields or a
+missing image is reported with its file and line and left out.
+Phrases: the authors' `{split}_sgs.json` ([[tuples, pairID]], `--phrases`), else the built-in
+extractor unless `--nobuiltin_phrases`.
+"""
+
+import argparse
+import json
+import sys
+from typing import Optional, Sequence
+
+from input_pipeline import phrase_files
+from input_pipeline.tasks import examples as examples_lib
+
+LABELS = {name: i for i, name in enumerate(examples_lib.VE_LABELS)}
+
+
+def import_snli_ve(*, jsonl: str, out_dir: str, split: str,
+                   image_sources: Sequence[tuple[str, str]], phrases: Optional[str] = None,
+                   vocab_dir: Optional[str] = None, normalize_ids: bool = True,
+                   builtin_phrases: bool = True, on_error: str = 'skip',
+                   max_error_fraction: float = 0.01,
+                   overwrite: bool = False) -> examples_lib.TaskInfo:
+  """Imports one SNLI-VE split into `out_dir`; returns the TaskInfo."""
+  report = examples_lib.ImportReport(on_error=on_error)
+  table = phrase_files.load_phrase_file(phrases, 've') if phrases else None
+  candidates = []
+  with open(jsonl, encoding='utf-8') as f:
+    for line_no, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      where = f'{jsonl}:{line_no}'
+      report.stats['examples_read'] += 1
+      try:
+        entry = json.loads(line)
+      except json.JSONDecodeError as e:
+        report.problem('bad_json', where, str(e))
+        continue
+      if (not isinstance(entry, dict) or not isinstance(entry.get('sentence2'), str)
+          or not entry['sentence2'].strip() or 'Flickr30K_ID' not in entry):
+        report.problem('bad_example', where, 'expected "sentence2", "gold_label", '
+                       '"Flickr30K_ID" and "pairID"')
+        continue
+      if entry.get('gold_label') not in LABELS:
+        report.problem('bad_label', where, f'gold_label {entry.get("gold_label")!r} is not one '
+                       f'of {list(LABELS)}')
+        continue
+      try:
+        image_id = examples_lib.normalize_image_id(entry['Flickr30K_ID'], normalize_ids)
+      except examples_lib.TaskDataError as e:
+        report.problem('bad_image_id', where, str(e))
+        continue
+      pair_id = str(entry.get('pairID', f'line{line_no}'))
+      candidates.append(examples_lib.Candidate(example={
+          'example_id': pair_id, 'image_id': image_id, 'text': entry['sentence2'],
+          'label': LABELS[entry['gold_label']],
+          'phrases': examples_lib.phrases_or_extracted(table, pair_id, entry['sentence2'],
+                                                       builtin_phrases)}, where=where))
+  examples_lib.copy_vocabularies(vocab_dir or image_sources[0][0], out_dir)
+  return examples_lib.write_imported_split(
+      out_dir, split, task='ve', candidates=candidates, image_sources=image_sources,
+      normalize_ids=normalize_ids, report=report, max_error_fraction=max_error_fraction,
+      source=jsonl, overwrite=overwrite)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m input_pipeline.tasks.snli_ve',
+                                   description=__doc__.split('\n', 1)[0])
+  parser.add_argument('--jsonl', required=True, help='snli_ve_{split}.jsonl')
+  parser.add_argument('--phrases', help='{split}_sgs.json ([[tuples, pairID]])')
+  parser.add_argument('--images', action='append', required=True, help='DIR:SPLIT (repeatable)')
+  parser.add_argument('--vocab_dir', help='vocabularies (default: the first --images DIR)')
+  parser.add_argument('--out_dir', required=True)
+  parser.add_argument('--split', required=True)
+  parser.add_argument('--normalize_ids', action=argparse.BooleanOptionalAction, default=True)
+  parser.add_argument('--builtin_phrases', action=argparse.BooleanOptionalAction, default=True)
+  parser.add_argument('--on_error', default='skip', choices=('skip', 'raise'))
+  parser.add_argument('--max_error_fraction', type=float, default=0.01)
+  parser.add_argument('--overwrite', action='store_true')
+  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  try:
+    info = import_snli_ve(
+        jsonl=args.jsonl, out_dir=args.out_dir, split=args.split,
+        image_sources=examples_lib.parse_image_sources(args.images), phrases=args.phrases,
+        vocab_dir=args.vocab_dir, normalize_ids=args.normalize_ids,
+        builtin_phrases=args.builtin_phrases, on_error=args.on_error,
+        max_error_fraction=args.max_error_fraction, overwrite=args.overwrite)
+  except (examples_lib.TaskDataError, phrase_files.PhraseFileError, ValueError,
+          FileExistsError, FileNotFoundError) as e:
+    print(f'import failed: {e}', file=sys.stderr)
+    return 1
+  print(f'{args.out_dir}/{args.split}: {info.splits[args.split]}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,119 @@
+"""Tests of input_pipeline.tasks.custom: hand-written JSON lines + plain images -> batches."""
+
+import json
+import os
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from input_pipeline import region_features
+from input_pipeline import storage
+from input_pipeline.tasks import custom
+from input_pipeline.tasks import examples as examples_lib
+from input_pipeline.tasks import iterators as task_iterators
+
+FEATURE_DIM = 20
+LENGTHS = task_iterators.Lengths(max_seq_length=12, max_phrases=3, max_tag_length=4,
+                                 max_img_seq_length=6)
+
+
+def _write_lines(path, lines):
+  path.write_text(''.join(json.dumps(line) + '\n' for line in lines))
+  return str(path)
+
+
+@pytest.fixture(scope='module')
+def built(tmp_path_factory):
+  root = tmp_path_factory.mktemp('custom')
+  rng = np.random.default_rng(0)
+  for i in range(3):
+    Image.fromarray(rng.integers(0, 256, (24, 32, 3), np.uint8)).save(root / f'img{i}.png')
+  train = _write_lines(root / 'train.jsonl', [
+      {'image': 'img0.png', 'text': 'a red circle is left of a blue square',
+       'label': 'entailment'},
+      {'image': 'img0.png', 'text': 'a green circle is above a square', 'label': 'neutral'},
+      {'image': 'img1.png', 'text': 'two red squares', 'label': 'contradiction'},
+      {'image': 'img2.png', 'text': 'a blue circle', 'label': 'entailment'},
+  ])
+  val = _write_lines(root / 'val.jsonl', [
+      {'image': 'img2.png', 'text': 'a red square', 'label': 1}])
+  out = str(root / 'dataset')
+  assert custom.main(['--task=ve', f'--train={train}', f'--val={val}', f'--image_root={root}',
+                      f'--out_dir={out}', f'--feature_dim={FEATURE_DIM}', '--grid=2',
+                      '--vocab_size=200']) == 0
+  return root, out
+
+
+def test_plain_images_without_boxes_become_batches(built):
+  root, out = built
+  info = examples_lib.load_task_info(out)
+  assert info.task == 've' and info.splits['train'] == {'num_examples': 4, 'num_images': 3,
+                                                        'source': str(root / 'train.jsonl')}
+  assert info.splits['val']['num_images'] == 1
+  iterator = task_iterators.create_task_iterator(
+      out, 've', 'train', lengths=LENGTHS, batch_size=4, seed=0, shuffle=False, repeat=False,
+      pad_final_batch=True, process_index=0, process_count=1)
+  batches = list(iterator)
+  assert len(batches) == 1
+  batch = batches[0]
+  assert set(batch) == set(task_iterators.batch_keys('ve'))
+  np.testing.assert_array_equal(batch['label'], [2, 1, 0, 2])
+  np.testing.assert_array_equal(batch['image_index'], [0, 0, 1, 2])
+  la, n = LENGTHS.text_length, 2 * 2 + 1  # a 2x2 grid and the whole image
+  np.testing.assert_array_equal(batch['img_index'], [[la, la + n]] * 4)
+  np.testing.assert_array_equal(batch['attention_mask_b'][0], [1, 1, 0, 0] + [1] * n + [0])
+  tokenizer, _ = storage.load_vocabularies(out)
+  np.testing.assert_array_equal(batch['input_ids_b'][0],  # no tags: [CLS] [SEP]
+                                [tokenizer.cls_id, tokenizer.sep_id, 0, 0])
+  image = np.asarray(Image.open(root / 'img1.png').convert('RGB'))
+  expected = region_features.extract_region_features(
+      image, region_features.grid_boxes(24, 32, 2), FEATURE_DIM)
+  np.testing.assert_allclose(batch['img_feats'][2, :n], expected, rtol=1e-6)
+  assert (batch['img_feats'][2, n:] == 0).all()
+  assert batch['phrase_index'][0, 1] > batch['phrase_index'][0, 0]  # extracted phrases kept
+  assert (batch['input_ids_a'][:, 0] == tokenizer.cls_id).all()
+
+
+def test_features_files_vqa_answers_re_boxes_and_errors(built, tmp_path):
+  root, out = built
+  vocab = os.path.join(out, 'vocab.txt')
+  boxes = np.float32([[0, 0, 10, 10], [5, 5, 20, 20]])
+  np.savez(tmp_path / 'f.npz', features=np.ones((2, FEATURE_DIM - 6), np.float32), boxes=boxes,
+           image_size=np.int32([40, 40]))
+  train = _write_lines(tmp_path / 'vqa.jsonl', [
+      {'features': 'f.npz', 'tags': ['circle', 'square'], 'question': 'what shape?',
+       'answers': ['circle', 'circle', 'square']},
+      {'features': 'f.npz', 'tags': ['circle', 'square'], 'question': 'is it red?',
+       'answers': [['yes', 1.0], ['no', 0.3]]},
+      {'features': 'f.npz', 'tags': ['circle', 'square'], 'question': 'colour?', 'answer': 'yes'},
+  ])
+  info = custom.build_custom_dataset(task='vqa', splits={'train': train},
+                                     out_dir=str(tmp_path / 'vqa'), image_root=str(tmp_path),
+                                     feature_dim=FEATURE_DIM, vocab=vocab)
+  assert info.answers == ['yes', 'circle', 'no', 'square']
+  _, stored = examples_lib.read_examples(str(tmp_path / 'vqa'), 'train')
+  assert [(e['labels'], e['scores']) for e in stored] == [
+      ([1, 3], [2 / 3, 1 / 3]), ([0, 2], [1.0, 0.3]), ([0], [1.0])]
+  source = storage.RecordSource(str(tmp_path / 'vqa'), 'train')
+  record = source.features.deserialize_example_np(source.read(np.arange(1))[0])
+  np.testing.assert_allclose(record['region_features'][:, -6:],
+                             region_features.box_features(boxes, 40, 40))
+  assert [t.decode() for t in record['tags']] == ['circle', 'square']
+
+  re_lines = _write_lines(tmp_path / 're.jsonl', [
+      {'image': str(root / 'img0.png'), 'boxes': [[0, 0, 16, 12], [16, 12, 32, 24]],
+       'text': 'the left part', 'box': [0, 0, 16, 24]}])
+  custom.build_custom_dataset(task='re', splits={'train': re_lines}, out_dir=str(tmp_path / 're'),
+                              feature_dim=FEATURE_DIM, vocab=vocab)
+  _, stored = examples_lib.read_examples(str(tmp_path / 're'), 'train')
+  assert stored[0]['target_box'] == [0, 0, 16, 24] and stored[0]['phrases'] == []
+
+  bad = _write_lines(tmp_path / 'bad.jsonl', [
+      {'image': str(root / 'img0.png'), 'text': 'a circle', 'label': 'entailment'},
+      {'image': str(root / 'img0.png'), 'text': 'a circle', 'label': 'maybe'}])
+  with pytest.raises(examples_lib.TaskDataError, match=r'bad.jsonl:2: "label" must be'):
+    custom.build_custom_dataset(task='ve', splits={'train': bad}, out_dir=str(tmp_path / 'bad'),
+                                feature_dim=FEATURE_DIM, vocab=vocab)
+  with pytest.raises(FileExistsError):
+    custom.build_custom_dataset(task='ve', splits={'train': train}, out_dir=out, vocab=vocab)

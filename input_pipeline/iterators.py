@@ -6,7 +6,8 @@ point on. The state is then just that position, plus a fingerprint of the settin
 depends on, so a checkpoint cannot be resumed with an incompatible pipeline by mistake.
 """
 
-from typing import Any, Callable, Iterator, Mapping
+import math
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -58,3 +59,32 @@ class ResumableIterator:
                        f'range ({self.batches_per_epoch} batches per epoch).')
     self._epoch, self._batch = epoch, batch
     self._iterator = None
+
+
+def resolve_hosts(process_index: Optional[int], process_count: Optional[int]) -> tuple[int, int]:
+  """(this host, number of hosts), defaulting to jax's; validated."""
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top  (only needed for the multi-host default)
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index {process_index} not in [0, {process_count}).')
+  return process_index, process_count
+
+
+def batches_per_epoch(num_examples: int, process_count: int, batch_size: int,
+                      pad_final_batch: bool, where: str) -> int:
+  """Batches every host yields per epoch: all examples, padded (eval) or whole batches (train)."""
+  if pad_final_batch:
+    batches = math.ceil(math.ceil(num_examples / process_count) / batch_size)
+  else:
+    batches = num_examples // process_count // batch_size
+  if batches == 0:
+    raise ValueError(f'{where}: {num_examples} examples over {process_count} hosts '
+                     f'do not fill one batch of {batch_size}.')
+  return batches
+
+
+def blank_unless(valid: tf.Tensor, value: tf.Tensor, pad: int) -> tf.Tensor:
+  """`value` where `valid`, else filled with `pad` (padding rows of the final eval batch)."""
+  return tf.where(valid, value, tf.cast(tf.fill(tf.shape(value), pad), value.dtype))

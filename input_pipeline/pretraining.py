@@ -13,7 +13,6 @@ Because the whole order is a function of (seed, epoch), resuming starts a datase
 by slicing the index list before any record is read.
 """
 
-import math
 
 import numpy as np
 import tensorflow as tf
@@ -58,22 +57,11 @@ def create_pretraining_iterator(
     num_parallel_calls: parallelism of the per-example work.
     layout: layout variant (defaults to the pre-training layout).
   """
-  if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top  (only needed for the multi-host default)
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-  if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index {process_index} not in [0, {process_count}).')
+  process_index, process_count = iterators.resolve_hosts(process_index, process_count)
   source = storage.RecordSource(directory, split)
   num_examples = int(source.captions_per_image.sum())
-  per_host = num_examples // process_count
-  if pad_final_batch:
-    batches_per_epoch = math.ceil(math.ceil(num_examples / process_count) / batch_size)
-  else:
-    batches_per_epoch = per_host // batch_size
-  if batches_per_epoch == 0:
-    raise ValueError(f'{directory}/{split}: {num_examples} examples over {process_count} hosts '
-                     f'do not fill one batch of {batch_size}.')
+  batches_per_epoch = iterators.batches_per_epoch(num_examples, process_count, batch_size,
+                                                  pad_final_batch, f'{directory}/{split}')
   process = _ExampleProcessor(source, tokenizer, concept_vocab, lengths, layout, seed,
                               corrupt, mask_prob)
 
@@ -143,7 +131,7 @@ class _ExampleProcessor:
     example['image_index'] = tf.cast(item['image_index'], tf.int32)
     example['example_index'] = item['example_index']
     example['example_valid'] = tf.cast(valid, tf.int32)
-    return {k: _blank_unless(valid, example[k], -1 if k in _NEGATIVE_PADDING else 0)
+    return {k: iterators.blank_unless(valid, example[k], -1 if k in _NEGATIVE_PADDING else 0)
             for k in features.BATCH_KEYS}
 
 
@@ -169,7 +157,3 @@ def host_example_order(epoch: tf.Tensor, *, num_examples: int, seed: int, shuffl
   host = order[process_index::process_count]
   host = tf.pad(host, [[0, tf.maximum(num_rows - tf.size(host), 0)]], constant_values=-1)
   return host[:num_rows]
-
-
-def _blank_unless(valid: tf.Tensor, value: tf.Tensor, pad: int) -> tf.Tensor:
-  return tf.where(valid, value, tf.cast(tf.fill(tf.shape(value), pad), value.dtype))

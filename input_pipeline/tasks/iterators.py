@@ -26,7 +26,6 @@ order, duplicates kept, with segment id 1, truncated so that text A fills at mos
 deduplicated tags (the set), or all tags with `tags_as_list` (COCO retrieval).
 """
 
-import math
 from typing import Optional
 
 import numpy as np
@@ -87,12 +86,7 @@ def create_task_iterator(
   if task not in examples_lib.TASKS:
     raise ValueError(f'Unknown task {task!r}; expected one of {examples_lib.TASKS}.')
   lengths = lengths or DEFAULT_LENGTHS[task]
-  if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top  (only needed for the multi-host default)
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-  if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index {process_index} not in [0, {process_count}).')
+  process_index, process_count = iterators.resolve_hosts(process_index, process_count)
   info, task_examples = examples_lib.read_examples(directory, split)
   if info.task != task:
     raise ValueError(f'{directory}: a {info.task!r} dataset, not {task!r}.')
@@ -102,13 +96,8 @@ def create_task_iterator(
         f'{directory}/{split}: {source.num_images} image records, task.json says '
         f'{info.splits[split]["num_images"]}.')
   num_examples = len(task_examples)
-  if pad_final_batch:
-    batches_per_epoch = math.ceil(math.ceil(num_examples / process_count) / batch_size)
-  else:
-    batches_per_epoch = num_examples // process_count // batch_size
-  if batches_per_epoch == 0:
-    raise ValueError(f'{directory}/{split}: {num_examples} examples over {process_count} hosts '
-                     f'do not fill one batch of {batch_size}.')
+  batches_per_epoch = iterators.batches_per_epoch(num_examples, process_count, batch_size,
+                                                  pad_final_batch, f'{directory}/{split}')
   tokenizer, concept_vocab = storage.load_vocabularies(directory)
   layout = assembly.LayoutOptions(use_phrases=task != 're', tags_as_list=tags_as_list)
   process = _TaskProcessor(task, info, task_examples, source,
@@ -223,7 +212,7 @@ class _TaskProcessor:
     example['image_index'] = tf.cast(item['image_index'], tf.int32)
     example['example_index'] = item['example_index']
     example['example_valid'] = tf.cast(valid, tf.int32)
-    return {k: _blank_unless(valid, example[k], -1 if k in _NEGATIVE_PADDING else 0)
+    return {k: iterators.blank_unless(valid, example[k], -1 if k in _NEGATIVE_PADDING else 0)
             for k in batch_keys(self._task)}
 
   def _tags_after_sep(self, example: dict[str, tf.Tensor],
@@ -261,7 +250,3 @@ def box_iou(boxes: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
   area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
   union = area + (target[2] - target[0]) * (target[3] - target[1]) - inter
   return tf.math.divide_no_nan(inter, union)
-
-
-def _blank_unless(valid: tf.Tensor, value: tf.Tensor, pad: int) -> tf.Tensor:
-  return tf.where(valid, value, tf.cast(tf.fill(tf.shape(value), pad), value.dtype))

@@ -29,6 +29,7 @@ from mvp_jax import optim
 from mvp_jax import sharding
 from mvp_jax import train
 from mvp_jax import train_step as train_step_lib
+from mvp_jax import trainer_lib
 from mvp_jax.config import ModelConfig
 
 _CONFIG = flags.DEFINE_enum('config', 'tiny', ['tiny', 'base'], 'Which model config.')
@@ -93,7 +94,7 @@ def main(argv):
     start = time.perf_counter()
     compiled = jitted.lower(state, device_batch).compile()
     compile_s = time.perf_counter() - start
-    flops = train._flops(compiled)  # pylint: disable=protected-access
+    flops = trainer_lib.flops(compiled)
     state, metrics = compiled(state, device_batch)
     jax.block_until_ready(metrics)
     start = time.perf_counter()

@@ -30,7 +30,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
                        image_size=64, captions_per_image=3, seed=0)))
   config.batch_size = 64
   config.eval_batch_size = 128
-  config.total_steps = 2000
+  config.total_steps = 1500
   config.schedule = 'joint'
   config.stage1_steps = 0
   config.negatives = 'global'
@@ -38,7 +38,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.mesh_shape = (-1, 1, 1)
   config.sharding_rules = 'data_parallel'
   config.log_every = 100
-  config.eval_every = 1000
+  config.eval_every = 1500
   config.eval.top_k = 16
   config.checkpoint_every = 500
   config.keep_checkpoints = 2

@@ -356,3 +356,42 @@ def infer_config(state_dict: Mapping[str, Any], **overrides) -> ModelConfig:
     values['num_heads'] = max(1, hidden // 64)
   values.update(overrides)
   return ModelConfig(**values)
+
+
+# --- Downstream task models (spec §4, §6; `state_dict_shapes_extra.json`) -----------------------
+# The task models keep the backbone under `backbone`, as the pre-training model does. Only the
+# retrieval model's state dict has `logit_scale` (the others' `bert.*` has 299 keys without it).
+
+
+def _bert_only(entries: List[Entry]) -> List[Entry]:
+  return [e for e in entries if e.torch_name != 'logit_scale']
+
+
+def retrieval_entries(config: ModelConfig) -> List[Entry]:
+  """`BiImageBertForRetrieval`: backbone, `logit_scale`, `classifier` [2, H] (label 1 = matched)."""
+  return backbone_entries(config) + _dense('classifier', ('classifier',))
+
+
+def vqa_entries(config: ModelConfig) -> List[Entry]:
+  """`BiImageBertForVQA`: backbone and the answer head `cls.predictions` (decoder [C, H])."""
+  return _bert_only(backbone_entries(config)) + _prediction_head('cls.predictions',
+                                                                 ('answer_head',))
+
+
+def ve_entries(config: ModelConfig) -> List[Entry]:
+  """`BiImageBertForSequenceClassification` (SNLI-VE): backbone and `classifier` [3, H]."""
+  return _bert_only(backbone_entries(config)) + _dense('classifier', ('classifier',))
+
+
+def re_entries(config: ModelConfig) -> List[Entry]:
+  """`BiImageBertForRE`: backbone and the (unused with mod 1) `classifier` [num_labels, H]."""
+  return _bert_only(backbone_entries(config)) + _dense('classifier', ('classifier',))
+
+
+def task_entries(task: str, config: ModelConfig) -> List[Entry]:
+  """The entry table of a downstream task model: 'retrieval', 'vqa', 've' or 're'."""
+  tables = {'retrieval': retrieval_entries, 'vqa': vqa_entries, 've': ve_entries,
+            're': re_entries}
+  if task not in tables:
+    raise ValueError(f'Unknown task {task!r}; choose from {sorted(tables)}.')
+  return tables[task](config)

@@ -12,7 +12,7 @@ BASE_MODEL = dict(vocab_size=-1, word_vocab_size=-1, hidden_size=768, num_heads=
                   max_position_embeddings=512, type_vocab_size=2, region_feature_dim=2054,
                   use_region_layernorm=False, dropout_rate=0.1, attention_dropout_rate=0.1,
                   dtype='float32', remat=False, cross_tag_slots=0)
-# The tiny ShapesWorld model of configs/mvp_tiny.py, so /tmp/tiny1-style runs initialise it.
+# The tiny ShapesWorld model of configs/mvp_tiny.py, so /tmp/mvp_tiny-style runs initialise it.
 TINY_MODEL = dict(BASE_MODEL, hidden_size=128, num_heads=4, mlp_dim=256, num_text_layers=2,
                   num_visual_layers=2, num_cross_layers=2, max_position_embeddings=64,
                   region_feature_dim=134, use_region_layernorm=True)
@@ -65,7 +65,7 @@ def shapesworld(task: str, arg: str, **data) -> ml_collections.ConfigDict:
   config.data.kind = 'shapesworld'
   # The pre-training lengths of configs/mvp_tiny.py (VQA appends the tags after [SEP]).
   config.data.update(max_seq_length=20, max_phrases=6, max_tag_length=8, max_img_seq_length=7)
-  config.data.pretraining_dir = '/tmp/tiny1/shapesworld'  # vocabulary + generation settings
+  config.data.pretraining_dir = '/tmp/mvp_tiny/shapesworld'  # vocabulary + generation settings
   config.data.shapesworld = dict(num_train=1000, num_val=200, num_test=0)
   config.data.update(data)
   config.batch_size, config.eval_batch_size = 32, 64
@@ -75,7 +75,7 @@ def shapesworld(task: str, arg: str, **data) -> ml_collections.ConfigDict:
   config.negatives = 'global'
   config.log_every, config.eval_every, config.checkpoint_every = 50, 0, 300
   config.eval.update(top_k_images=16, top_k_texts=16, score_batch_size=64)
-  config.init_from = '' if 'scratch' in (arg or '') else '/tmp/tiny1'
+  config.init_from = '' if 'scratch' in (arg or '') else '/tmp/mvp_tiny'
   if 'smoke' in (arg or ''):
     config.model.update(hidden_size=32, mlp_dim=64, num_text_layers=1, num_visual_layers=1,
                         num_cross_layers=1)

@@ -27,6 +27,7 @@ import os
 import sys
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
+from input_pipeline import phrase_extractor
 from input_pipeline import phrase_files
 from input_pipeline import storage
 from input_pipeline import vinvl
@@ -175,18 +176,6 @@ def load_phrase_table(path: str, fmt: str, report: ImportReport,
   return table
 
 
-def builtin_extractor() -> Callable[[str], list]:
-  """input_pipeline.phrase_extractor.extract_phrases, with a clear error when it is missing."""
-  try:
-    from input_pipeline import phrase_extractor  # pylint: disable=import-outside-toplevel
-  except ModuleNotFoundError as e:
-    if e.name != 'input_pipeline.phrase_extractor':
-      raise
-    raise VinvlImportError('builtin phrases need input_pipeline/phrase_extractor.py, which is '
-                           'not installed; pass a phrase file instead') from e
-  return phrase_extractor.extract_phrases
-
-
 def make_phrases_for(embedded: phrase_files.PhraseTable,
                      table: Optional[phrase_files.PhraseTable], table_path: Optional[str],
                      extractor: Optional[Callable[[str], list]],
@@ -262,7 +251,7 @@ def import_vinvl(*, features: str, captions: str, out_dir: str, split: str,
                                              karpathy_splits=karpathy_splits,
                                              id_field=caption_id_field)
     table = load_phrase_table(phrases, phrase_format, report, options) if phrases else None
-    extractor = builtin_extractor() if builtin_phrases else None
+    extractor = phrase_extractor.extract_phrases if builtin_phrases else None
     phrases_for = make_phrases_for(embedded, table, phrases, extractor, report)
     if source_format == 'vinvl':
       records = vinvl.iter_vinvl_records(features, predictions, image_captions, phrases_for,

@@ -32,6 +32,7 @@ from mvp_jax import convert
 from mvp_jax import data
 from mvp_jax import metrics as metrics_lib
 from mvp_jax import optim
+from mvp_jax import train_step as train_step_lib
 from mvp_jax import trainer_lib
 from mvp_jax.config import ModelConfig
 from mvp_jax.downstream import losses as task_losses
@@ -233,7 +234,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Di
 
   # --- Update step ---------------------------------------------------------------------------
   loss_fn = functools.partial(task_loss, model, task, num_groups=num_groups)
-  step_fn = trainer_lib.make_update_step(loss_fn, optimizer, schedule_fn)
+  step_fn = train_step_lib.make_update_step(loss_fn, optimizer, schedule_fn)
 
   def ruled_step(state, batch):
     with nn.logical_axis_rules(rules):

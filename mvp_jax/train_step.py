@@ -90,26 +90,23 @@ def compute_losses(model: nn.Module, params: Any, batch: Mapping[str, Array], rn
   return total, metrics
 
 
-def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
-                    schedule_fn: Callable[[Array], Array], *, stage: int, num_groups: int,
-                    weights: Mapping[str, float], grad_accum_steps: int = 1,
-                    frozen_mask: Any = None) -> Callable:
-  """Builds `train_step(state, batch) -> (state, metrics)` for one stage (jit it outside).
+def make_update_step(loss_fn: Callable[[Any, Mapping[str, Array], Array],
+                                       Tuple[Array, Dict[str, Array]]],
+                     optimizer: optax.GradientTransformation,
+                     schedule_fn: Callable[[Array], Array], *, grad_accum_steps: int = 1,
+                     frozen_mask: Any = None) -> Callable:
+  """Builds `step(state, batch) -> (state, metrics)` for any `loss_fn(params, batch, rng)`.
 
-  The batch's leading dimension is split into `grad_accum_steps` micro-batches whose gradients
-  are averaged (negatives are mined inside each micro-batch). If any loss or the gradient norm
-  is not finite the update is dropped (the state keeps its parameters) and `nonfinite_<loss>`
-  flags tell the host which loss broke, so nothing non-finite can ever be checkpointed.
-  `frozen_mask` (1 = train, 0 = keep) zeroes the updates of parameters a stage does not train.
+  The per-step rng is `fold_in(state.rng, step)`. The batch's leading dimension is split into
+  `grad_accum_steps` micro-batches whose gradients are averaged (negatives are mined inside each
+  micro-batch). If any loss or the gradient norm is not finite the update is dropped (the state
+  keeps its parameters) and `nonfinite_<loss>` flags tell the host which loss broke, so nothing
+  non-finite can ever be checkpointed. `frozen_mask` (1 = train, 0 = keep) zeroes the updates
+  of parameters a stage does not train. Metrics also get `grad_norm` and `learning_rate`.
   """
-
-  def loss_fn(params, micro_batch, rng):
-    return compute_losses(model, params, micro_batch, rng, stage=stage, num_groups=num_groups,
-                          weights=weights)
-
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def train_step(state: TrainState, batch: Mapping[str, Array]):
+  def step(state: TrainState, batch: Mapping[str, Array]):
     rng = jax.random.fold_in(state.rng, state.step)
     if grad_accum_steps == 1:
       (_, metrics), grads = grad_fn(state.params, batch, rng)
@@ -120,8 +117,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
       def accumulate(carry, inputs):
         index, micro_batch = inputs
         (_, metrics), grads = grad_fn(state.params, micro_batch, jax.random.fold_in(rng, index))
-        summed = jax.tree_util.tree_map(jnp.add, carry, (grads, metrics))
-        return summed, None
+        return jax.tree_util.tree_map(jnp.add, carry, (grads, metrics)), None
 
       first = jax.tree_util.tree_map(lambda x: x[0], micro)
       metric_shapes = jax.eval_shape(loss_fn, state.params, first, rng)[1]
@@ -137,15 +133,29 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
     if frozen_mask is not None:
       updates = jax.tree_util.tree_map(lambda u, m: u * m, updates, frozen_mask)
     new_params = optax.apply_updates(state.params, updates)
-    loss_names = [k for k in metrics if k.startswith('loss_')]
-    nonfinite = {f'nonfinite_{k[5:]}': ~jnp.isfinite(metrics[k]) for k in loss_names}
+    nonfinite = {f'nonfinite_{k[5:]}': ~jnp.isfinite(v) for k, v in metrics.items()
+                 if k.startswith('loss_')}
+    nonfinite['nonfinite_loss'] = ~jnp.isfinite(metrics['loss'])
     nonfinite['nonfinite_grad_norm'] = ~jnp.isfinite(grad_norm)
     ok = ~jnp.any(jnp.stack(list(nonfinite.values())))
     keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
     new_state = state.replace(step=state.step + 1, params=keep(new_params, state.params),
                               opt_state=keep(opt_state, state.opt_state))
-    metrics = dict(metrics, grad_norm=grad_norm, learning_rate=schedule_fn(state.step),
-                   **nonfinite)
-    return new_state, metrics
+    return new_state, dict(metrics, grad_norm=grad_norm, learning_rate=schedule_fn(state.step),
+                           **nonfinite)
 
-  return train_step
+  return step
+
+
+def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
+                    schedule_fn: Callable[[Array], Array], *, stage: int, num_groups: int,
+                    weights: Mapping[str, float], grad_accum_steps: int = 1,
+                    frozen_mask: Any = None) -> Callable:
+  """The pre-training `train_step(state, batch) -> (state, metrics)` of one stage (jit outside)."""
+
+  def loss_fn(params, batch, rng):
+    return compute_losses(model, params, batch, rng, stage=stage, num_groups=num_groups,
+                          weights=weights)
+
+  return make_update_step(loss_fn, optimizer, schedule_fn, grad_accum_steps=grad_accum_steps,
+                          frozen_mask=frozen_mask)

@@ -8,7 +8,7 @@ and call these in order.
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -20,7 +20,6 @@ from clu import metric_writers
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mvp_jax import metrics as metrics_lib
-from mvp_jax import optim
 from mvp_jax import sharding
 from mvp_jax import train_step as train_step_lib
 
@@ -94,39 +93,6 @@ def create_train_state(params: Any, optimizer: optax.GradientTransformation,
                        rng: Array) -> train_step_lib.TrainState:
   return train_step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                    opt_state=optimizer.init(params), rng=rng)
-
-
-def make_update_step(loss_fn: Callable[[Any, Mapping[str, Array], Array],
-                                       Tuple[Array, Dict[str, Array]]],
-                     optimizer: optax.GradientTransformation,
-                     schedule_fn: Callable[[Array], Array]) -> Callable:
-  """`step(state, batch) -> (state, metrics)` for any `loss_fn(params, batch, rng)`.
-
-  The per-step rng is `fold_in(state.rng, step)`. Metrics get `loss_<name>` from the loss,
-  `grad_norm`, `learning_rate` and `nonfinite_<name>` flags: if any loss or the gradient norm is
-  not finite the update is dropped, so nothing non-finite can be checkpointed (the host raises
-  `NonFiniteLossError` on the flags).
-  """
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-  def step(state: train_step_lib.TrainState, batch: Mapping[str, Array]):
-    rng = jax.random.fold_in(state.rng, state.step)
-    (_, metrics), grads = grad_fn(state.params, batch, rng)
-    grad_norm = optim.global_norm(grads)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    nonfinite = {f'nonfinite_{k[5:]}': ~jnp.isfinite(v) for k, v in metrics.items()
-                 if k.startswith('loss_')}
-    nonfinite['nonfinite_loss'] = ~jnp.isfinite(metrics['loss'])
-    nonfinite['nonfinite_grad_norm'] = ~jnp.isfinite(grad_norm)
-    ok = ~jnp.any(jnp.stack(list(nonfinite.values())))
-    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
-    new_state = state.replace(step=state.step + 1, params=keep(new_params, state.params),
-                              opt_state=keep(opt_state, state.opt_state))
-    return new_state, dict(metrics, grad_norm=grad_norm, learning_rate=schedule_fn(state.step),
-                           **nonfinite)
-
-  return step
 
 
 def flops(compiled) -> Optional[float]:

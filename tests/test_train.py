@@ -81,20 +81,6 @@ def test_base_config_is_the_paper_setting():
           config.optimizer.weight_decay) == (0.9, 0.999, 1e-8, 0.01)
 
 
-def test_training_writes_metrics_and_evaluates(shapesworld_dir, tmp_path):
-  config = smoke_config(shapesworld_dir, total_steps=4, eval_every=4, log_every=2)
-  results = train.train_and_evaluate(config, str(tmp_path))
-  assert results['final_step'] == 4
-  for name in ('loss_mcr', 'loss_itc', 'loss_mlm', 'loss_itm', 'loss_wpg'):
-    assert np.isfinite(results[f'train/{name}'])
-  for name in ('retrieval/t2i_R@1', 'retrieval/i2t_R@10', 'val/grounding_accuracy',
-               'val/mlm_accuracy', 'val/mcr_accuracy'):
-    assert 0.0 <= results[name] <= 1.0
-  assert results['retrieval/num_images'] == 16
-  assert results['train/examples_per_s'] > 0
-  assert os.path.exists(tmp_path / 'model_config.json')
-
-
 def test_two_stage_schedule_freezes_cross_encoder_in_stage_one(shapesworld_dir, tmp_path):
   config = smoke_config(shapesworld_dir, total_steps=2, schedule='two_stage', stage1_steps=2,
                         checkpoint_every=1)
@@ -117,7 +103,7 @@ def single_device_run(shapesworld_dir, tmp_path_factory):
   config = smoke_config(shapesworld_dir, total_steps=2, negatives='global', log_every=1)
   config.optimizer.eps = 1e-3
   results = train.train_and_evaluate(config, workdir)
-  return results, params_of(workdir)[0]
+  return results, params_of(workdir)[0], workdir
 
 
 @pytest.mark.parametrize('mesh_shape,rules', [((4, 2, 1), 'fsdp'), ((4, 1, 2), 'tensor')])
@@ -129,7 +115,7 @@ def test_meshes_match_one_device(shapesworld_dir, single_device_run, tmp_path, m
   because its first step divides each gradient by its own magnitude, which would turn float32
   rounding of near-zero gradients into differences of the size of the learning rate.
   """
-  results_single, params_single = single_device_run
+  results_single, params_single, _ = single_device_run
   sharded = smoke_config(shapesworld_dir, total_steps=2, negatives='global', log_every=1,
                          mesh_shape=mesh_shape, sharding_rules=rules)
   sharded.optimizer.eps = 1e-3
@@ -188,10 +174,8 @@ def test_nan_loss_stops_before_checkpointing(shapesworld_dir, tmp_path, monkeypa
   assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
 
 
-def test_init_from_checks_keys(shapesworld_dir, tmp_path):
-  config = smoke_config(shapesworld_dir, total_steps=2)
-  train.train_and_evaluate(config, str(tmp_path / 'source'))
-  model_config, params, _ = checkpointing.load_trained(str(tmp_path / 'source'))
+def test_init_from_checks_keys(shapesworld_dir, single_device_run, tmp_path):
+  model_config, params, _ = checkpointing.load_trained(single_device_run[2])
   state = convert.params_to_torch(params, model_config)
   path = str(tmp_path / 'weights.safetensors')
   convert.save_safetensors(state, path)
@@ -231,15 +215,23 @@ def read_metrics(workdir):
     return [json.loads(line) for line in f]
 
 
-def test_every_loss_decreases_on_shapesworld(shapesworld_dir, tmp_path):
-  config = smoke_config(shapesworld_dir, total_steps=40, log_every=10, checkpoint_every=1000)
+def test_every_loss_decreases_and_evaluation_runs(shapesworld_dir, tmp_path):
+  config = smoke_config(shapesworld_dir, total_steps=40, log_every=10, checkpoint_every=1000,
+                        eval_every=40)
   config.optimizer.update(lr=2e-3, warmup_steps=2)
-  train.train_and_evaluate(config, str(tmp_path))
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results['final_step'] == 40
   logged = [m for m in read_metrics(str(tmp_path)) if 'train/loss' in m]
   assert [m['step'] for m in logged] == [10, 20, 30, 40]
   for name in ('loss_mcr', 'loss_itc', 'loss_mlm', 'loss_itm', 'loss_wpg'):
     first, last = logged[0][f'train/{name}'], logged[-1][f'train/{name}']
     assert last < first, (name, [m[f'train/{name}'] for m in logged])
+  for name in ('retrieval/t2i_R@1', 'retrieval/i2t_R@10', 'val/grounding_accuracy',
+               'val/mlm_accuracy', 'val/mcr_accuracy'):
+    assert 0.0 <= results[name] <= 1.0
+  assert results['retrieval/num_images'] == 16 and results['retrieval/num_captions'] == 48
+  assert results['train/examples_per_s'] > 0 and results['train/tflops_per_s'] > 0
+  assert os.path.exists(tmp_path / 'model_config.json')
 
 
 def test_few_steps_on_a_mock_vinvl_dataset(tmp_path):

@@ -45,18 +45,21 @@ def test_local_negatives_are_per_shard_losses():
   params = model_lib.init_params(CONFIG, jax.random.PRNGKey(0))
   batch = make_batch()
   rng = jax.random.PRNGKey(3)
-  kwargs = dict(stage=2, weights={}, deterministic=True)
-  _, local = train_step_lib.compute_losses(model, params, batch, rng, num_groups=4, **kwargs)
-  per_shard = []
-  for shard in range(4):
-    part = {k: v[2 * shard:2 * shard + 2] for k, v in batch.items()}
-    _, m = train_step_lib.compute_losses(model, params, part, rng, num_groups=1, **kwargs)
-    per_shard.append(m['loss_itc'])
+
+  def metrics_fn(groups):  # stage 1 (MCR + ITC): the ITC part without the cross encoder
+    return jax.jit(lambda p, b: train_step_lib.compute_losses(
+        model, p, b, rng, stage=1, weights={}, deterministic=True, num_groups=groups)[1])
+
+  local = metrics_fn(4)(params, batch)
+  per_shard_fn = metrics_fn(1)
+  per_shard = [per_shard_fn(params, {k: v[2 * s:2 * s + 2] for k, v in batch.items()})['loss_itc']
+               for s in range(4)]
   np.testing.assert_allclose(local['loss_itc'], np.mean(per_shard), rtol=1e-5)
-  _, global_ = train_step_lib.compute_losses(model, params, batch, rng, num_groups=1, **kwargs)
+  global_ = per_shard_fn(params, batch)
   assert abs(float(global_['loss_itc']) - float(local['loss_itc'])) > 1e-3
   # ITM negatives with local groups pair samples of the same shard only.
-  outputs = model.apply({'params': params}, batch, hard_negatives=rng, negative_groups=4)
+  outputs = jax.jit(lambda p, b: model.apply({'params': p}, b, hard_negatives=rng,
+                                             negative_groups=4))(params, batch)
   np.testing.assert_array_equal(outputs['hard_txt_index'] // 2, outputs['hard_img_index'] // 2)
   assert np.all(outputs['hard_txt_index'] != outputs['hard_img_index'])
 

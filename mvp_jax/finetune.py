@@ -245,16 +245,9 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Di
                        donate_argnums=(0,))
 
   # --- Checkpoints: resume, or initialise from a pre-trained checkpoint ----------------------
-  manager = checkpointing.CheckpointManager(
-      os.path.join(workdir, 'checkpoints'), save_every=config.checkpoint_every,
-      keep=config.keep_checkpoints, async_save=config.get('async_checkpointing', True))
-  latest = manager.latest_step()
-  if latest is not None:
-    with jax.set_mesh(mesh):
-      state, data_state = manager.restore(latest, state)
-    train_iter.set_state(data_state)
+  manager, state, resumed = trainer_lib.restore_latest(config, workdir, state, train_iter, mesh)
+  if resumed:
     first_batch = None
-    logging.info('Resumed from step %d.', latest)
   elif config.get('init_from'):
     state = state.replace(params=load_pretrained(
         state.params, config.init_from, task, model_cfg,
@@ -310,12 +303,8 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Di
           results = run_evals(state.params)
         scalar_writer.write(done, results)
         final.update(results)
-      manager.save(done, state, train_iter.get_state(), force=is_last)
-      if preemption.should_stop() and not is_last:
-        trainer_lib.raise_if_nonfinite(nonfinite, done)
-        manager.save(done, state, train_iter.get_state(), force=True)
-        manager.wait()
-        logging.warning('Preempted: saved step %d and stopped.', done)
+      if trainer_lib.save_or_stop(manager, preemption, state, train_iter, done, is_last,
+                                  nonfinite):
         final['preempted_at_step'] = done
         break
     if start_step >= total_steps:  # a finished run: evaluate its final checkpoint again

@@ -6,7 +6,6 @@ update step -> checkpoint / init_from -> evaluators -> loop. Everything is confi
 """
 
 import functools
-import os
 import time
 from typing import Any, Dict, Optional
 
@@ -136,16 +135,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   step_fns: Dict[int, Any] = {}
 
   # --- Checkpoints: resume, or initialise from a converted checkpoint ------------------------
-  manager = checkpointing.CheckpointManager(
-      os.path.join(workdir, 'checkpoints'), save_every=config.checkpoint_every,
-      keep=config.keep_checkpoints, async_save=config.get('async_checkpointing', True))
-  latest = manager.latest_step()
-  if latest is not None:
-    with jax.set_mesh(mesh):
-      state, data_state = manager.restore(latest, state)
-    train_iter.set_state(data_state)
+  manager, state, resumed = trainer_lib.restore_latest(config, workdir, state, train_iter, mesh)
+  if resumed:
     first_batch = None
-    logging.info('Resumed from step %d.', latest)
   elif config.get('init_from'):
     state = state.replace(params=init_from_lib.load_into(
         state.params, config.init_from, model_cfg, skip=tuple(config.get('init_skip', ()))))
@@ -231,12 +223,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
           eval_results = run_evals(state.params)
         write_scalars(done, eval_results)
         final.update(eval_results)
-      manager.save(done, state, train_iter.get_state(), force=is_last)
-      if preemption.should_stop() and not is_last:
-        trainer_lib.raise_if_nonfinite(nonfinite, done)
-        manager.save(done, state, train_iter.get_state(), force=True)
-        manager.wait()
-        logging.warning('Preempted: saved step %d and stopped.', done)
+      if trainer_lib.save_or_stop(manager, preemption, state, train_iter, done, is_last,
+                                  nonfinite):
         final['preempted_at_step'] = done
         break
   finally:

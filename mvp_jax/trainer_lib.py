@@ -124,3 +124,37 @@ def merge_flags(accumulated, step_metrics: Mapping[str, Array]):
   if accumulated is None:
     return flags
   return jax.tree_util.tree_map(jnp.logical_or, accumulated, flags)
+
+
+def restore_latest(config: ml_collections.ConfigDict, workdir: str, state: Any, train_iter,
+                   mesh) -> Tuple[Any, Any, bool]:
+  """(checkpoint manager, state, resumed): the latest complete checkpoint of `workdir`, if any.
+
+  Restores the train state onto `state`'s shardings and puts the data iterator back at the
+  saved position, so the run continues with the same step, rng and batches.
+  """
+  from mvp_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  manager = checkpointing.CheckpointManager(
+      os.path.join(workdir, 'checkpoints'), save_every=config.checkpoint_every,
+      keep=config.keep_checkpoints, async_save=config.get('async_checkpointing', True))
+  latest = manager.latest_step()
+  if latest is None:
+    return manager, state, False
+  with jax.set_mesh(mesh):
+    state, data_state = manager.restore(latest, state)
+  train_iter.set_state(data_state)
+  logging.info('Resumed from step %d.', latest)
+  return manager, state, True
+
+
+def save_or_stop(manager, preemption, state, train_iter, done: int, is_last: bool,
+                 nonfinite) -> bool:
+  """Periodic (and final) save; on SIGTERM a forced save, a wait, and True to stop the loop."""
+  manager.save(done, state, train_iter.get_state(), force=is_last)
+  if is_last or not preemption.should_stop():
+    return False
+  raise_if_nonfinite(nonfinite, done)
+  manager.save(done, state, train_iter.get_state(), force=True)
+  manager.wait()
+  logging.warning('Preempted: saved step %d and stopped.', done)
+  return True

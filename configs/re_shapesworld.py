@@ -7,7 +7,7 @@ Command (after the tiny pre-training run in /tmp/mvp_tiny):
 `:scratch` trains the same budget from random weights; `:smoke` is a seconds-long test run.
 300 steps of batch 32, MSE between the region cosines and IoUs. The tiny model has 2 cross layers,
 so `phrase_layer` is 1 (the last; the base model's default is 2 of 6). Measured (2 shared CPU
-cores, about 1.5 minutes): accuracy@IoU>=0.5 0.700 from /tmp/mvp_tiny step 2000, 0.393 from scratch,
+cores, about 1.5 minutes): accuracy@IoU>=0.5 0.685 from the quickstart /tmp/mvp_tiny, 0.393 from scratch,
 chance 0.173 (400 expressions).
 """
 

@@ -42,36 +42,20 @@ def _average(name):
   return metrics.Average.from_output(name)
 
 
-@flax.struct.dataclass
-class Stage1Metrics(metrics.Collection):
-  loss: _average('loss')
-  loss_mcr: _average('loss_mcr')
-  loss_itc: _average('loss_itc')
-  mcr_accuracy: Ratio.from_counts('mcr')
-  itc_accuracy: Ratio.from_counts('itc')
-  grad_norm: _average('grad_norm')
-  learning_rate: metrics.LastValue.from_output('learning_rate')
-  logit_scale: metrics.LastValue.from_output('logit_scale')
+_STAGE1_METRICS = dict(
+    loss=_average('loss'), loss_mcr=_average('loss_mcr'), loss_itc=_average('loss_itc'),
+    mcr_accuracy=Ratio.from_counts('mcr'), itc_accuracy=Ratio.from_counts('itc'),
+    grad_norm=_average('grad_norm'),
+    learning_rate=metrics.LastValue.from_output('learning_rate'),
+    logit_scale=metrics.LastValue.from_output('logit_scale'))
 
-
-@flax.struct.dataclass
-class TrainMetrics(metrics.Collection):
-  # clu reads a collection's own annotations only, so stage 1's fields are repeated here.
-  loss: _average('loss')
-  loss_mcr: _average('loss_mcr')
-  loss_itc: _average('loss_itc')
-  mcr_accuracy: Ratio.from_counts('mcr')
-  itc_accuracy: Ratio.from_counts('itc')
-  grad_norm: _average('grad_norm')
-  learning_rate: metrics.LastValue.from_output('learning_rate')
-  logit_scale: metrics.LastValue.from_output('logit_scale')
-  loss_mlm: _average('loss_mlm')
-  loss_itm: _average('loss_itm')
-  loss_wpg: _average('loss_wpg')
-  mlm_accuracy: Ratio.from_counts('mlm')
-  itm_accuracy: Ratio.from_counts('itm')
-  wpg_pos: _average('wpg_pos')
-  wpg_neg: _average('wpg_neg')
+# Stage 1 (uni-modal: MCR + ITC) and stage 2 / joint (all five losses).
+Stage1Metrics = metrics.Collection.create(**_STAGE1_METRICS)
+TrainMetrics = metrics.Collection.create(
+    **_STAGE1_METRICS, loss_mlm=_average('loss_mlm'), loss_itm=_average('loss_itm'),
+    loss_wpg=_average('loss_wpg'), mlm_accuracy=Ratio.from_counts('mlm'),
+    itm_accuracy=Ratio.from_counts('itm'), wpg_pos=_average('wpg_pos'),
+    wpg_neg=_average('wpg_neg'))
 
 
 def collection_for_stage(stage: int):

@@ -4,8 +4,9 @@ Command (generates ShapesWorld into the workdir on first use, then trains and ev
 
   python main.py --config=configs/mvp_tiny.py --workdir=/tmp/mvp_tiny
 
-Expected: about 8 minutes on 2 CPU cores; zero-shot retrieval and phrase-grounding accuracy far
-above chance on ShapesWorld val (see the README for the measured numbers). `:smoke` makes a
+Expected (measured on 2 CPU cores, 9 min 40 s including data generation): on ShapesWorld val
+(200 images, 600 captions) contrastive R@1 i2t 0.135 / t2i 0.083 (chance 0.005), phrase-grounding
+accuracy 0.40 (chance 0.17), MLM accuracy 0.68; the README has the full table. `:smoke` makes a
 seconds-long run for tests.
 """
 

@@ -53,7 +53,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.sharding_rules = 'fsdp'
   config.log_every = 100
   config.eval_every = 10_000
-  config.eval = ml_collections.ConfigDict(dict(top_k=64))
+  # Rerank score: the ITM probability (authors), or + the contrastive cosine.
+  config.eval = ml_collections.ConfigDict(dict(top_k=64, add_contrastive=False))
   config.checkpoint_every = 5_000
   config.keep_checkpoints = 3
   config.async_checkpointing = True

@@ -40,7 +40,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.sharding_rules = 'data_parallel'
   config.log_every = 100
   config.eval_every = 1500
-  config.eval.top_k = 16
+  config.eval.update(top_k=16, add_contrastive=True)  # the tiny ITM head alone is weak
   config.checkpoint_every = 500
   config.keep_checkpoints = 2
   if smoke:

@@ -156,7 +156,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   to_device = lambda b: data.to_global(data.model_inputs(b), batch_sharding)
   all_evaluators = (
-      evaluators.RetrievalEvaluator(model, val_batches, to_device, top_k=config.eval.top_k),
+      evaluators.RetrievalEvaluator(
+          model, val_batches, to_device, top_k=config.eval.top_k,
+          add_contrastive=config.eval.get('add_contrastive', False)),
       evaluators.TokenAccuracyEvaluator(model, val_batches, to_device),
       evaluators.GroundingEvaluator(model, val_batches, to_device))
 

@@ -50,11 +50,12 @@ class RetrievalEvaluator(retrieval.TwoStageRetrievalEvaluator):
   """
 
   def __init__(self, model, batches, to_device=lambda b: b, top_k: int = 16,
-               score_batch_size: int = 64, ks=(1, 5, 10), prefix: str = 'retrieval'):
+               add_contrastive: bool = False, score_batch_size: int = 64, ks=(1, 5, 10),
+               prefix: str = 'retrieval'):
     super().__init__(model, batches, to_device,
                      match_probability=retrieval.pretraining_match_probability,
-                     top_k_images=top_k, top_k_texts=top_k, score_batch_size=score_batch_size,
-                     ks=ks, prefix=prefix)
+                     top_k_images=top_k, top_k_texts=top_k, add_contrastive=add_contrastive,
+                     score_batch_size=score_batch_size, ks=ks, prefix=prefix)
 
 
 class TokenAccuracyEvaluator(_Evaluator):

@@ -19,7 +19,7 @@ import ml_collections
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  """`arg='runlocal'` shrinks everything for a CPU smoke run of this config's code path."""
+  """`arg='runlocal'` shrinks the model and swaps in a small ShapesWorld for a CPU smoke run."""
   runlocal = 'runlocal' in (arg or '')
   config = ml_collections.ConfigDict()
   config.seed = 42
@@ -63,10 +63,15 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.peak_flops = 0.0           # per device; 0 = look the device up (TPU/GPU table)
   config.profile = False
 
-  if runlocal:
+  if runlocal:  # the same code path on a CPU, on a small 2054-d ShapesWorld
     config.model.update(hidden_size=64, num_heads=4, mlp_dim=128, num_text_layers=1,
                         num_visual_layers=1, num_cross_layers=1, dtype='float32',
-                        remat=False)
+                        remat=False, max_position_embeddings=64)
+    config.data.update(kind='shapesworld', max_seq_length=20, max_phrases=6, max_tag_length=8,
+                       max_img_seq_length=7,
+                       shapesworld=dict(num_train_images=64, num_val_images=16,
+                                        feature_dim=2054, captions_per_image=3))
+    config.eval.top_k = 4
     config.batch_size, config.eval_batch_size = 8, 8
     config.total_steps, config.log_every, config.eval_every = 4, 2, 4
     config.checkpoint_every = 4

@@ -88,3 +88,23 @@ def batches_per_epoch(num_examples: int, process_count: int, batch_size: int,
 def blank_unless(valid: tf.Tensor, value: tf.Tensor, pad: int) -> tf.Tensor:
   """`value` where `valid`, else filled with `pad` (padding rows of the final eval batch)."""
   return tf.where(valid, value, tf.cast(tf.fill(tf.shape(value), pad), value.dtype))
+
+
+READ_CHUNK = 32  # Records fetched per random-access call.
+
+
+def epochs_to_batches(epoch_indices: Callable[[tf.Tensor], tf.data.Dataset], start_epoch: int,
+                      repeat: bool, read: Callable, process: Callable, batch_size: int,
+                      num_parallel_calls) -> tf.data.Dataset:
+  """Epochs of example indices -> read in chunks -> processed per example -> batches.
+
+  `epoch_indices(epoch)` gives this host's indices of an epoch (already cut at the resume point);
+  `read` takes a chunk of them, `process` one read item. The order is deterministic.
+  """
+  epochs = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max if repeat else 1)
+  ds = epochs.flat_map(epoch_indices).batch(READ_CHUNK).map(read)
+  ds = ds.unbatch().map(process, num_parallel_calls=num_parallel_calls)
+  ds = ds.batch(batch_size, drop_remainder=True).prefetch(2)
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options)

@@ -27,7 +27,6 @@ from input_pipeline import tokenizers
 
 Lengths = assembly.Lengths
 
-_READ_CHUNK = 32  # Records fetched per random-access call.
 _NEGATIVE_PADDING = ('mlm_labels_a', 'mlm_labels_b', 'phrase_region_links', 'image_index',
                      'example_index')
 
@@ -76,13 +75,8 @@ def create_pretraining_iterator(
       return tf.data.Dataset.from_tensor_slices(
           {'epoch': tf.fill(tf.shape(host), epoch), 'example_index': host})
 
-    epochs = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max if repeat else 1)
-    ds = epochs.flat_map(epoch_indices).batch(_READ_CHUNK).map(process.read)
-    ds = ds.unbatch().map(process, num_parallel_calls=num_parallel_calls)
-    ds = ds.batch(batch_size, drop_remainder=True).prefetch(2)
-    options = tf.data.Options()
-    options.deterministic = True
-    return ds.with_options(options)
+    return iterators.epochs_to_batches(epoch_indices, start_epoch, repeat, process.read, process,
+                                       batch_size, num_parallel_calls)
 
   fingerprint = {'seed': seed, 'shuffle': shuffle, 'num_examples': num_examples,
                  'batch_size': batch_size, 'process_index': process_index,

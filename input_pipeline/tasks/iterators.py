@@ -52,7 +52,6 @@ DEFAULT_LENGTHS = {
 }
 TASK_BATCH_KEYS = {'retrieval': (), 'vqa': ('answer_targets', 'question_id'), 've': ('label',),
                    're': ('region_iou', 'target_box')}
-_READ_CHUNK = 32
 _NEGATIVE_PADDING = ('mlm_labels_a', 'mlm_labels_b', 'phrase_region_links', 'image_index',
                      'example_index', 'question_id', 'label', 'region_iou')
 
@@ -113,13 +112,8 @@ def create_task_iterator(
       start = tf.where(epoch == start_epoch, start_batch * batch_size, 0)
       return tf.data.Dataset.from_tensor_slices(host[tf.cast(start, tf.int32):])
 
-    epochs = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max if repeat else 1)
-    ds = epochs.flat_map(epoch_indices).batch(_READ_CHUNK).map(process.read)
-    ds = ds.unbatch().map(process, num_parallel_calls=num_parallel_calls)
-    ds = ds.batch(batch_size, drop_remainder=True).prefetch(2)
-    options = tf.data.Options()
-    options.deterministic = True
-    return ds.with_options(options)
+    return iterators.epochs_to_batches(epoch_indices, start_epoch, repeat, process.read, process,
+                                       batch_size, num_parallel_calls)
 
   fingerprint = {'task': task, 'seed': seed, 'shuffle': shuffle, 'num_examples': num_examples,
                  'batch_size': batch_size, 'process_index': process_index,

@@ -1,0 +1,114 @@
+"""Region features from a ViT patch grid: grid cells and boxes, as pooling-weight matrices.
+
+A region is a box in normalised image coordinates (x1, y1, x2, y2) in [0, 1]. Its feature is a
+weighted mean of the patch states, weights [N] over the row-major (rows, cols) patch grid, and
+its 6 box numbers are VinVL's [x1, y1, x2, y2, x2 - x1, y2 - y1] (normalised coordinates,
+i.e. [x1/w, y1/h, x2/w, y2/h, bw/w, bh/h] of the box in pixels). Weights are separable: the
+outer product of a row and a column profile.
+
+  area      (grid cells) each patch weighs the area it shares with the box; a cell of a 2x2 block
+            of patches is their plain mean, a cell cutting a patch takes that patch in part.
+  bilinear  (boxes; RoIAlign, aligned=True, one output bin) the mean of `samples` x `samples`
+            bilinear samples of the patch grid at the box's sample points; patch centres sit at
+            ((i + 0.5) / cols, (j + 0.5) / rows) and points beyond the outer centres take the edge
+            patch (border clamp).
+Everything is jnp and jits; shapes: boxes [B, R, 4] -> weights [B, R, N] -> features [B, R, D].
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NUM_BOX_DIMS = 6
+MASK_VALUE = -1e9
+
+
+def grid_boxes(cells: int) -> np.ndarray:
+  """float32 [cells * cells + 1, 4]: the cells row-major (top-left first), then the whole image."""
+  edges = np.linspace(0.0, 1.0, cells + 1)
+  boxes = [(edges[c], edges[r], edges[c + 1], edges[r + 1])
+           for r in range(cells) for c in range(cells)]
+  return np.asarray(boxes + [(0.0, 0.0, 1.0, 1.0)], np.float32)
+
+
+def box_numbers(boxes: jax.Array) -> jax.Array:
+  """VinVL's 6 box numbers [..., 6] of normalised boxes [..., 4]."""
+  return jnp.concatenate([boxes, boxes[..., 2:] - boxes[..., :2]], axis=-1)
+
+
+def normalise_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Pixel boxes [R, 4] (x1, y1, x2, y2) -> normalised, clipped to the image.
+
+  Raises ValueError naming the box when it is not finite or empty after clipping.
+  """
+  boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+  scale = np.array([width, height, width, height], np.float64)
+  out = np.clip(boxes / scale, 0.0, 1.0)
+  for box, clipped in zip(boxes.tolist(), out):
+    if not np.all(np.isfinite(box)) or clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+      raise ValueError(f'box {box} is empty inside the image of (height, width) '
+                       f'({height}, {width}) or not finite.')
+  return out.astype(np.float32)
+
+
+def _area_profile(lo: jax.Array, hi: jax.Array, n: int) -> jax.Array:
+  """[..., n]: overlap of [lo, hi] with each of n equal cells of [0, 1], normalised to sum 1."""
+  left = jnp.arange(n, dtype=jnp.float32) / n
+  overlap = jnp.clip(jnp.minimum(hi[..., None], left + 1 / n) - jnp.maximum(lo[..., None], left),
+                     0.0, None)
+  return overlap / jnp.maximum(overlap.sum(-1, keepdims=True), 1e-12)
+
+
+def _bilinear_profile(lo: jax.Array, hi: jax.Array, n: int, samples: int) -> jax.Array:
+  """[..., n]: mean over `samples` points in [lo, hi] of the linear-interpolation weights."""
+  steps = (jnp.arange(samples, dtype=jnp.float32) + 0.5) / samples
+  points = lo[..., None] + (hi - lo)[..., None] * steps  # [..., S]
+  u = jnp.clip(points * n - 0.5, 0.0, n - 1.0)  # in units of patch centres
+  tent = jnp.maximum(1.0 - jnp.abs(u[..., None] - jnp.arange(n, dtype=jnp.float32)), 0.0)
+  return tent.mean(axis=-2)
+
+
+def pooling_weights(boxes: jax.Array, grid: tuple[int, int], mode: str,
+                    samples: int = 0) -> jax.Array:
+  """Weights [..., R, rows * cols] (each row sums to 1) of normalised boxes [..., R, 4].
+
+  mode: 'area' or 'bilinear'; samples: sample points per axis for 'bilinear' (0: as many as the
+  longer grid side, i.e. at least one per patch a box spans).
+  """
+  rows, cols = grid
+  boxes = boxes.astype(jnp.float32)
+  x1, y1, x2, y2 = (boxes[..., i] for i in range(4))
+  if mode == 'area':
+    wy, wx = _area_profile(y1, y2, rows), _area_profile(x1, x2, cols)
+  elif mode == 'bilinear':
+    samples = samples or max(rows, cols)
+    wy, wx = _bilinear_profile(y1, y2, rows, samples), _bilinear_profile(x1, x2, cols, samples)
+  else:
+    raise ValueError(f"pooling mode must be 'area' or 'bilinear', got {mode!r}.")
+  return (wy[..., :, None] * wx[..., None, :]).reshape(*boxes.shape[:-1], rows * cols)
+
+
+def pool(tokens: jax.Array, weights: jax.Array) -> jax.Array:
+  """Region features [B, R, D] = weights [B, R, N] @ tokens [B, N, D] (in float32)."""
+  return jnp.einsum('brn,bnd->brd', weights.astype(jnp.float32), tokens.astype(jnp.float32),
+                    precision=jax.lax.Precision.HIGHEST)
+
+
+def pooling_bias(weights: jax.Array) -> jax.Array:
+  """Attention bias [B, R, N] that makes the MAP head attend to a region by its weights.
+
+  softmax(logits + log w) = w e^logits / sum(w e^logits): the head's attention restricted to the
+  region's patches and weighted like its pooling; uniform weights give the plain MAP head.
+  """
+  return jnp.where(weights > 0, jnp.log(jnp.maximum(weights, 1e-30)), MASK_VALUE)
+
+
+def region_features(tokens: jax.Array, grid: tuple[int, int], boxes: jax.Array, mode: str,
+                    samples: int = 0) -> tuple[jax.Array, jax.Array]:
+  """(features [B, R, D + 6] = pooled tokens then the 6 box numbers, weights [B, R, N]).
+
+  tokens [B, N, D] over the row-major `grid`; boxes [B, R, 4] normalised.
+  """
+  weights = pooling_weights(boxes, grid, mode, samples)
+  feats = jnp.concatenate([pool(tokens, weights), box_numbers(boxes.astype(jnp.float32))], -1)
+  return feats, weights

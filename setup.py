@@ -21,6 +21,7 @@ setuptools.setup(
     long_description_content_type='text/markdown',
     packages=setuptools.find_packages(include=['mvp_jax', 'mvp_jax.*', 'input_pipeline',
                                                'input_pipeline.*', 'configs']),
+    package_data={'mvp_jax.vision': ['*.txt']},
     python_requires='>=3.10',
     install_requires=requirements('requirements.txt'),
     extras_require={'test': [r for r in requirements('requirements-test.txt')]},

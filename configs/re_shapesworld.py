@@ -18,6 +18,6 @@ from configs import finetune_common
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config = finetune_common.shapesworld('re', arg)
-  config.phrase_layer = 0 if 'smoke' in (arg or '') else 1
+  config.phrase_layer = 0 if 'smoke' in (arg or '').split(',') else 1
   config.num_labels = 1
   return config

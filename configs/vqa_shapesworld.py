@@ -17,5 +17,5 @@ from configs import finetune_common
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config = finetune_common.shapesworld('vqa', arg)
-  config.vqa_init_from_mlm = bool(config.init_from)
+  config.vqa_init_from_mlm = True  # used only when there is an init_from
   return config

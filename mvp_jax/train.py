@@ -266,7 +266,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         scalars['train/stage'] = stage
         scalars['train/examples_per_s'] = (done - last_log_step) * config.batch_size / elapsed
         scalars.update({f'train/{k}': v for k, v in metrics_lib.throughput(
-            flops_per_step, done - last_log_step, elapsed, jax.device_count(), peak).items()})
+            flops_per_step, done - last_log_step, elapsed, setup.mesh.devices.size, peak).items()})
         scalar_writer.write(done, scalars)
         final.update(scalars)
         train_metrics, last_log_time, last_log_step = None, time.time(), done

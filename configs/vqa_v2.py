@@ -9,7 +9,9 @@ lr 5e-5, batch 32, 25 epochs, wd 0.05, dropout **0.3**, no warmup, clip 1.0, see
 scores (3129 answers, read off the dataset's answers.json); the answer head's transform starts from
 the MLM head (`vqa_init_from_mlm`); lengths 128+5 / 30 / 50. `:quirk` sets cross_tag_slots=10, the
 authors' tag-slot bug (spec §10.1), to reproduce their fine-tuning exactly. Writes
-`vqa_predictions_test.json` ([{question_id, answer}], EvalAI). Expected (README, spec §7):
+`vqa_predictions_test.json` ([{question_id, answer}], EvalAI; test has no answers, so it is not
+scored) and scores `val` every 4000 steps. val is inside trainval, so that score tracks the fit;
+for a held-out figure train with `--config.data.train_split=train`. Expected (README, spec §7):
 test-dev 76.16, test-std 76.36 (EvalAI). Runtime not measured.
 """
 

@@ -132,4 +132,4 @@ def create_optimizer(config: ml_collections.ConfigDict, total_steps: int,
 
 
 def global_norm(tree: Any) -> jax.Array:
-  return optax.global_norm(tree)
+  return optax.tree.norm(tree)

@@ -79,18 +79,17 @@ def sharded_init(init_params: Callable[[Array], Any], optimizer: optax.GradientT
   """eval_shape -> logical specs -> shardings -> jit(init, out_shardings), unboxed once.
 
   `init_params(rng)` returns the model's boxed (nn.Partitioned) parameters; their logical axis
-  names give the parameter shardings, and `optax.tree_map_params` gives the optimiser state the
-  shardings of its parameters. Returns (state, state_sharding): a TrainState of plain arrays
+  names give the parameter shardings, and every optimiser-state array that mirrors a parameter
+  (Adam moments, also inside `multi_transform` groups) gets that parameter's sharding. Returns (state, state_sharding): a TrainState of plain arrays
   (step 0) and the matching tree of NamedShardings, kept beside it for jit and restore.
   """
   with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
     boxed = jax.eval_shape(init_params, rng)
     param_sharding = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), setup.mesh,
                                                  setup.rules)
-    abstract_opt = jax.eval_shape(optimizer.init, _values(boxed))
-    opt_sharding = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt,
-                                         param_sharding,
-                                         transform_non_params=lambda _: setup.replicated)
+    abstract_params = _values(boxed)
+    abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+    opt_sharding = _like_params(abstract_opt, abstract_params, param_sharding, setup.replicated)
     state_sharding = train_step_lib.TrainState(step=setup.replicated, params=param_sharding,
                                                opt_state=opt_sharding, rng=setup.replicated)
 
@@ -103,6 +102,23 @@ def sharded_init(init_params: Callable[[Array], Any], optimizer: optax.GradientT
     state = jax.jit(init, out_shardings=state_sharding)(rng)
   logging.info('Parameters: %d', sum(x.size for x in jax.tree_util.tree_leaves(state.params)))
   return state, state_sharding
+
+
+def _like_params(opt_state: Any, params: Any, param_sharding: Any, default: NamedSharding):
+  """Shardings of an (abstract) optimiser state: a leaf whose path ends with a parameter's path
+  and has its shape takes the parameter's sharding; counters and the rest are `default`."""
+  flat = {tuple(k.key for k in path): (leaf.shape, sharding) for (path, leaf), sharding in zip(
+      jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves(param_sharding))}
+
+  def sharding_of(path, leaf):
+    keys = tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+    for start in range(len(keys)):
+      shape, sharding = flat.get(keys[start:], (None, None))
+      if sharding is not None and shape == leaf.shape:
+        return sharding
+    return default
+
+  return jax.tree_util.tree_map_with_path(sharding_of, opt_state)
 
 
 def _values(tree: Any) -> Any:

@@ -162,23 +162,26 @@ def _allowed(name: str, prefixes) -> bool:
   return any(name == p or name.startswith(p + '.') for p in prefixes)
 
 
-def check_resume(workdir: str, config, model_config: ModelConfig) -> None:
+def check_resume(workdir: str, config: Any = None,
+                 model_config: Optional[ModelConfig] = None) -> None:
   """Refuses (CheckpointError naming the fields) to resume `workdir` with another config.
 
   Reads the saved `config.json` / `model_config.json` and writes nothing, so a refused resume
   leaves the run directory as it was. Any ModelConfig difference, and any config difference
-  outside RESUMABLE_CHANGES, is refused; WARNED_CHANGES are logged as warnings.
+  outside RESUMABLE_CHANGES, is refused; WARNED_CHANGES are logged as warnings. `config` is
+  compared with config.json and `model_config` with model_config.json, each when given (the
+  trainer compares config.json before it prepares data, model_config.json after).
   """
   differences, warnings = [], []
   model_path = os.path.join(workdir, MODEL_CONFIG_FILE)
-  if os.path.exists(model_path):
+  if model_config is not None and os.path.exists(model_path):
     with open(model_path, encoding='utf-8') as f:
       saved = json.load(f)
     new = dataclasses.asdict(model_config)
     differences += [f'model.{k}: saved {saved.get(k)!r}, now {new.get(k)!r}'
                     for k in sorted(set(saved) | set(new)) if saved.get(k) != new.get(k)]
   config_path = os.path.join(workdir, CONFIG_FILE)
-  if os.path.exists(config_path):
+  if config is not None and os.path.exists(config_path):
     with open(config_path, encoding='utf-8') as f:
       saved = _flatten(json.load(f))
     new = _flatten(json.loads(config.to_json_best_effort()))

@@ -118,6 +118,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   logging.info('Task %s; mesh %s, rules %s, %d negative group(s).', task.NAME,
                dict(setup.mesh.shape), config.sharding_rules, num_groups)
   init_from = _init_from(config)
+  resuming = checkpointing.has_checkpoints(workdir)
+  if resuming:  # config.json first: before the dataset is prepared, nothing is written
+    checkpointing.check_resume(workdir, config)
 
   # --- Input pipeline: every split the run reads is checked before step 0 --------------------
   data_config = _data_config(config)
@@ -136,8 +139,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   # --- Model config; a resume with another config is refused before anything is written -----
   model_cfg = model_config(config, directory, info)
-  if checkpointing.has_checkpoints(workdir):
-    checkpointing.check_resume(workdir, config, model_cfg)
+  if resuming:
+    checkpointing.check_resume(workdir, model_config=model_cfg)
   scalar_writer = trainer_lib.ScalarWriter(workdir, config)
   checkpointing.save_run_configs(workdir, config, model_cfg)
   logging.info('Model config: %s', model_cfg)

@@ -1,20 +1,32 @@
 """Entry point: `python main.py --config=configs/mvp_tiny.py --workdir=/tmp/mvp_tiny`.
 
-`config.task` picks the trainer: `pretrain` (the default) runs `mvp_jax.train`, and `retrieval`,
-`vqa`, `ve` or `re` run `mvp_jax.finetune`. Kept short on purpose: the logic lives in those
-libraries, importable from a notebook.
+Every task (`config.task`: pretrain, retrieval, vqa, ve, re) runs `mvp_jax.train.train_and_evaluate`.
+Kept short on purpose: the logic lives in libraries importable from a notebook. A config switch
+that does not exist (`:smok`) or an override of a field that does not exist
+(`--config.model.hidden=64`) stops here with a message naming it and the valid ones.
 """
+
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and generated data.')
-config_flags.DEFINE_config_file('config', None, 'Config file (override fields with --config.x=y).',
-                                lock_config=True)
-flags.mark_flags_as_required(['config', 'workdir'])
+from configs import overrides
+
 FLAGS = flags.FLAGS
+
+
+def parse_flags(argv):
+  """absl flag parsing, with config errors reported as one clear line instead of a traceback."""
+  try:
+    return FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    message = overrides.explain(argv)
+    sys.exit(f'Error in the config: {message}' if message else
+             f'FATAL Flags parsing error: {type(e).__name__}: {e}\n'
+             f'Pass --helpfull to see help on flags.')
 
 
 def main(argv):
@@ -23,15 +35,8 @@ def main(argv):
   # Keep TensorFlow (used only for tf.data) off any accelerator JAX needs.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
-  task = FLAGS.config.get('task', 'pretrain')
-  if task == 'pretrain':
-    from mvp_jax import train  # pylint: disable=g-import-not-at-top
-    results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  elif task in ('retrieval', 'vqa', 've', 're'):
-    from mvp_jax import finetune  # pylint: disable=g-import-not-at-top
-    results = finetune.finetune_and_evaluate(FLAGS.config, FLAGS.workdir)
-  else:
-    raise app.UsageError(f"config.task must be pretrain, retrieval, vqa, ve or re; got {task!r}")
+  from mvp_jax import train  # pylint: disable=g-import-not-at-top
+  results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   logging.info('Final metrics: %s', results)
   for name in sorted(results):
     print(f'{name}: {results[name]:.4f}' if isinstance(results[name], float)
@@ -39,4 +44,9 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and generated data.')
+  config_flags.DEFINE_config_file('config', None,
+                                  'Config file (override fields with --config.x=y).',
+                                  lock_config=True)
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main, flags_parser=parse_flags)

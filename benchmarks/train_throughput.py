@@ -3,41 +3,35 @@ r"""Training throughput of the MVPTR update step: examples/s, step time, MFU, pe
   python -m benchmarks.train_throughput --config=tiny --batch_size=64 --steps=20
   python -m benchmarks.train_throughput --config=base --batch_size=8 --steps=3
 
-Runs the real jitted step (all five losses, hard negatives, AdamW) of `mvp_jax.train_step` on
-synthetic batches of the config's shapes, on whatever devices JAX sees (data-parallel over all of
-them). FLOPs come from XLA's cost analysis of the compiled step; MFU divides the achieved FLOP/s
-by the device's peak (`--peak_flops` per device when the device is not in `train.PEAK_FLOPS`).
-Peak memory is the device's `peak_bytes_in_use` where reported, else the process's max RSS.
+Runs the real jitted pre-training step (all five losses, hard negatives, AdamW) of
+`mvp_jax.tasks.pretrain` + `mvp_jax.train_step` on synthetic batches of the config's shapes, on
+whatever devices JAX sees (data-parallel over all of them), initialised sharded and unboxed as
+the trainer does. FLOPs come from XLA's cost analysis of the compiled step, which counts ONE
+device's share of the partitioned program: TFLOP/s are printed per device and global (× the
+device count), and MFU is the per-device FLOP/s over the per-device peak (`--peak_flops` when the
+device is not in `metrics.PEAK_FLOPS`). Peak memory is the device's `peak_bytes_in_use` where
+reported, else the process's max RSS.
 """
 
-import functools
 import resource
 import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import app
 from absl import flags
-from jax.sharding import NamedSharding, PartitionSpec
 
 from configs import mvp_base
 from configs import mvp_tiny
-from mvp_jax import model as model_lib
+from mvp_jax import metrics as metrics_lib
 from mvp_jax import optim
-from mvp_jax import sharding
-from mvp_jax import train
 from mvp_jax import train_step as train_step_lib
 from mvp_jax import trainer_lib
 from mvp_jax.config import ModelConfig
-
-_CONFIG = flags.DEFINE_enum('config', 'tiny', ['tiny', 'base'], 'Which model config.')
-_BATCH = flags.DEFINE_integer('batch_size', 64, 'Global batch size.')
-_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (after one warm-up step).')
-_DTYPE = flags.DEFINE_string('dtype', '', 'Override compute dtype (float32 / bfloat16).')
-_REMAT = flags.DEFINE_integer('remat', -1, 'Override remat (0/1); -1 keeps the config value.')
-_PEAK = flags.DEFINE_float('peak_flops', 0.0, 'Peak FLOP/s per device for MFU (0 = table).')
+from mvp_jax.tasks import pretrain
 # The tiny config reads its vocabulary from ShapesWorld; these are its measured sizes.
 _TINY_VOCAB = dict(word_vocab_size=87, vocab_size=363)
 _BASE_VOCAB = dict(word_vocab_size=30522, vocab_size=86051)
@@ -64,33 +58,36 @@ def synthetic_batch(rng: np.random.Generator, model_cfg: ModelConfig, data_cfg, 
 
 def main(argv):
   del argv
-  config = (mvp_tiny if _CONFIG.value == 'tiny' else mvp_base).get_config()
-  values = dict(config.model, **(_TINY_VOCAB if _CONFIG.value == 'tiny' else _BASE_VOCAB))
-  if _DTYPE.value:
-    values['dtype'] = _DTYPE.value
-  if _REMAT.value >= 0:
-    values['remat'] = bool(_REMAT.value)
+  flag = flags.FLAGS
+  config = (mvp_tiny if flag.config == 'tiny' else mvp_base).get_config()
+  values = dict(config.model, **(_TINY_VOCAB if flag.config == 'tiny' else _BASE_VOCAB))
+  if flag.dtype:
+    values['dtype'] = flag.dtype
+  if flag.remat >= 0:
+    values['remat'] = bool(flag.remat)
   model_cfg = ModelConfig.from_dict(values)
-  mesh = sharding.create_mesh((-1, 1, 1))
-  rules = sharding.logical_rules('data_parallel')
-  batch_sharding = sharding.batch_sharding(mesh)
-  model = model_lib.MVPPretrainingModel(model_cfg)
-  total_steps = config.optimizer.warmup_steps + _STEPS.value + 10
-  optimizer = optim.create_optimizer(config.optimizer, total_steps, _BATCH.value)
-  schedule = optim.learning_rate_schedule(config.optimizer, total_steps, _BATCH.value)
-  batch = synthetic_batch(np.random.default_rng(0), model_cfg, config.data, _BATCH.value)
-  init = functools.partial(train.create_train_state, model_cfg, optimizer,
-                           init_batch={k: v[:2] for k, v in batch.items()})
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
-    state_sharding = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules)
-    state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(0))
-    step = train_step_lib.make_train_step(model, optimizer, schedule, stage=2, num_groups=1,
-                                          weights={})
-    jitted = jax.jit(step, in_shardings=(state_sharding, batch_sharding),
-                     out_shardings=(state_sharding, NamedSharding(mesh, PartitionSpec())),
-                     donate_argnums=(0,))
-    device_batch = jax.device_put(batch, batch_sharding)
+  setup = trainer_lib.create_mesh(ml_collections.ConfigDict(dict(
+      mesh_shape=(-1, 1, 1), sharding_rules='data_parallel')))
+  model = pretrain.create_model(config, model_cfg)
+  total_steps = config.optimizer.warmup_steps + flag.steps + 10
+  optimizer = optim.create_optimizer(config.optimizer, total_steps, flag.batch_size)
+  schedule = optim.learning_rate_schedule(config.optimizer, total_steps, flag.batch_size)
+  batch = synthetic_batch(np.random.default_rng(0), model_cfg, config.data, flag.batch_size)
+  init_batch = {k: v[:2] for k, v in batch.items()}
+  state, state_sharding = trainer_lib.sharded_init(
+      lambda rng: pretrain.init_params(model, rng, init_batch), optimizer,
+      jax.random.PRNGKey(0), setup)
+  step = train_step_lib.make_update_step(
+      pretrain.loss_fn(model, config, stage=2, num_groups=1), optimizer, schedule)
+
+  def ruled(state, batch):
+    with nn.logical_axis_rules(setup.rules):
+      return step(state, batch)
+
+  with jax.set_mesh(setup.mesh):
+    jitted = jax.jit(ruled, in_shardings=(state_sharding, setup.batch_sharding),
+                     out_shardings=(state_sharding, setup.replicated), donate_argnums=(0,))
+    device_batch = jax.device_put(batch, setup.batch_sharding)
     start = time.perf_counter()
     compiled = jitted.lower(state, device_batch).compile()
     compile_s = time.perf_counter() - start
@@ -98,30 +95,39 @@ def main(argv):
     state, metrics = compiled(state, device_batch)
     jax.block_until_ready(metrics)
     start = time.perf_counter()
-    for _ in range(_STEPS.value):
+    for _ in range(flag.steps):
       state, metrics = compiled(state, device_batch)
     jax.block_until_ready(metrics)
-    step_s = (time.perf_counter() - start) / _STEPS.value
-  params = sum(x.size for x in jax.tree_util.tree_leaves(nn.unbox(abstract.params)))
+    step_s = (time.perf_counter() - start) / flag.steps
+  params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
   stats = jax.devices()[0].memory_stats() or {}
   peak_memory = stats.get('peak_bytes_in_use')
   memory_source = 'device'
   if peak_memory is None:
     peak_memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     memory_source = 'process max RSS'
-  peak = _PEAK.value or train.PEAK_FLOPS.get(jax.devices()[0].device_kind)
-  print(f'config={_CONFIG.value} params={params:,} dtype={model_cfg.dtype} '
-        f'remat={model_cfg.remat} batch={_BATCH.value} devices={jax.device_count()} '
+  peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind, flag.peak_flops)
+  num_devices = setup.mesh.devices.size
+  print(f'config={flag.config} params={params:,} dtype={model_cfg.dtype} '
+        f'remat={model_cfg.remat} batch={flag.batch_size} devices={num_devices} '
         f'({jax.devices()[0].device_kind})')
   print(f'compile_s={compile_s:.1f} step_s={step_s:.4f} '
-        f'examples_per_s={_BATCH.value / step_s:.1f}')
+        f'examples_per_s={flag.batch_size / step_s:.1f}')
   if flops:
-    achieved = flops / step_s
-    mfu = f'{achieved / (peak * jax.device_count()):.3f}' if peak else 'n/a (unknown peak)'
-    print(f'flops_per_step={flops:.3e} achieved_tflops={achieved / 1e12:.3f} mfu={mfu}')
+    rates = metrics_lib.throughput(flops, 1, step_s, num_devices, peak)
+    mfu = f'{rates["mfu"]:.3f}' if 'mfu' in rates else 'n/a (unknown peak)'
+    print(f'flops_per_device_step={flops:.3e} '
+          f'tflops_per_s_per_device={rates["tflops_per_s_per_device"]:.3f} '
+          f'tflops_per_s_global={rates["tflops_per_s_global"]:.3f} mfu={mfu} (per device)')
   print(f'peak_memory_gb={peak_memory / 2**30:.2f} ({memory_source}); '
         f'loss={float(jnp.asarray(metrics["loss"])):.4f}')
 
 
 if __name__ == '__main__':
+  flags.DEFINE_enum('config', 'tiny', ['tiny', 'base'], 'Which model config.')
+  flags.DEFINE_integer('batch_size', 64, 'Global batch size.')
+  flags.DEFINE_integer('steps', 20, 'Timed steps (after one warm-up step).')
+  flags.DEFINE_string('dtype', '', 'Override compute dtype (float32 / bfloat16).')
+  flags.DEFINE_integer('remat', -1, 'Override remat (0/1); -1 keeps the config value.')
+  flags.DEFINE_float('peak_flops', 0.0, 'Peak FLOP/s of ONE device for MFU (0 = table).')
   app.run(main)

@@ -1,11 +1,20 @@
 """Fields shared by every fine-tuning config (spec §3.3); each task config patches these.
 
 Not a runnable config itself: `get_base(task)` is imported by `configs/<task>_*.py`.
+
+`init_from` has no default: a task run must say what it starts from (`--config.init_from=PATH`,
+an mvp-jax run directory or an authors' checkpoint, or `--config.init_from=''` for random
+weights); the trainer refuses a run that leaves it unset, naming the flag.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
-from input_pipeline.tasks import iterators as task_iterators
+from configs import switches
+from mvp_jax import tasks
+
+# The evaluator type of each task (mvp_jax.evaluators / config.evals).
+EVAL_TYPES = {'retrieval': 'retrieval', 'vqa': 'vqa', 've': 've', 're': 're'}
 
 BASE_MODEL = dict(vocab_size=-1, word_vocab_size=-1, hidden_size=768, num_heads=12,
                   mlp_dim=3072, num_text_layers=6, num_visual_layers=6, num_cross_layers=6,
@@ -23,17 +32,15 @@ def get_base(task: str) -> ml_collections.ConfigDict:
 
   Global batch = the authors' per-GPU batch: their GPU count is unknown (spec §8.6).
   """
-  lengths = task_iterators.DEFAULT_LENGTHS[task]
+  lengths = tasks.get(task).DEFAULT_LENGTHS
   config = ml_collections.ConfigDict()
   config.task = task
   config.seed = 88
   config.distributed = False
   config.model = dict(BASE_MODEL)
   config.data = ml_collections.ConfigDict(dict(
-      kind='records', directory='', train_split='train', eval_splits=('val',),
-      max_seq_length=lengths.max_seq_length, max_phrases=lengths.max_phrases,
-      max_tag_length=lengths.max_tag_length, max_img_seq_length=lengths.max_img_seq_length,
-      tags_as_list=False, pretraining_dir='', shapesworld={}))
+      kind='records', directory='', train_split='train', tags_as_list=False,
+      pretraining_dir='', shapesworld={}, **lengths))
   config.batch_size = 64
   config.eval_batch_size = 256
   config.num_epochs = 25
@@ -45,27 +52,44 @@ def get_base(task: str) -> ml_collections.ConfigDict:
   config.sharding_rules = 'data_parallel'
   config.negatives = 'local'        # retrieval ITC / hard negatives per data shard (DataParallel)
   config.log_every = 100
-  config.eval_every = 1000
   config.checkpoint_every = 1000
   config.keep_checkpoints = 2
   config.async_checkpointing = True
-  config.init_from = ''             # a run directory of ours or an authors' torch checkpoint
+  config.init_from = config_dict.placeholder(str)  # required: a run of ours, a torch file, ''
   config.vqa_init_from_mlm = False
   config.phrase_layer = 2
   config.num_labels = 0             # 0: the task's default (VE 3, RE 1)
-  config.eval = ml_collections.ConfigDict(dict(
-      top_k_images=64, top_k_texts=128, add_contrastive=False, score_batch_size=256))
+  set_evals(config, ('val',), every=1000)
   return config
 
 
+def set_evals(config: ml_collections.ConfigDict, splits, every: int, **options) -> None:
+  """`config.evals`: the task's evaluator on each split, every `every` steps (0 = at the end).
+
+  Retrieval's defaults are the authors' (top 64 images per caption, 128 captions per image
+  re-scored by the ITM classifier alone); `options` override them (or add VQA's `predictions`).
+  """
+  kind = EVAL_TYPES[config.task]
+  defaults = {'retrieval': dict(top_k_images=64, top_k_texts=128, add_contrastive=False,
+                                score_batch_size=256),
+              'vqa': dict(predictions=True)}.get(kind, {})
+  config.evals = {split: dict(type=kind, split=split, every=every, **dict(defaults, **options))
+                  for split in splits}
+
+
 def shapesworld(task: str, arg: str, **data) -> ml_collections.ConfigDict:
-  """A tiny CPU fine-tune on ShapesWorld task data; `arg` may hold `smoke` and `scratch`."""
+  """A tiny CPU fine-tune on ShapesWorld task data; `arg` may hold `smoke` and `scratch`.
+
+  The ShapesWorld task data takes its vocabulary from the pre-training dataset of the
+  `init_from` run (or `data.pretraining_dir`).
+  """
+  chosen = switches.parse(arg, ('smoke', 'scratch'), f'configs/{task}_shapesworld.py')
   config = get_base(task)
   config.model = dict(TINY_MODEL)
   config.data.kind = 'shapesworld'
   # The pre-training lengths of configs/mvp_tiny.py (VQA appends the tags after [SEP]).
   config.data.update(max_seq_length=20, max_phrases=6, max_tag_length=8, max_img_seq_length=7)
-  config.data.pretraining_dir = '/tmp/mvp_tiny/shapesworld'  # vocabulary + generation settings
+  config.data.pretraining_dir = ''  # '': the init_from run's dataset (vocabulary, generation)
   config.data.shapesworld = dict(num_train=1000, num_val=200, num_test=0)
   config.data.update(data)
   config.batch_size, config.eval_batch_size = 32, 64
@@ -73,16 +97,19 @@ def shapesworld(task: str, arg: str, **data) -> ml_collections.ConfigDict:
   config.total_steps = 300
   config.optimizer.update(lr=2e-4, warmup_steps=20, reference_batch_size=32)
   config.negatives = 'global'
-  config.log_every, config.eval_every, config.checkpoint_every = 50, 0, 300
-  config.eval.update(top_k_images=16, top_k_texts=16, score_batch_size=64)
-  config.init_from = '' if 'scratch' in (arg or '') else '/tmp/mvp_tiny'
-  if 'smoke' in (arg or ''):
+  config.log_every, config.checkpoint_every = 50, 300
+  retrieval_options = dict(top_k_images=16, top_k_texts=16, score_batch_size=64)
+  set_evals(config, ('val',), every=0, **(retrieval_options if task == 'retrieval' else {}))
+  if 'scratch' in chosen:
+    config.init_from = ''
+  if 'smoke' in chosen:
     config.model.update(hidden_size=32, mlp_dim=64, num_text_layers=1, num_visual_layers=1,
                         num_cross_layers=1)
     config.init_from = ''
     config.batch_size, config.eval_batch_size = 8, 16
     config.total_steps, config.log_every, config.checkpoint_every = 3, 1, 3
     config.optimizer.warmup_steps = 1
-    config.eval.update(top_k_images=4, top_k_texts=4, score_batch_size=16)
+    if task == 'retrieval':
+      set_evals(config, ('val',), every=0, top_k_images=4, top_k_texts=4, score_batch_size=16)
     config.async_checkpointing = False
   return config

@@ -17,11 +17,24 @@ here (no accelerator); on this project's CPU machine one step of batch 8 takes a
 
 import ml_collections
 
+from configs import switches
+
+
+def pretraining_evals(every: int, top_k: int, add_contrastive: bool, split: str = 'val'):
+  """Zero-shot retrieval (clean inputs), MLM/MCR accuracy (fixed-seed corruption) and phrase
+  grounding (clean) on `split`, every `every` steps and at the end."""
+  return dict(
+      retrieval=dict(type='retrieval', split=split, every=every, top_k_images=top_k,
+                     top_k_texts=top_k, add_contrastive=add_contrastive),
+      token_accuracy=dict(type='token_accuracy', split=split, every=every),
+      grounding=dict(type='grounding', split=split, every=every))
+
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """`arg='runlocal'` shrinks the model and swaps in a small ShapesWorld for a CPU smoke run."""
-  runlocal = 'runlocal' in (arg or '')
+  runlocal = 'runlocal' in switches.parse(arg, ('runlocal',), 'configs/mvp_base.py')
   config = ml_collections.ConfigDict()
+  config.task = 'pretrain'
   config.seed = 42
   config.distributed = False
 
@@ -32,7 +45,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
                       dtype='bfloat16', remat=True)
 
   config.data = ml_collections.ConfigDict(dict(
-      kind='records', directory='', train_split='train', val_split='val',
+      kind='records', directory='', train_split='train',
       max_seq_length=35, max_phrases=5, max_tag_length=20, max_img_seq_length=50,
       mask_prob=0.15, shapesworld={}))
 
@@ -52,15 +65,14 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.mesh_shape = (-1, 1, 1)    # (data, fsdp, tensor)
   config.sharding_rules = 'fsdp'
   config.log_every = 100
-  config.eval_every = 10_000
   # Rerank score: the ITM probability (authors), or + the contrastive cosine.
-  config.eval = ml_collections.ConfigDict(dict(top_k=64, add_contrastive=False))
+  config.evals = pretraining_evals(every=10_000, top_k=64, add_contrastive=False)
   config.checkpoint_every = 5_000
   config.keep_checkpoints = 3
   config.async_checkpointing = True
   config.init_from = ''
   config.init_skip = ()
-  config.peak_flops = 0.0           # per device; 0 = look the device up (TPU/GPU table)
+  config.peak_flops = 0.0           # of ONE device; 0 = look the device up (TPU/GPU table)
   config.profile = False
 
   if runlocal:  # the same code path on a CPU, on a small 2054-d ShapesWorld
@@ -71,9 +83,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
                        max_img_seq_length=7,
                        shapesworld=dict(num_train_images=64, num_val_images=16,
                                         feature_dim=2054, captions_per_image=3))
-    config.eval.top_k = 4
+    config.evals = pretraining_evals(every=4, top_k=4, add_contrastive=False)
     config.batch_size, config.eval_batch_size = 8, 8
-    config.total_steps, config.log_every, config.eval_every = 4, 2, 4
+    config.total_steps, config.log_every = 4, 2
     config.checkpoint_every = 4
     config.optimizer.warmup_steps = 1
   return config

@@ -15,16 +15,16 @@ measured.
 import ml_collections
 
 from configs import finetune_common
+from configs import switches
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  del arg
+  switches.parse(arg, (), 'configs/refcoco_plus.py')
   config = finetune_common.get_base('re')
-  config.data.eval_splits = ('val', 'testA', 'testB')
+  finetune_common.set_evals(config, ('val', 'testA', 'testB'), every=1000)
   config.batch_size = 64
   config.num_epochs = 25
   config.optimizer.lr = 4e-5
-  config.eval_every = 1000
   config.phrase_layer = 2
   config.num_labels = 1             # run_re.py's classifier is [1, 768] (spec §10.2)
   return config

@@ -13,16 +13,17 @@ spec §8.6). Expected (README, spec §7): TR R@1 77.3, IR R@1 60.1 on COCO-5k. R
 import ml_collections
 
 from configs import finetune_common
+from configs import switches
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  del arg
+  switches.parse(arg, (), 'configs/retrieval_coco.py')
   config = finetune_common.get_base('retrieval')
   config.model['use_region_layernorm'] = True
-  config.data.update(max_tag_length=30, tags_as_list=True, eval_splits=('test',))
+  config.data.update(max_tag_length=30, tags_as_list=True)
+  finetune_common.set_evals(config, ('test',), every=0)  # the final model
   config.batch_size = 96
   config.num_epochs = 15
   config.optimizer.update(lr=4e-5, reference_batch_size=96)
   config.checkpoint_every = 400
-  config.eval_every = 0
   return config

@@ -16,16 +16,17 @@ GPU: several hours).
 import ml_collections
 
 from configs import finetune_common
+from configs import switches
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  del arg
+  switches.parse(arg, (), 'configs/retrieval_flickr.py')
   config = finetune_common.get_base('retrieval')
   config.model['use_region_layernorm'] = True
-  config.data.eval_splits = ('test',)
+  # The final model only: the coarse + fine evaluation is long.
+  finetune_common.set_evals(config, ('test',), every=0)
   config.batch_size = 64
   config.num_epochs = 10
   config.optimizer.lr = 4e-5
   config.checkpoint_every = 400
-  config.eval_every = 0             # evaluate the final model (the coarse+fine eval is long)
   return config

@@ -2,9 +2,11 @@ r"""Tiny image-text retrieval fine-tune on ShapesWorld (CPU), from the tiny pre-
 
 Command (pre-train first with `python main.py --config=configs/mvp_tiny.py --workdir=/tmp/mvp_tiny`):
 
-  python main.py --config=configs/retrieval_shapesworld.py --workdir=/tmp/ft_retrieval
+  python main.py --config=configs/retrieval_shapesworld.py --workdir=/tmp/ft_retrieval \
+      --config.init_from=/tmp/mvp_tiny
 
-`:scratch` trains the same budget from random weights; `:smoke` is a seconds-long test run.
+`init_from` is required (the pre-training run; its dataset gives the vocabulary); `:scratch`
+trains the same budget from random weights; `:smoke` is a seconds-long test run.
 300 steps of batch 32 (ITC + ITM with hard negatives, label 1 = matched), then the two-stage
 evaluation on val (200 images, 600 captions, top 16 re-scored). Measured (2 shared CPU cores,
 about 2.5 minutes): t2i R@1 0.035 / R@10 0.50, i2t R@1 0.12 / R@10 0.64 from the quickstart's

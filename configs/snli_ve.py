@@ -13,14 +13,14 @@ accuracy. Runtime not measured.
 import ml_collections
 
 from configs import finetune_common
+from configs import switches
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  del arg
+  switches.parse(arg, (), 'configs/snli_ve.py')
   config = finetune_common.get_base('ve')
-  config.data.eval_splits = ('val', 'test')
+  finetune_common.set_evals(config, ('val', 'test'), every=400)
   config.batch_size = 64
   config.num_epochs = 25
   config.optimizer.lr = 4e-5
-  config.eval_every = 400
   return config

@@ -3,18 +3,47 @@
 A checkpoint holds `state` (step, params, optimizer state, rng) and `data` (the JSON state of the
 input iterator), so a resumed run continues with the same step, rng and batches. orbax writes a
 step to a temporary folder and renames it when complete, so `latest_step()` only ever sees
-complete checkpoints. SIGTERM (TPU preemption, `kill`, Ctrl-\\) sets a flag that the training
-loop polls; it then saves, waits for the write and exits cleanly.
+complete checkpoints; a complete step that cannot be read (a damaged disk, a truncated copy) is
+moved to `<workdir>/corrupt_checkpoints/` and the previous one restored
+(`restore_with_fallback`). SIGTERM (TPU preemption, `kill`, Ctrl-\\) sets a flag that the
+training loop polls; it then saves, waits for the write and exits cleanly.
+
+The train state holds plain (unboxed) arrays, so a checkpoint's `params` is the nested dict of
+the model's parameters. Beside the checkpoints sit the run's `config.json` and
+`model_config.json`; `check_resume` compares them with a resumed run's before anything is
+written.
 """
 
+import dataclasses
+import json
+import os
+import shutil
 import signal
 import threading
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
+
+from mvp_jax.config import ModelConfig
+
+MODEL_CONFIG_FILE = 'model_config.json'
+CONFIG_FILE = 'config.json'
+CHECKPOINTS = 'checkpoints'
+CORRUPT_CHECKPOINTS = 'corrupt_checkpoints'
+# Config fields a resumed run may change (with a warning for WARNED_CHANGES); any other
+# difference to the saved config.json is refused. Prefixes cover their sub-fields.
+RESUMABLE_CHANGES = ('total_steps', 'num_epochs', 'optimizer.lr', 'log_every', 'eval_every',
+                     'evals', 'eval_batch_size', 'checkpoint_every', 'keep_checkpoints',
+                     'async_checkpointing', 'profile', 'peak_flops', 'distributed', 'init_from',
+                     'init_skip', 'vqa_init_from_mlm')
+WARNED_CHANGES = ('total_steps', 'num_epochs', 'optimizer.lr')
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint of a run could be restored, or a resume was refused."""
 
 
 class CheckpointManager:
@@ -27,6 +56,13 @@ class CheckpointManager:
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
+
+  def all_steps(self) -> List[int]:
+    return sorted(self._manager.all_steps())
+
+  def reload(self) -> None:
+    """Re-reads the steps on disk (after steps were moved away)."""
+    self._manager.reload()
 
   def save(self, step: int, state: Any, data_state: dict, force: bool = False) -> bool:
     """Saves if `step` is on the save interval (or `force`); returns whether it saved."""
@@ -75,17 +111,102 @@ class PreemptionFlag:
     return stop
 
 
-MODEL_CONFIG_FILE = 'model_config.json'
-CONFIG_FILE = 'config.json'
+def has_checkpoints(workdir: str) -> bool:
+  """Whether `workdir/checkpoints` holds a step folder (read-only: creates nothing)."""
+  directory = os.path.join(workdir, CHECKPOINTS)
+  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
 
 
-def save_run_configs(workdir: str, config, model_config) -> None:
+def restore_with_fallback(manager: CheckpointManager, target: Any, workdir: str
+                          ) -> Tuple[Any, Optional[dict], Optional[int]]:
+  """(state, data_state, step) of the newest checkpoint that restores onto `target`'s shardings.
+
+  Newer steps that fail to restore are moved to `<workdir>/corrupt_checkpoints/<step>` (so the
+  run can save those steps again) after a warning naming the error. Returns (target, None,
+  None) when there is no checkpoint; raises CheckpointError, moving nothing, when none restores.
+  """
+  failures = []
+  for step in reversed(manager.all_steps()):
+    try:
+      state, data_state = manager.restore(step, target)
+    except Exception as e:  # pylint: disable=broad-except  (orbax raises many kinds)
+      logging.warning('Checkpoint step %d of %s cannot be restored: %s', step, workdir, e)
+      failures.append((step, e))
+      continue
+    if failures and jax.process_index() == 0:
+      aside = os.path.join(workdir, CORRUPT_CHECKPOINTS)
+      os.makedirs(aside, exist_ok=True)
+      for bad, _ in failures:
+        shutil.move(os.path.join(workdir, CHECKPOINTS, str(bad)), os.path.join(aside, str(bad)))
+        logging.warning('Moved the unreadable checkpoint %d to %s; resuming from step %d.', bad,
+                        aside, step)
+    if failures:
+      manager.reload()
+    return state, data_state, step
+  if failures:
+    raise CheckpointError(f'{workdir}: no checkpoint could be restored: ' + '; '.join(
+        f'step {step}: {type(e).__name__}: {e}' for step, e in failures))
+  return target, None, None
+
+
+def _flatten(tree: Any, prefix: str = '') -> Dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for key, value in tree.items():
+      out.update(_flatten(value, f'{prefix}{key}.'))
+    return out if tree else {prefix[:-1]: {}}
+  return {prefix[:-1]: tree}
+
+
+def _allowed(name: str, prefixes) -> bool:
+  return any(name == p or name.startswith(p + '.') for p in prefixes)
+
+
+def check_resume(workdir: str, config: Any = None,
+                 model_config: Optional[ModelConfig] = None) -> None:
+  """Refuses (CheckpointError naming the fields) to resume `workdir` with another config.
+
+  Reads the saved `config.json` / `model_config.json` and writes nothing, so a refused resume
+  leaves the run directory as it was. Any ModelConfig difference, and any config difference
+  outside RESUMABLE_CHANGES, is refused; WARNED_CHANGES are logged as warnings. `config` is
+  compared with config.json and `model_config` with model_config.json, each when given (the
+  trainer compares config.json before it prepares data, model_config.json after).
+  """
+  differences, warnings = [], []
+  model_path = os.path.join(workdir, MODEL_CONFIG_FILE)
+  if model_config is not None and os.path.exists(model_path):
+    with open(model_path, encoding='utf-8') as f:
+      saved = json.load(f)
+    new = dataclasses.asdict(model_config)
+    differences += [f'model.{k}: saved {saved.get(k)!r}, now {new.get(k)!r}'
+                    for k in sorted(set(saved) | set(new)) if saved.get(k) != new.get(k)]
+  config_path = os.path.join(workdir, CONFIG_FILE)
+  if config is not None and os.path.exists(config_path):
+    with open(config_path, encoding='utf-8') as f:
+      saved = _flatten(json.load(f))
+    new = _flatten(json.loads(config.to_json_best_effort()))
+    for name in sorted(set(saved) | set(new)):
+      if saved.get(name) == new.get(name):
+        continue
+      line = f'{name}: saved {saved.get(name)!r}, now {new.get(name)!r}'
+      if _allowed(name, WARNED_CHANGES):
+        warnings.append(line)
+      elif not _allowed(name, RESUMABLE_CHANGES):
+        differences.append(line)
+  if differences:
+    raise CheckpointError(
+        f'{workdir} holds checkpoints of a run with another config; refusing to resume it '
+        f'(nothing was written). Differences: ' + '; '.join(differences) + '. Use a new '
+        f'--workdir, or the saved config.')
+  for line in warnings:
+    logging.warning('Resuming %s with a changed %s.', workdir, line)
+
+
+def save_run_configs(workdir: str, config, model_config: ModelConfig) -> None:
   """Writes the run's ConfigDict and resolved ModelConfig beside the checkpoints (process 0)."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
   if jax.process_index() != 0:
     return
+  os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, MODEL_CONFIG_FILE), 'w', encoding='utf-8') as f:
     json.dump(dataclasses.asdict(model_config), f, indent=1)
   with open(os.path.join(workdir, CONFIG_FILE), 'w', encoding='utf-8') as f:
@@ -95,32 +216,18 @@ def save_run_configs(workdir: str, config, model_config) -> None:
 def load_trained(workdir: str, step: Optional[int] = None):
   """(ModelConfig, params, step) of a training run's checkpoint (the latest by default).
 
-  Params are returned unboxed as numpy-backed jax arrays on the default device, in the layout of
-  `MVPPretrainingModel` (or of the downstream model the run trained).
+  Params are returned unboxed (a nested dict of arrays) on the default device, in the layout of
+  `MVPPretrainingModel` or of the downstream model the run trained.
   """
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from mvp_jax.config import ModelConfig  # pylint: disable=g-import-not-at-top
   config_path = os.path.join(workdir, MODEL_CONFIG_FILE)
   if not os.path.exists(config_path):
     raise FileNotFoundError(f'{config_path} is missing: {workdir} is not an mvp-jax run.')
   with open(config_path, encoding='utf-8') as f:
     model_config = ModelConfig.from_dict(json.load(f))
-  manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
+  manager = ocp.CheckpointManager(os.path.join(workdir, CHECKPOINTS))
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'{workdir}/checkpoints holds no complete checkpoint.')
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   manager.close()
-  params = _strip_boxes(restored['state']['params'])
-  return model_config, nn.unbox(params), step
-
-
-def _strip_boxes(tree):
-  """Orbax restores nn.Partitioned leaves without a target as {'value': array}; unwrap them."""
-  if isinstance(tree, dict):
-    if set(tree) == {'value'} and not isinstance(tree['value'], dict):
-      return tree['value']
-    return {k: _strip_boxes(v) for k, v in tree.items()}
-  return tree
+  return model_config, restored['state']['params'], step

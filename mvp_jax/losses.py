@@ -5,6 +5,14 @@ reference code yields NaN (no masked token, no phrase in the batch) these return
 normaliser clamped to 1, so a batch without such items contributes nothing instead of poisoning
 the sum.
 
+Normalisation under `local` negatives (`num_groups` = G > 1, one group per data shard): every
+loss is the mean over the G contiguous groups of the batch of that group's own mean, which is
+what the authors' per-GPU losses averaged over GPUs computed. For ITC and ITM every group has the
+same number of terms, so this equals the global mean; for MLM / MCR (masked tokens) and WPG
+(samples with phrases) the per-group counts differ, and a group without any term is left out of
+the average. With `global` negatives (G = 1) each loss is the mean over the whole batch. Gradient
+accumulation over k micro-batches with G = 1 therefore equals one step with G = k groups.
+
 Shapes: B batch, La text length, L cross-modal length, R region slots, V word vocabulary.
 """
 
@@ -22,12 +30,33 @@ WPG_MARGIN = 0.2
 WPG_TOP_K = 3
 
 
-def masked_token_loss(logits: Array, labels: Array) -> LossAndMetrics:
+def grouped_mean(values: Array, weights: Array, num_groups: int = 1) -> Array:
+  """Mean over the G groups that have weight of (sum of values / sum of weights) per group.
+
+  Args:
+    values: [B, ...] terms, already 0 where the weight is 0.
+    weights: [B, ...] (0/1) weights of the terms, same shape.
+    num_groups: G contiguous groups of the leading (batch) axis; 1 = one global mean.
+
+  Returns:
+    [] the loss; 0 when no group has any weight.
+  """
+  if values.shape[0] % num_groups:
+    raise ValueError(f'Batch {values.shape[0]} is not divisible into {num_groups} groups.')
+  sums = values.reshape(num_groups, -1).sum(1)
+  counts = weights.reshape(num_groups, -1).astype(jnp.float32).sum(1)
+  per_group = sums / jnp.maximum(counts, 1.0)
+  has_terms = counts > 0
+  return jnp.where(has_terms, per_group, 0.0).sum() / jnp.maximum(has_terms.sum(), 1)
+
+
+def masked_token_loss(logits: Array, labels: Array, num_groups: int = 1) -> LossAndMetrics:
   """Cross-entropy at positions with label >= 0, averaged over those positions (MLM and MCR).
 
   Args:
-    logits: [..., V] float logits.
-    labels: [...] int ids, -1 where there is no target.
+    logits: [B, ..., V] float logits.
+    labels: [B, ...] int ids, -1 where there is no target.
+    num_groups: per-group means averaged over groups (`local`, see the module docstring).
 
   Returns:
     (mean loss, {'count', 'correct'}). With no target at all the loss is 0 (the reference: NaN).
@@ -36,20 +65,21 @@ def masked_token_loss(logits: Array, labels: Array) -> LossAndMetrics:
   safe_labels = jnp.where(valid, labels, 0)
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   nll = -jnp.take_along_axis(log_probs, safe_labels[..., None], axis=-1)[..., 0]
-  count = valid.sum()
-  loss = jnp.where(valid, nll, 0.0).sum() / jnp.maximum(count, 1)
+  loss = grouped_mean(jnp.where(valid, nll, 0.0), valid, num_groups)
   correct = (valid & (jnp.argmax(logits, axis=-1) == labels)).sum()
-  return loss, {'count': count, 'correct': correct}
+  return loss, {'count': valid.sum(), 'correct': correct}
 
 
-def masked_language_loss(mlm_logits: Array, mlm_labels_a: Array) -> LossAndMetrics:
+def masked_language_loss(mlm_logits: Array, mlm_labels_a: Array,
+                         num_groups: int = 1) -> LossAndMetrics:
   """MLM on the cross-modal text positions (spec §2.6): logits [B, La, V], labels [B, La]."""
-  return masked_token_loss(mlm_logits[:, :mlm_labels_a.shape[1]], mlm_labels_a)
+  return masked_token_loss(mlm_logits[:, :mlm_labels_a.shape[1]], mlm_labels_a, num_groups)
 
 
-def masked_concept_loss(vis_mlm_logits: Array, mlm_labels_b: Array) -> LossAndMetrics:
+def masked_concept_loss(vis_mlm_logits: Array, mlm_labels_b: Array,
+                        num_groups: int = 1) -> LossAndMetrics:
   """MCR on the visual-encoder tag positions (spec §2.3): logits [B, T+R, V], labels [B, T]."""
-  return masked_token_loss(vis_mlm_logits[:, :mlm_labels_b.shape[1]], mlm_labels_b)
+  return masked_token_loss(vis_mlm_logits[:, :mlm_labels_b.shape[1]], mlm_labels_b, num_groups)
 
 
 def contrastive_loss(sim_mat: Array, logit_scale: Array, num_groups: int = 1) -> LossAndMetrics:
@@ -83,6 +113,7 @@ def matching_loss(itm_logits: Array) -> LossAndMetrics:
   """ITM cross-entropy over [positives; hard negatives] (spec §2.5): logits [2B, 2].
 
   Pre-training convention: label 0 = matched (first B rows), 1 = mismatched (last B rows).
+  The mean over all rows equals the mean of per-group means (every group has 2B/G rows).
   """
   num_pairs = itm_logits.shape[0] // 2
   labels = jnp.concatenate([jnp.zeros(num_pairs, jnp.int32), jnp.ones(num_pairs, jnp.int32)])
@@ -140,14 +171,16 @@ def phrase_grounding_loss(rng: Array, cross_sequence: Array, phrase_index: Array
 
   pos_i = t2i_sim(phrases of i, regions of i); neg_i = t2i_sim(phrases of i, regions of j) with j
   a uniformly drawn other sample of i's group; both read from the positive pairs' cross-modal
-  outputs. loss = mean over samples with phrases of max(0, neg_i + margin − pos_i).
+  outputs. loss = mean over samples with phrases of max(0, neg_i + margin − pos_i), per group and
+  then over the groups that have phrases (see the module docstring).
 
   Args:
     rng: PRNG key (negative choice and top-k picks).
     cross_sequence: [B, L, H] cross-modal output of the positive pairs.
     phrase_index: [B, 2] [start, end) of the phrases; img_index [B, 2] of the real regions,
       both absolute positions in the cross-modal sequence.
-    num_groups: negatives drawn within each of G contiguous groups (`local`) or globally (1).
+    num_groups: negatives drawn, and the loss normalised, within each of G contiguous groups
+      (`local`) or globally (1).
     margin: hinge margin (0.2).
 
   Returns:
@@ -168,7 +201,7 @@ def phrase_grounding_loss(rng: Array, cross_sequence: Array, phrase_index: Array
   has_phrase = phrase_mask.any(-1)
   count = has_phrase.sum()
   hinge = jnp.maximum(0.0, neg + margin - pos)
-  loss = jnp.where(has_phrase, hinge, 0.0).sum() / jnp.maximum(count, 1)
+  loss = grouped_mean(jnp.where(has_phrase, hinge, 0.0), has_phrase, num_groups)
   denominator = jnp.maximum(count, 1)
   return loss, {'count': count,
                 'pos': jnp.where(has_phrase, pos, 0.0).sum() / denominator,

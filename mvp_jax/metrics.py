@@ -1,10 +1,10 @@
-"""clu metrics of pre-training: losses, accuracies, gradient norm, learning rate.
+"""clu metrics of training: losses, accuracies, gradient norm, learning rate; FLOP/s and MFU.
 
 Accuracies are ratios of summed counts (`Ratio`), so merging steps weights every masked token,
 pair or phrase equally rather than every step.
 """
 
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional, Sequence
 
 import flax
 import jax.numpy as jnp
@@ -38,28 +38,50 @@ class Ratio(metrics.Metric):
     return self.numerator / jnp.maximum(self.denominator, 1.0)
 
 
-def _average(name):
-  return metrics.Average.from_output(name)
+def collection(averages: Sequence[str] = (), ratios: Sequence[str] = (),
+               last_values: Sequence[str] = ()):
+  """A clu Collection of training metrics: `loss`, the `averages` (per-step means), a
+  `<name>_accuracy` Ratio of summed counts per name in `ratios`, the `last_values`, and always
+  `grad_norm` (mean) and `learning_rate` (last)."""
+  fields = {name: metrics.Average.from_output(name) for name in ('loss',) + tuple(averages)}
+  fields.update({f'{name}_accuracy': Ratio.from_counts(name) for name in ratios})
+  fields.update({name: metrics.LastValue.from_output(name) for name in last_values})
+  fields.update(grad_norm=metrics.Average.from_output('grad_norm'),
+                learning_rate=metrics.LastValue.from_output('learning_rate'))
+  return metrics.Collection.create(**fields)
 
 
-_STAGE1_METRICS = dict(
-    loss=_average('loss'), loss_mcr=_average('loss_mcr'), loss_itc=_average('loss_itc'),
-    mcr_accuracy=Ratio.from_counts('mcr'), itc_accuracy=Ratio.from_counts('itc'),
-    grad_norm=_average('grad_norm'),
-    learning_rate=metrics.LastValue.from_output('learning_rate'),
-    logit_scale=metrics.LastValue.from_output('logit_scale'))
-
-# Stage 1 (uni-modal: MCR + ITC) and stage 2 / joint (all five losses).
-Stage1Metrics = metrics.Collection.create(**_STAGE1_METRICS)
-TrainMetrics = metrics.Collection.create(
-    **_STAGE1_METRICS, loss_mlm=_average('loss_mlm'), loss_itm=_average('loss_itm'),
-    loss_wpg=_average('loss_wpg'), mlm_accuracy=Ratio.from_counts('mlm'),
-    itm_accuracy=Ratio.from_counts('itm'), wpg_pos=_average('wpg_pos'),
-    wpg_neg=_average('wpg_neg'))
+# Peak dense bfloat16 FLOP/s of ONE device, for MFU. Unknown devices (CPUs) use config.peak_flops.
+PEAK_FLOPS = {'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v5p': 459e12,
+              'TPU v6 lite': 918e12, 'NVIDIA H100 80GB HBM3': 989e12, 'NVIDIA H200': 989e12,
+              'NVIDIA A100-SXM4-80GB': 312e12, 'NVIDIA A100-SXM4-40GB': 312e12}
 
 
-def collection_for_stage(stage: int):
-  return Stage1Metrics if stage == 1 else TrainMetrics
+def peak_flops_per_device(device_kind: str, override: float = 0.0) -> Optional[float]:
+  """`override` (config.peak_flops, per device) if set, else the table's value, else None."""
+  return float(override) if override else PEAK_FLOPS.get(device_kind)
+
+
+def throughput(flops_per_device_step: Optional[float], steps: int, seconds: float,
+               num_devices: int, peak_per_device: Optional[float]) -> Dict[str, float]:
+  """TFLOP/s and MFU of `steps` steps that took `seconds`.
+
+  XLA's cost analysis of a compiled SPMD step counts the FLOPs of one device's program (the
+  partitioned computation), so: per-device FLOP/s = flops · steps / seconds; global = that ·
+  num_devices; MFU = per-device FLOP/s / per-device peak (= global / (peak · num_devices)).
+
+  Returns:
+    {'tflops_per_s_per_device', 'tflops_per_s_global'} and 'mfu' when the peak is known; {}
+    without a FLOP count.
+  """
+  if not flops_per_device_step or seconds <= 0:
+    return {}
+  per_device = flops_per_device_step * steps / seconds
+  out = {'tflops_per_s_per_device': per_device / 1e12,
+         'tflops_per_s_global': per_device * num_devices / 1e12}
+  if peak_per_device:
+    out['mfu'] = per_device / peak_per_device
+  return out
 
 
 def nonfinite_losses(step_metrics: Mapping[str, np.ndarray]) -> Dict[str, bool]:

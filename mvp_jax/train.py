@@ -1,238 +1,291 @@
-"""MVPTR pre-training: `train_and_evaluate(config, workdir)`.
+"""The trainer of every task: `train_and_evaluate(config, workdir)`.
 
-Read top to bottom: logging -> mesh -> input pipeline -> model and optimiser -> sharded init ->
-update step -> checkpoint / init_from -> evaluators -> loop. Everything is configured by an
-`ml_collections.ConfigDict` (see `configs/`).
+`config.task` (default 'pretrain') names a task module of `mvp_jax/tasks/`, which gives the model,
+the loss, the metrics and the stages; everything else is the same for every task. Read top to
+bottom: task -> mesh -> input pipeline (every split checked before step 0) -> model config, and
+a resume refused before anything is written -> optimiser -> sharded init (unboxed state, its
+shardings beside it) -> update step per stage -> restore or init_from -> evaluators -> loop.
+The loop saves before it evaluates, so an evaluation that fails never costs a checkpoint.
 """
 
-import functools
+import json
+import os
 import time
 from typing import Any, Dict, Optional
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 from absl import logging
 from clu import periodic_actions
 
 from mvp_jax import checkpointing
-from mvp_jax import data
-from mvp_jax import init_from as init_from_lib
 from mvp_jax import metrics as metrics_lib
-from mvp_jax import model as model_lib
 from mvp_jax import optim
+from mvp_jax import tasks
 from mvp_jax import train_step as train_step_lib
 from mvp_jax import trainer_lib
 from mvp_jax.config import ModelConfig
-from mvp_jax.evaluators import pretraining as evaluators
-
-# Peak dense bfloat16 FLOP/s per device, for MFU. Unknown devices (CPUs) use config.peak_flops.
-PEAK_FLOPS = {'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v5p': 459e12,
-              'TPU v6 lite': 918e12, 'NVIDIA H100 80GB HBM3': 989e12, 'NVIDIA H200': 989e12,
-              'NVIDIA A100-SXM4-80GB': 312e12, 'NVIDIA A100-SXM4-40GB': 312e12}
-
+# The three CONTRACTS.md interfaces, until their modules are merged (then: `from mvp_jax import
+# data`, `from mvp_jax import evaluators`, `from mvp_jax import weights`).
+from mvp_jax.tasks import bridge_data as data
+from mvp_jax.tasks import bridge_evals as evaluators
+from mvp_jax.tasks import bridge_weights as weights
 
 METRICS_FILE = trainer_lib.METRICS_FILE
 NonFiniteLossError = trainer_lib.NonFiniteLossError
 
 
-def model_config(config: ml_collections.ConfigDict, directory: Optional[str]) -> ModelConfig:
-  """The model config; `word_vocab_size` / `vocab_size` of -1 are read off the dataset vocab."""
+def model_config(config: ml_collections.ConfigDict, directory: Optional[str],
+                 info: Any = None) -> ModelConfig:
+  """The run's ModelConfig: `config.model` with sizes of -1 taken from the `init_from` run (a
+  run directory of ours), else from the dataset's vocabularies; then the task's own fields."""
   values = dict(config.model)
+  source = _our_run(config.get('init_from'))
+  if source:
+    with open(os.path.join(source, checkpointing.MODEL_CONFIG_FILE), encoding='utf-8') as f:
+      saved = json.load(f)
+    for key in ('vocab_size', 'word_vocab_size'):
+      if values.get(key, 0) < 0:
+        values[key] = saved[key]
   if values.get('word_vocab_size', 0) < 0 or values.get('vocab_size', 0) < 0:
     word_vocab, rows = data.vocab_sizes(directory)
     if values.get('word_vocab_size', 0) < 0:
       values['word_vocab_size'] = word_vocab
     if values.get('vocab_size', 0) < 0:
       values['vocab_size'] = rows
-  return ModelConfig.from_dict(values)
+  task = tasks.get(config.get('task', 'pretrain'))
+  return task.model_config(ModelConfig.from_dict(values), info)
 
 
-def peak_flops(config: ml_collections.ConfigDict) -> Optional[float]:
-  if config.get('peak_flops'):
-    return float(config.peak_flops)
-  return PEAK_FLOPS.get(jax.devices()[0].device_kind)
+def _our_run(path: Optional[str]) -> Optional[str]:
+  """`path` if it is an mvp-jax run directory (model_config.json beside checkpoints)."""
+  if path and os.path.exists(os.path.join(path, checkpointing.MODEL_CONFIG_FILE)):
+    return path
+  return None
 
 
-def create_train_state(model_cfg: ModelConfig, optimizer, rng, init_batch):
-  """Boxed (logically annotated) TrainState: params, optimiser state, step 0, rng."""
-  params_rng, state_rng = jax.random.split(rng)
-  params = model_lib.init_params(model_cfg, params_rng, init_batch)
-  return train_step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                   opt_state=optimizer.init(params), rng=state_rng)
+def _init_from(config: ml_collections.ConfigDict) -> str:
+  """`config.init_from`; None (the task configs' required placeholder) is refused clearly."""
+  init_from = config.get('init_from', '')
+  if init_from is None:
+    raise ValueError(
+        f'config.init_from is not set for task {config.get("task", "pretrain")!r}: pass '
+        f'--config.init_from=PATH (an mvp-jax run directory, e.g. the --workdir of the '
+        f"quickstart's pre-training, or an authors' .bin / .safetensors), or "
+        f"--config.init_from='' to train from random weights.")
+  return init_from
+
+
+def _data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config.data`; ShapesWorld task data without `pretraining_dir` takes the vocabulary of
+  the `init_from` run's dataset (the `data.directory` in its config.json)."""
+  data_config = ml_collections.ConfigDict(config.data.to_dict())
+  source = _our_run(config.get('init_from'))
+  if ('pretraining_dir' in data_config and not data_config.pretraining_dir and source
+      and data_config.kind == 'shapesworld'):
+    with open(os.path.join(source, checkpointing.CONFIG_FILE), encoding='utf-8') as f:
+      source_data = json.load(f).get('data', {})
+    data_config.pretraining_dir = (source_data.get('directory')
+                                   or os.path.join(source, source_data.get('kind', '')))
+  return data_config
+
+
+def _negative_groups(config: ml_collections.ConfigDict, setup: trainer_lib.MeshSetup) -> int:
+  negatives = config.get('negatives', 'global')
+  if negatives not in ('local', 'global'):
+    raise ValueError(f"config.negatives must be 'local' or 'global', got {negatives!r}.")
+  num_groups = setup.num_data_shards if negatives == 'local' else 1
+  accum = config.get('grad_accum_steps', 1)
+  micro_batch = config.batch_size // accum
+  if (config.batch_size % jax.process_count() or micro_batch * accum != config.batch_size
+      or micro_batch % num_groups):
+    raise ValueError(f'batch_size {config.batch_size} must divide over {jax.process_count()} '
+                     f'hosts and split into {accum} micro-batches divisible by {num_groups} '
+                     f'negative groups.')
+  return num_groups
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float]:
-  """Runs pre-training (resuming from `workdir` if it holds checkpoints); returns final metrics."""
-  # --- Logging -------------------------------------------------------------------------------
+  """Trains `config.task` (resuming from `workdir` if it holds checkpoints), evaluates with
+  `config.evals`; returns the last training and evaluation metrics and `final_step`."""
+  # --- Task, distributed init, mesh ------------------------------------------------------------
+  task = tasks.get(config.get('task', 'pretrain'))
   if config.get('distributed', False):
     jax.distributed.initialize()
+  setup = trainer_lib.create_mesh(config)
+  num_groups = _negative_groups(config, setup)
+  logging.info('Task %s; mesh %s, rules %s, %d negative group(s).', task.NAME,
+               dict(setup.mesh.shape), config.sharding_rules, num_groups)
+  init_from = _init_from(config)
+  resuming = checkpointing.has_checkpoints(workdir)
+  if resuming:  # config.json first: before the dataset is prepared, nothing is written
+    checkpointing.check_resume(workdir, config)
+
+  # --- Input pipeline: every split the run reads is checked before step 0 --------------------
+  data_config = _data_config(config)
+  directory = data.prepare_dataset(data_config, workdir, task=task.NAME)
+  eval_config = dict(config.get('evals') or {})
+  splits = [data_config.train_split] + [dict(e).get('split', 'val') for e in eval_config.values()]
+  data.check_splits(data_config, directory, splits, task=task.NAME)
+  info = data.task_info(directory, task.NAME)
+  train_iter = data.create_iterator(
+      data_config, directory, data_config.train_split, task=task.NAME,
+      per_host_batch_size=config.batch_size // jax.process_count(), seed=config.seed,
+      train=True, corrupt=True)
+  total_steps = config.get('total_steps') or config.num_epochs * train_iter.batches_per_epoch
+  logging.info('%d training steps (%d batches per epoch).', total_steps,
+               train_iter.batches_per_epoch)
+
+  # --- Model config; a resume with another config is refused before anything is written -----
+  model_cfg = model_config(config, directory, info)
+  if resuming:
+    checkpointing.check_resume(workdir, model_config=model_cfg)
   scalar_writer = trainer_lib.ScalarWriter(workdir, config)
-
-  # --- Mesh ----------------------------------------------------------------------------------
-  mesh_setup = trainer_lib.create_mesh(config)
-  mesh, rules = mesh_setup.mesh, mesh_setup.rules
-  batch_sharding, replicated = mesh_setup.batch_sharding, mesh_setup.replicated
-  num_groups = mesh_setup.num_data_shards if config.negatives == 'local' else 1
-  if config.negatives not in ('local', 'global'):
-    raise ValueError(f"config.negatives must be 'local' or 'global', got {config.negatives!r}.")
-  logging.info('Mesh %s, rules %s, %d negative group(s).', dict(mesh.shape),
-               config.sharding_rules, num_groups)
-
-  # --- Input pipeline ------------------------------------------------------------------------
-  if config.batch_size % jax.process_count():
-    raise ValueError(f'batch_size {config.batch_size} not divisible by '
-                     f'{jax.process_count()} hosts.')
-  micro_batch = config.batch_size // config.grad_accum_steps
-  if micro_batch * config.grad_accum_steps != config.batch_size or micro_batch % num_groups:
-    raise ValueError(f'batch_size {config.batch_size} must split into {config.grad_accum_steps}'
-                     f' micro-batches divisible by {num_groups} negative groups.')
-  per_host_batch = config.batch_size // jax.process_count()
-  directory = data.prepare_dataset(config.data, workdir)
-  train_iter = data.create_iterator(config.data, directory, config.data.train_split,
-                                    per_host_batch_size=per_host_batch, seed=config.seed,
-                                    train=True)
-
-  # --- Model and optimiser -------------------------------------------------------------------
-  model_cfg = model_config(config, directory)
-  model = model_lib.MVPPretrainingModel(model_cfg)
-  optimizer = optim.create_optimizer(config.optimizer, config.total_steps, config.batch_size)
-  schedule_fn = optim.learning_rate_schedule(config.optimizer, config.total_steps,
-                                             config.batch_size)
-  logging.info('Model config: %s', model_cfg)
   checkpointing.save_run_configs(workdir, config, model_cfg)
+  logging.info('Model config: %s', model_cfg)
+  model = task.create_model(config, model_cfg)
 
-  # --- Sharded init: eval_shape -> logical specs -> shardings -> jit(init, out_shardings) ----
+  # --- Optimiser: its own Adam state for every group that some stage freezes ------------------
+  stages = task.stages(config)
+  groups = sorted({prefix for stage in stages for prefix in task.frozen(config, stage)})
+  optimizer_for = lambda stage: optim.create_optimizer(
+      config.optimizer, total_steps, config.batch_size, group_prefixes=groups,
+      held_groups=task.frozen(config, stage))
+  schedule_fn = optim.learning_rate_schedule(config.optimizer, total_steps, config.batch_size)
+
+  # --- Sharded init: boxed eval_shape -> shardings -> jit(init), unboxed once ----------------
+  host_keys = task.HOST_KEYS
+  device_part = lambda batch: {k: v for k, v in batch.items() if k not in host_keys}
+  to_device = lambda batch: data.to_global(device_part(batch), setup.batch_sharding)
   first_batch = next(train_iter)
-  init_batch = {k: v[:2] for k, v in first_batch.items()}
-  init_fn = functools.partial(create_train_state, model_cfg, optimizer,
-                              init_batch=data.model_inputs(init_batch))
-  state, state_sharding, _ = trainer_lib.sharded_init(init_fn, jax.random.PRNGKey(config.seed),
-                                                       mesh_setup)
+  init_batch = device_part({k: v[:2] for k, v in first_batch.items()})
+  state, state_sharding = trainer_lib.sharded_init(
+      lambda rng: task.init_params(model, rng, init_batch), optimizer_for(stages[0]),
+      jax.random.PRNGKey(config.seed), setup)
 
-  # --- Update step (one compiled function per stage) -----------------------------------------
-  weights = dict(config.loss_weights)
-  frozen = optim.trainable_mask(state.params, train_step_lib.STAGE1_FROZEN)
-
-  def compiled_step(stage: int):
-    fn = train_step_lib.make_train_step(
-        model, optimizer, schedule_fn, stage=stage, num_groups=num_groups, weights=weights,
-        grad_accum_steps=config.grad_accum_steps, frozen_mask=frozen if stage == 1 else None)
+  # --- Update step: one compiled function per stage (losses, frozen parameters, Adam groups) --
+  def compile_stage(stage: int, state, batch):
+    frozen = task.frozen(config, stage)
+    step_fn = train_step_lib.make_update_step(
+        task.loss_fn(model, config, stage=stage, num_groups=num_groups), optimizer_for(stage),
+        schedule_fn, grad_accum_steps=config.get('grad_accum_steps', 1),
+        frozen_mask=optim.trainable_mask(state.params, frozen) if frozen else None)
 
     def ruled(state, batch):
-      with nn.logical_axis_rules(rules):
-        return fn(state, batch)
+      with nn.logical_axis_rules(setup.rules):
+        return step_fn(state, batch)
 
-    return jax.jit(ruled, in_shardings=(state_sharding, batch_sharding),
-                   out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+    compiled = jax.jit(ruled, in_shardings=(state_sharding, setup.batch_sharding),
+                       out_shardings=(state_sharding, setup.replicated),
+                       donate_argnums=(0,)).lower(state, batch).compile()
+    return compiled, trainer_lib.flops(compiled)  # FLOPs of one device's program
 
-  def compile_step(stage: int, state, batch):
-    """Compiles the stage's step once; its cost analysis gives the FLOPs for MFU."""
-    compiled = compiled_step(stage).lower(state, batch).compile()
-    return compiled, trainer_lib.flops(compiled)
-
-  step_fns: Dict[int, Any] = {}
-
-  # --- Checkpoints: resume, or initialise from a converted checkpoint ------------------------
-  manager, state, resumed = trainer_lib.restore_latest(config, workdir, state, train_iter, mesh)
-  if resumed:
+  # --- Checkpoints: resume (past an unreadable latest step), or initialise from init_from ----
+  manager = checkpointing.CheckpointManager(
+      os.path.join(workdir, checkpointing.CHECKPOINTS), save_every=config.checkpoint_every,
+      keep=config.keep_checkpoints, async_save=config.get('async_checkpointing', True))
+  with jax.set_mesh(setup.mesh):
+    state, data_state, restored = checkpointing.restore_with_fallback(manager, state, workdir)
+  if restored is not None:
+    train_iter.set_state(data_state)
     first_batch = None
-  elif config.get('init_from'):
-    state = state.replace(params=init_from_lib.load_into(
-        state.params, config.init_from, model_cfg, skip=tuple(config.get('init_skip', ()))))
+    logging.info('Resumed from step %d.', restored)
+  elif init_from:
+    params, report = weights.load(
+        init_from, state.params, model_config=model_cfg, task=task.NAME,
+        skip=tuple(config.get('init_skip', ())),
+        vqa_init_from_mlm=config.get('vqa_init_from_mlm', False), vocab_dir=directory)
+    logging.info('init_from %s: %s', init_from, report.summary())
+    state = state.replace(params=params)
+  else:
+    logging.info('No init_from: %s starts from random weights.', task.NAME)
   start_step = int(jax.device_get(state.step))
 
-  # --- Evaluators ----------------------------------------------------------------------------
-  eval_batches = []
+  # --- Evaluators (config.evals), on host batches read once per (split, corrupt) -------------
+  cache: Dict[Any, list] = {}
 
-  def val_batches():
-    if not eval_batches:  # read once, on first use
-      eval_batches.extend(data.cached_batches(data.create_iterator(
-          config.data, directory, config.data.val_split,
+  def eval_batches(split: str, corrupt: bool):
+    if (split, corrupt) not in cache:
+      cache[split, corrupt] = list(data.create_iterator(
+          data_config, directory, split, task=task.NAME,
           per_host_batch_size=config.eval_batch_size // jax.process_count(),
-          seed=config.seed + 1, train=False)))
-    return eval_batches
+          seed=config.seed + 1, train=False, corrupt=corrupt))
+      if not cache[split, corrupt]:
+        raise ValueError(f'{directory}: evaluation split {split!r} yielded no batch.')
+    return cache[split, corrupt]
 
-  to_device = lambda b: data.to_global(data.model_inputs(b), batch_sharding)
-  all_evaluators = (
-      evaluators.RetrievalEvaluator(
-          model, val_batches, to_device, top_k=config.eval.top_k,
-          add_contrastive=config.eval.get('add_contrastive', False)),
-      evaluators.TokenAccuracyEvaluator(model, val_batches, to_device),
-      evaluators.GroundingEvaluator(model, val_batches, to_device))
+  context = evaluators.EvalContext(model=model, task=task.NAME, batches=eval_batches,
+                                   to_device=to_device, workdir=workdir,
+                                   answers=getattr(info, 'answers', None))
+  all_evaluators = evaluators.from_config(eval_config, context)
 
-  def run_evals(params) -> Dict[str, float]:
+  def run_evals(params, done: int, is_last: bool) -> Dict[str, float]:
     results = {}
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
       for evaluator in all_evaluators:
-        results.update(evaluator.run(params))
+        if is_last or (evaluator.every and done % evaluator.every == 0):
+          results.update(evaluator.run(params))
     return results
 
-  # --- Loop ----------------------------------------------------------------------------------
-  write_scalars = scalar_writer.write
+  # --- Loop ------------------------------------------------------------------------------------
   preemption = checkpointing.PreemptionFlag().install()
-  report = periodic_actions.ReportProgress(num_train_steps=config.total_steps,
+  report = periodic_actions.ReportProgress(num_train_steps=total_steps,
                                            writer=scalar_writer.writer)
   hooks = [report]
   if jax.process_index() == 0 and config.get('profile', False):
     hooks.append(periodic_actions.Profile(num_profile_steps=5, logdir=workdir))
-  peak = peak_flops(config)
-  train_metrics, nonfinite = None, None
+  peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind,
+                                           config.get('peak_flops', 0.0))
+  guard = trainer_lib.NonFiniteGuard(data_config.train_split)
+  step_fns: Dict[int, Any] = {}
+  train_metrics, final = None, {}
   last_log_time, last_log_step = time.time(), start_step
-  final: Dict[str, float] = {}
-  step = start_step
   try:
-    for step in range(start_step, config.total_steps):
-      stage = train_step_lib.stage_at(step, config.schedule, config.stage1_steps)
+    for step in range(start_step, total_steps):
+      stage = task.stage_at(config, step)
       batch = first_batch if first_batch is not None else next(train_iter)
       first_batch = None
-      with jax.set_mesh(mesh), jax.profiler.StepTraceAnnotation('train', step_num=step):
-        global_batch = data.to_global(data.model_inputs(batch), batch_sharding)
+      with jax.set_mesh(setup.mesh), jax.profiler.StepTraceAnnotation('train', step_num=step):
+        global_batch = to_device(batch)
         if stage not in step_fns:
-          step_fns[stage] = compile_step(stage, state, global_batch)
+          step_fns[stage] = compile_stage(stage, state, global_batch)
           train_metrics = None
         step_fn, flops_per_step = step_fns[stage]
         state, step_metrics = step_fn(state, global_batch)
-      collection = metrics_lib.collection_for_stage(stage)
-      update = collection.single_from_model_output(**step_metrics)
+      update = task.metrics(stage).single_from_model_output(**step_metrics)
       train_metrics = update if train_metrics is None else train_metrics.merge(update)
-      nonfinite = trainer_lib.merge_flags(nonfinite, step_metrics)
       done = step + 1
+      guard.add(done, step_metrics, batch.get('example_index'))
       for hook in hooks:
         hook(done)
 
-      is_last = done == config.total_steps
+      is_last = done == total_steps
       if done % config.log_every == 0 or is_last or done % config.checkpoint_every == 0:
-        trainer_lib.raise_if_nonfinite(nonfinite, done)
-        nonfinite = None
+        guard.check()
       if done % config.log_every == 0 or is_last:
-        elapsed = time.time() - last_log_time
+        elapsed = max(time.time() - last_log_time, 1e-9)
         scalars = {f'train/{k}': float(v) for k, v in train_metrics.compute().items()}
         scalars['train/stage'] = stage
-        examples_per_s = (done - last_log_step) * config.batch_size / max(elapsed, 1e-9)
-        scalars['train/examples_per_s'] = examples_per_s
-        if flops_per_step:
-          achieved = flops_per_step * (done - last_log_step) / max(elapsed, 1e-9)
-          scalars['train/tflops_per_s'] = achieved / 1e12
-          if peak:
-            scalars['train/mfu'] = achieved / (peak * jax.device_count())
-        write_scalars(done, scalars)
+        scalars['train/examples_per_s'] = (done - last_log_step) * config.batch_size / elapsed
+        scalars.update({f'train/{k}': v for k, v in metrics_lib.throughput(
+            flops_per_step, done - last_log_step, elapsed, setup.mesh.devices.size, peak).items()})
+        scalar_writer.write(done, scalars)
         final.update(scalars)
         train_metrics, last_log_time, last_log_step = None, time.time(), done
-      if config.eval_every and (done % config.eval_every == 0 or is_last):
-        with report.timed('eval'):
-          eval_results = run_evals(state.params)
-        write_scalars(done, eval_results)
-        final.update(eval_results)
-      if trainer_lib.save_or_stop(manager, preemption, state, train_iter, done, is_last,
-                                  nonfinite):
+      if trainer_lib.save_or_stop(manager, preemption, state, train_iter, done, is_last, guard):
         final['preempted_at_step'] = done
         break
+      with report.timed('eval'):
+        eval_results = run_evals(state.params, done, is_last)
+      if eval_results:
+        scalar_writer.write(done, eval_results)
+        final.update(eval_results)
+    if start_step >= total_steps:  # a finished run: evaluate its final checkpoint again
+      final.update(run_evals(state.params, start_step, True))
   finally:
     manager.close()
     preemption.uninstall()
     scalar_writer.flush()
   final['final_step'] = int(jax.device_get(state.step))
   return final
-

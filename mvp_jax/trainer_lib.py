@@ -1,19 +1,19 @@
-"""Pieces shared by the pre-training trainer (`train.py`) and the fine-tuner (`finetune.py`).
+"""Phases of the trainer (`train.py`) that would crowd its top-to-bottom reading.
 
-Each is one phase of a trainer: metric writing, the mesh, sharded initialisation, a generic
-jitted update step with the NaN guard, FLOP counting. The trainers stay readable top to bottom
-and call these in order.
+Metric writing, the mesh, sharded initialisation into an unboxed train state with its shardings,
+FLOP counting, the host side of the NaN guard, and the save-or-stop step of the loop.
 """
 
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Mapping, Optional, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers
@@ -74,29 +74,61 @@ def create_mesh(config: ml_collections.ConfigDict) -> MeshSetup:
                    replicated=NamedSharding(mesh, PartitionSpec()))
 
 
-def sharded_init(init_fn: Callable[[Array], Any], rng: Array, setup: MeshSetup):
-  """eval_shape -> logical specs -> shardings -> jit(init, out_shardings).
+def sharded_init(init_params: Callable[[Array], Any], optimizer: optax.GradientTransformation,
+                 rng: Array, setup: MeshSetup) -> Tuple[train_step_lib.TrainState, Any]:
+  """eval_shape -> logical specs -> shardings -> jit(init, out_shardings), unboxed once.
 
-  Returns (state, state_sharding, abstract_state); `state` holds boxed (nn.Partitioned) params.
+  `init_params(rng)` returns the model's boxed (nn.Partitioned) parameters; their logical axis
+  names give the parameter shardings, and every optimiser-state array that mirrors a parameter
+  (Adam moments, also inside `multi_transform` groups) gets that parameter's sharding. Returns (state, state_sharding): a TrainState of plain arrays
+  (step 0) and the matching tree of NamedShardings, kept beside it for jit and restore.
   """
   with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-    abstract_state = jax.eval_shape(init_fn, rng)
-    state_sharding = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_state),
-                                                 setup.mesh, setup.rules)
-    state = jax.jit(init_fn, out_shardings=state_sharding)(rng)
-  num_params = sum(x.size for x in jax.tree_util.tree_leaves(nn.unbox(abstract_state.params)))
-  logging.info('Parameters: %d', num_params)
-  return state, state_sharding, abstract_state
+    boxed = jax.eval_shape(init_params, rng)
+    param_sharding = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), setup.mesh,
+                                                 setup.rules)
+    abstract_params = _values(boxed)
+    abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+    opt_sharding = _like_params(abstract_opt, abstract_params, param_sharding, setup.replicated)
+    state_sharding = train_step_lib.TrainState(step=setup.replicated, params=param_sharding,
+                                               opt_state=opt_sharding, rng=setup.replicated)
+
+    def init(rng):
+      params_rng, state_rng = jax.random.split(rng)
+      params = nn.unbox(init_params(params_rng))
+      return train_step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                       opt_state=optimizer.init(params), rng=state_rng)
+
+    state = jax.jit(init, out_shardings=state_sharding)(rng)
+  logging.info('Parameters: %d', sum(x.size for x in jax.tree_util.tree_leaves(state.params)))
+  return state, state_sharding
 
 
-def create_train_state(params: Any, optimizer: optax.GradientTransformation,
-                       rng: Array) -> train_step_lib.TrainState:
-  return train_step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                   opt_state=optimizer.init(params), rng=rng)
+def _like_params(opt_state: Any, params: Any, param_sharding: Any, default: NamedSharding):
+  """Shardings of an (abstract) optimiser state: a leaf whose path ends with a parameter's path
+  and has its shape takes the parameter's sharding; counters and the rest are `default`."""
+  flat = {tuple(k.key for k in path): (leaf.shape, sharding) for (path, leaf), sharding in zip(
+      jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves(param_sharding))}
+
+  def sharding_of(path, leaf):
+    keys = tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+    for start in range(len(keys)):
+      shape, sharding = flat.get(keys[start:], (None, None))
+      if sharding is not None and shape == leaf.shape:
+        return sharding
+    return default
+
+  return jax.tree_util.tree_map_with_path(sharding_of, opt_state)
+
+
+def _values(tree: Any) -> Any:
+  """The arrays of a boxed tree, without the sharding constraint `nn.unbox` adds."""
+  return jax.tree_util.tree_map(lambda x: x.value if isinstance(x, nn.Partitioned) else x, tree,
+                                is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
 def flops(compiled) -> Optional[float]:
-  """FLOPs of one compiled step from XLA's cost analysis (None if unavailable)."""
+  """FLOPs of one device's program of a compiled step (XLA's cost analysis; None if absent)."""
   try:
     analysis = compiled.cost_analysis()
     if isinstance(analysis, (list, tuple)):
@@ -107,53 +139,46 @@ def flops(compiled) -> Optional[float]:
     return None
 
 
-def raise_if_nonfinite(nonfinite, step: int) -> None:
-  """Raises `NonFiniteLossError` naming the broken losses if any accumulated flag is set."""
-  if nonfinite is None:
-    return
-  bad = metrics_lib.nonfinite_losses(jax.device_get(nonfinite))
-  if bad:
-    raise NonFiniteLossError(
-        f'Non-finite {", ".join(sorted(bad))} at or before step {step}: the update was dropped '
-        f'and training stopped before any checkpoint of it was written.')
+class NonFiniteGuard:
+  """Host side of the NaN/Inf guard: the steps since the last check, their flags (on device,
+  not synced) and the example indices of their batches, to name them when a loss broke."""
+
+  def __init__(self, split: str):
+    self.split = split
+    self._pending: List[Tuple[int, Mapping[str, Array], Optional[np.ndarray]]] = []
+
+  def add(self, step: int, step_metrics: Mapping[str, Array],
+          example_index: Optional[np.ndarray]) -> None:
+    flags = {k: v for k, v in step_metrics.items() if k.startswith('nonfinite_')}
+    self._pending.append((step, flags, example_index))
+
+  def check(self) -> None:
+    """Raises NonFiniteLossError naming the first broken step, its losses and examples."""
+    pending, self._pending = self._pending, []
+    for step, flags, example_index in pending:
+      bad = metrics_lib.nonfinite_losses(jax.device_get(flags))
+      if bad:
+        examples = ('' if example_index is None else
+                    f' on the examples {_format_indices(example_index)} of split '
+                    f'{self.split!r} (this host\'s rows of the batch; -1 = padding)')
+        raise NonFiniteLossError(
+            f'Non-finite {", ".join(sorted(bad))} at step {step}{examples}: the update was '
+            f'dropped and training stopped before any checkpoint of it was written.')
 
 
-def merge_flags(accumulated, step_metrics: Mapping[str, Array]):
-  """ORs this step's `nonfinite_*` flags into the accumulated ones (on device, no sync)."""
-  flags = {k: v for k, v in step_metrics.items() if k.startswith('nonfinite_')}
-  if accumulated is None:
-    return flags
-  return jax.tree_util.tree_map(jnp.logical_or, accumulated, flags)
-
-
-def restore_latest(config: ml_collections.ConfigDict, workdir: str, state: Any, train_iter,
-                   mesh) -> Tuple[Any, Any, bool]:
-  """(checkpoint manager, state, resumed): the latest complete checkpoint of `workdir`, if any.
-
-  Restores the train state onto `state`'s shardings and puts the data iterator back at the
-  saved position, so the run continues with the same step, rng and batches.
-  """
-  from mvp_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  manager = checkpointing.CheckpointManager(
-      os.path.join(workdir, 'checkpoints'), save_every=config.checkpoint_every,
-      keep=config.keep_checkpoints, async_save=config.get('async_checkpointing', True))
-  latest = manager.latest_step()
-  if latest is None:
-    return manager, state, False
-  with jax.set_mesh(mesh):
-    state, data_state = manager.restore(latest, state)
-  train_iter.set_state(data_state)
-  logging.info('Resumed from step %d.', latest)
-  return manager, state, True
+def _format_indices(indices: Sequence[int], limit: int = 64) -> str:
+  values = [int(i) for i in np.asarray(indices).reshape(-1)]
+  shown = values[:limit]
+  return str(shown) + (f' (+{len(values) - limit} more)' if len(values) > limit else '')
 
 
 def save_or_stop(manager, preemption, state, train_iter, done: int, is_last: bool,
-                 nonfinite) -> bool:
+                 guard: NonFiniteGuard) -> bool:
   """Periodic (and final) save; on SIGTERM a forced save, a wait, and True to stop the loop."""
   manager.save(done, state, train_iter.get_state(), force=is_last)
   if is_last or not preemption.should_stop():
     return False
-  raise_if_nonfinite(nonfinite, done)
+  guard.check()
   manager.save(done, state, train_iter.get_state(), force=True)
   manager.wait()
   logging.warning('Preempted: saved step %d and stopped.', done)

@@ -76,3 +76,15 @@ def test_re_accuracy_threshold_is_inclusive(iou_of_pick, correct):
 def test_re_without_valid_regions_is_zero_not_nan():
   loss, m = losses.referring_loss(jnp.zeros((2, 3)), -jnp.ones((2, 3)))
   assert float(loss) == 0.0 and int(m['re_correct']) == 0
+
+
+def test_referring_loss_local_groups_average_per_group_region_means():
+  """Issue 10 item 4: valid regions differ per example, so groups are averaged explicitly."""
+  logits = jnp.asarray([[0.9, 0.1, 0.0], [0.2, 0.0, 0.0]], jnp.float32)
+  iou = jnp.asarray([[1.0, 0.0, 0.5], [0.0, -1.0, -1.0]], jnp.float32)
+  group0 = np.mean([(0.9 - 1.0) ** 2, 0.1 ** 2, 0.5 ** 2])
+  group1 = 0.2 ** 2
+  loss, _ = losses.referring_loss(logits, iou, num_groups=2)
+  np.testing.assert_allclose(loss, (group0 + group1) / 2, rtol=1e-6)
+  np.testing.assert_allclose(losses.referring_loss(logits, iou)[0],
+                             (3 * group0 + group1) / 4, rtol=1e-6)

@@ -11,7 +11,10 @@ import pytest
 
 from mvp_jax import config as config_lib
 from mvp_jax import convert
+import ml_collections
+
 from mvp_jax import model as model_lib
+from mvp_jax import tasks
 from mvp_jax.downstream import models
 from mvp_jax.evaluators import retrieval as retrieval_eval
 
@@ -111,13 +114,21 @@ def test_re_cosine_at_the_phrase_layer(inputs, phrase_layer):
     np.testing.assert_allclose(hidden, out['cross_sequence_output'], atol=1e-6)
 
 
+def create_model(task, cfg, num_answers=None, num_labels=None, phrase_layer=2):
+  """The task's model through the task registry, as the trainer builds it."""
+  config = ml_collections.ConfigDict(dict(num_labels=num_labels or 0, phrase_layer=phrase_layer))
+  if task == 'vqa' and num_answers:
+    cfg = cfg.replace(qa_num_answers=num_answers)
+  return tasks.get(task).create_model(config, cfg)
+
+
 def test_create_model_checks_arguments():
   with pytest.raises(ValueError, match='num_answers'):
-    models.create_model('vqa', CFG)
+    create_model('vqa', CFG)
   with pytest.raises(ValueError, match='phrase_layer'):
-    models.create_model('re', CFG, phrase_layer=3)
+    create_model('re', CFG, phrase_layer=3)
   with pytest.raises(ValueError, match='Unknown task'):
-    models.create_model('captioning', CFG)
+    create_model('captioning', CFG)
 
 
 TASK_MODELS = {'retrieval': 'BiImageBertForRetrieval', 'vqa': 'BiImageBertForVQA',
@@ -129,7 +140,7 @@ def test_head_names_and_shapes_match_the_reference(reference_dir, task):
   extra = json.loads((reference_dir / 'state_dict_shapes_extra.json').read_text())[
       TASK_MODELS[task]]
   base = config_lib.base()
-  model = models.create_model(task, base, num_answers=3129, num_labels=2 if task == 're' else None)
+  model = create_model(task, base, num_answers=3129, num_labels=2 if task == 're' else None)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), model_lib.dummy_batch(base)))
   flat = {k: v.shape for k, v in
           traverse_util.flatten_dict(nn.unbox(shapes['params'])).items()}
@@ -145,7 +156,7 @@ def test_head_names_and_shapes_match_the_reference(reference_dir, task):
 
 @pytest.mark.parametrize('task', sorted(TASK_MODELS))
 def test_task_params_round_trip_through_torch_names(inputs, task):
-  model = models.create_model(task, CFG, num_answers=5)
+  model = create_model(task, CFG, num_answers=5)
   params = jax.tree_util.tree_map(np.asarray, init(model, inputs))
   entries = convert.task_entries(task, CFG)
   state = convert.params_to_torch(params, CFG, entries)

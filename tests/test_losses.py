@@ -250,3 +250,53 @@ def test_gradients_of_every_loss_are_finite():
   # They are real gradients, not zeros.
   for grad in (grad_sim, grad_scale, itm, mlm, wpg):
     assert float(jnp.abs(grad).max()) > 0
+
+
+# ------------------------------------------------------------------------------ normalisation
+
+def test_local_groups_average_per_group_token_means_and_skip_empty_groups():
+  """Issue 10 item 4: under `local` negatives MLM/MCR are means of per-group means."""
+  rng = np.random.RandomState(5)
+  logits = rng.normal(size=(6, 4, 7)).astype(np.float32)
+  labels = np.full((6, 4), -1, np.int32)
+  labels[0, :3] = [1, 2, 3]       # group 0 (rows 0-1): 4 targets
+  labels[1, 0] = 4
+  labels[2, 1] = 5                # group 1 (rows 2-3): 1 target
+  # group 2 (rows 4-5): none, left out of the average
+  nll = -_log_softmax(logits.astype(np.float64))
+  per_target = {(b, t): nll[b, t, labels[b, t]] for b, t in zip(*np.nonzero(labels >= 0))}
+  group0 = np.mean([v for (b, _), v in per_target.items() if b < 2])
+  group1 = np.mean([v for (b, _), v in per_target.items() if 2 <= b < 4])
+  local, metrics = losses.masked_token_loss(jnp.asarray(logits), jnp.asarray(labels), 3)
+  np.testing.assert_allclose(local, (group0 + group1) / 2, rtol=1e-6)
+  global_, _ = losses.masked_token_loss(jnp.asarray(logits), jnp.asarray(labels), 1)
+  np.testing.assert_allclose(global_, np.mean(list(per_target.values())), rtol=1e-6)
+  assert abs(float(local) - float(global_)) > 1e-3
+  assert int(metrics['count']) == 5
+  # The same value as one call per group averaged over the groups that have targets.
+  per_group = [losses.masked_token_loss(jnp.asarray(logits[2 * g:2 * g + 2]),
+                                        jnp.asarray(labels[2 * g:2 * g + 2]))[0] for g in (0, 1)]
+  np.testing.assert_allclose(local, np.mean(per_group), rtol=1e-6)
+
+
+def test_wpg_local_groups_average_per_group_means():
+  """WPG with 2 groups of 2 samples: group 0 has two samples with phrases, group 1 one."""
+  rng = np.random.RandomState(6)
+  batch, text, regions, hidden = 4, 4, 3, 5
+  phrases = rng.normal(size=(batch, hidden)).astype(np.float32)
+  region_vectors = rng.normal(size=(batch, hidden)).astype(np.float32)
+  sequence = np.zeros((batch, text + regions, hidden), np.float32)
+  sequence[:, 1] = phrases
+  sequence[:, text:] = region_vectors[:, None]  # all regions of an image equal: any pick is one
+  phrase_index = np.array([[1, 2], [1, 2], [1, 2], [1, 1]], np.int32)  # sample 3: no phrase
+  img_index = np.tile([[text, text + regions]], (batch, 1)).astype(np.int32)
+  cos = lambda a, b: float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+  other = [1, 0, 3, 2]  # the only other sample of each group of 2
+  hinge = [max(0.0, cos(phrases[i], region_vectors[other[i]]) + 0.2
+               - cos(phrases[i], region_vectors[i])) for i in range(3)]
+  loss, metrics = losses.phrase_grounding_loss(
+      jax.random.PRNGKey(0), jnp.asarray(sequence), jnp.asarray(phrase_index),
+      jnp.asarray(img_index), num_groups=2)
+  np.testing.assert_allclose(loss, (np.mean(hinge[:2]) + hinge[2]) / 2, rtol=1e-5, atol=1e-7)
+  assert int(metrics['count']) == 3
+  assert abs((np.mean(hinge[:2]) + hinge[2]) / 2 - np.mean(hinge)) > 1e-3  # the test can fail

@@ -2,6 +2,11 @@
 
 Each returns `(loss, metrics)`; `metrics` holds the counts behind the training accuracies.
 Shapes: B batch, C answers / classes, R regions.
+
+Normalisation follows `mvp_jax/losses.py`: with `num_groups` G > 1 (`local` negatives) a loss is
+the mean of per-group means. Retrieval's ITC / ITM, VQA and VE have the same number of terms in
+every group, so their batch means are exactly that; the referring loss (valid regions vary per
+example) takes `num_groups` explicitly.
 """
 
 from typing import Dict, Tuple
@@ -77,11 +82,13 @@ def classification_loss(class_logits: Array, labels: Array) -> LossAndMetrics:
                 've_count': jnp.asarray(labels.shape[0])}
 
 
-def referring_loss(region_logits: Array, region_iou: Array) -> LossAndMetrics:
+def referring_loss(region_logits: Array, region_iou: Array,
+                   num_groups: int = 1) -> LossAndMetrics:
   """MSE between region cosines and their IoU with the target box, over valid regions (§4.4).
 
   Args:
     region_logits: [B, R] cosines; region_iou: [B, R] IoU targets, negative (-1) on padding.
+    num_groups: per-group means over valid regions, averaged over groups (1 = global mean).
 
   Returns:
     (loss, {'re_correct': argmax regions with IoU >= 0.5, 're_count': B}). 0 without any valid
@@ -89,6 +96,6 @@ def referring_loss(region_logits: Array, region_iou: Array) -> LossAndMetrics:
   """
   valid = region_iou >= 0
   error = jnp.where(valid, (region_logits.astype(jnp.float32) - region_iou) ** 2, 0.0)
-  loss = error.sum() / jnp.maximum(valid.sum(), 1)
+  loss = losses.grouped_mean(error, valid, num_groups)
   return loss, {'re_correct': task_metrics.referring_correct(region_logits, region_iou).sum(),
                 're_count': jnp.asarray(region_iou.shape[0])}

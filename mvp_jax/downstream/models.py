@@ -1,7 +1,8 @@
 """Task models: the MVPTR backbone plus one small head per downstream task (spec §4, §1.8).
 
 Every model keeps the backbone under the `backbone` key, exactly as `MVPPretrainingModel` does, so
-initialising from a pre-training run is a copy of that subtree (`finetune.py`).
+initialising from a pre-training run is a copy of that subtree. The task modules
+(`mvp_jax/tasks/`) build these models.
 
 ITM label conventions (spec §9). Pre-training's `itm_head` (`cls.seq_relationship`) uses label
 0 = matched; retrieval's `classifier` uses label **1 = matched**. Both models expose the matching
@@ -12,7 +13,7 @@ with the conventions itself.
 Shapes: B batch, La text length, T tag length, R regions, H hidden, C answers / classes.
 """
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import flax.linen as nn
 import jax
@@ -26,7 +27,6 @@ from mvp_jax.model import MVPBackbone
 Array = jax.Array
 Batch = Dict[str, Array]
 
-TASKS = ('retrieval', 'vqa', 've', 're')
 RETRIEVAL_MATCHED_LABEL = 1
 PRETRAINING_MATCHED_LABEL = 0
 
@@ -94,7 +94,7 @@ class VQAModel(nn.Module):
 
   The head is Dense H→H + GELU + LayerNorm, then `x @ decoderᵀ + bias` with decoder [C, H] — the
   MLM head's shape with C answers instead of words, so its transform can be initialised from the
-  pre-trained MLM head (`finetune.py`, `vqa_init_from_mlm`). It reads the raw text [CLS] state,
+  pre-trained MLM head (`config.vqa_init_from_mlm`). It reads the raw text [CLS] state,
   not the pooler (spec §4.2). `config.cross_tag_slots=10` reproduces the authors' tag-slot quirk
   (spec §10.1); 0 is the clean default.
   """
@@ -164,26 +164,3 @@ class REModel(nn.Module):
     regions = hidden[:, start:]
     outputs['region_logits'] = cosine(regions, hidden[:, :1])
     return outputs
-
-
-def create_model(task: str, config: ModelConfig, *, num_answers: Optional[int] = None,
-                 num_labels: Optional[int] = None, phrase_layer: int = 2) -> nn.Module:
-  """The task's model. `num_answers` is required for VQA; `num_labels` overrides VE/RE's."""
-  if task == 'retrieval':
-    return RetrievalModel(config)
-  if task == 'vqa':
-    if not num_answers:
-      raise ValueError('The VQA model needs num_answers (the answer vocabulary size).')
-    return VQAModel(config, num_answers)
-  if task == 've':
-    return VEModel(config, num_labels or 3)
-  if task == 're':
-    if not 0 <= phrase_layer < config.num_cross_layers:
-      raise ValueError(f'phrase_layer {phrase_layer} outside [0, {config.num_cross_layers}).')
-    return REModel(config, phrase_layer, num_labels or 1)
-  raise ValueError(f'Unknown task {task!r}; choose from {TASKS}.')
-
-
-def init_task_params(model: nn.Module, rng: Array, batch: Batch) -> Any:
-  """Boxed initial parameters of a task model on `batch` (shapes only matter)."""
-  return model.init(rng, batch)['params']

@@ -7,8 +7,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from input_pipeline import ops
 from input_pipeline import region_features
 from input_pipeline import storage
+
 from input_pipeline.tasks import custom
 from input_pipeline.tasks import examples as examples_lib
 from input_pipeline.tasks import iterators as task_iterators
@@ -53,11 +55,12 @@ def test_plain_images_without_boxes_become_batches(built):
   assert info.splits['val']['num_images'] == 1
   iterator = task_iterators.create_task_iterator(
       out, 've', 'train', lengths=LENGTHS, batch_size=4, seed=0, shuffle=False, repeat=False,
-      pad_final_batch=True, process_index=0, process_count=1)
+      pad_final_batch=True, process_index=0, process_count=1, preprocess=ops.PRESETS['ve'],
+      batch_keys=('label',))
   batches = list(iterator)
   assert len(batches) == 1
   batch = batches[0]
-  assert set(batch) == set(task_iterators.batch_keys('ve'))
+  assert set(batch) == set(task_iterators.batch_keys(('label',)))
   np.testing.assert_array_equal(batch['label'], [2, 1, 0, 2])
   np.testing.assert_array_equal(batch['image_index'], [0, 0, 1, 2])
   la, n = LENGTHS.text_length, 2 * 2 + 1  # a 2x2 grid and the whole image

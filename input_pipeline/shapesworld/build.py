@@ -19,12 +19,13 @@ from absl import flags
 from absl import logging
 
 from input_pipeline import concepts
+from input_pipeline import ownership
 from input_pipeline import storage
 from input_pipeline import tokenizers
 from input_pipeline import train_vocab
 from input_pipeline.shapesworld import generate
 
-BUILD_FILE = 'shapesworld_build.json'
+BUILD_FILE = ownership.SHAPESWORLD_BUILD_FILE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +65,7 @@ def build_dataset(directory: str, config: BuildConfig) -> str:
       raise ValueError(f'{directory} holds ShapesWorld built with {existing}, not {wanted}; '
                        'use another data.directory or delete it.')
     return directory
-  os.makedirs(directory, exist_ok=True)
+  ownership.claim(directory, 'shapesworld')  # Refuses a folder it did not write, unchanged.
   vocab_path = os.path.join(directory, 'vocab.txt')
   train_vocab.write_vocab(generate.word_list(), vocab_path)
   tokenizer = tokenizers.load_tokenizer(vocab_path)
@@ -82,7 +83,9 @@ def build_dataset(directory: str, config: BuildConfig) -> str:
           (phrases for r in records for phrases in r['phrases']), tokenizer,
           config.min_concept_count)
       storage.save_vocabularies(directory, vocab_path, concept_vocab)
-    storage.write_dataset(records, directory, split, metadata={'source': 'shapesworld'})
+    # A split left by an interrupted build of this folder is replaced.
+    storage.write_dataset(records, directory, split, metadata={'source': 'shapesworld'},
+                          overwrite=True)
   if concept_vocab is None:
     raise ValueError('ShapesWorld needs num_train_images > 0 to build its concept vocabulary.')
   with open(marker + '.tmp', 'w', encoding='utf-8') as f:

@@ -53,6 +53,7 @@ from input_pipeline import storage
 from input_pipeline import tokenizers
 from input_pipeline import train_vocab
 from input_pipeline.tasks import examples as examples_lib
+from input_pipeline.tasks import importing
 
 TaskDataError = examples_lib.TaskDataError
 VE_LABELS = {name: i for i, name in enumerate(examples_lib.VE_LABELS)}
@@ -205,7 +206,7 @@ def _records(lines, feature_dim, grid, image_records, image_records_split) -> di
     if image_records is None:
       raise TaskDataError(f'{specs[external[0]]["where"]}: "image_id" {external[0]!r} without '
                           '"image" or "features" needs --image_records.')
-    found = examples_lib.load_image_records([(image_records, image_records_split)], external,
+    found = importing.load_image_records([(image_records, image_records_split)], external,
                                             normalize_ids=False)
   records = {}
   for image_id, spec in specs.items():

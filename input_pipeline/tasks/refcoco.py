@@ -20,7 +20,9 @@ import pickle
 import sys
 from typing import Any, Optional, Sequence
 
+from input_pipeline import ownership
 from input_pipeline.tasks import examples as examples_lib
+from input_pipeline.tasks import importing
 
 
 def xywh_to_xyxy(bbox: Sequence[float]) -> list[float]:
@@ -73,7 +75,8 @@ def import_refcoco(*, refs: str, instances: str, ref_split: str, out_dir: str, s
                    max_error_fraction: float = 0.01,
                    overwrite: bool = False) -> examples_lib.TaskInfo:
   """Imports the refs of `ref_split` as split `split` of `out_dir`; returns the TaskInfo."""
-  report = examples_lib.ImportReport(on_error=on_error)
+  ownership.claim(out_dir, 'task')
+  report = importing.new_report(on_error=on_error)
   boxes = load_boxes(instances)
   candidates = []
   for i, ref in enumerate(load_refs(refs)):
@@ -101,16 +104,16 @@ def import_refcoco(*, refs: str, instances: str, ref_split: str, out_dir: str, s
                        f'in {instances}')
         continue
       try:
-        image_id = examples_lib.normalize_image_id(ref['image_id'], normalize_ids)
+        image_id = importing.normalize_image_id(ref['image_id'], normalize_ids)
       except examples_lib.TaskDataError as e:
         report.problem('bad_image_id', sentence_where, str(e))
         continue
-      candidates.append(examples_lib.Candidate(example={
+      candidates.append(importing.Candidate(example={
           'example_id': f'{ref.get("ref_id", i)}_{sentence.get("sent_id", k)}',
           'image_id': image_id, 'text': text, 'phrases': [],
           'target_box': boxes[ref['ann_id']]}, where=sentence_where))
   examples_lib.copy_vocabularies(vocab_dir or image_sources[0][0], out_dir)
-  return examples_lib.write_imported_split(
+  return importing.write_imported_split(
       out_dir, split, task='re', candidates=candidates, image_sources=image_sources,
       normalize_ids=normalize_ids, report=report, max_error_fraction=max_error_fraction,
       source=refs, overwrite=overwrite)
@@ -135,7 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     info = import_refcoco(
         refs=args.refs, instances=args.instances, ref_split=args.ref_split, out_dir=args.out_dir,
-        split=split, image_sources=examples_lib.parse_image_sources(args.images),
+        split=split, image_sources=importing.parse_image_sources(args.images),
         vocab_dir=args.vocab_dir, normalize_ids=args.normalize_ids, on_error=args.on_error,
         max_error_fraction=args.max_error_fraction, overwrite=args.overwrite)
   except (examples_lib.TaskDataError, ValueError, FileExistsError, FileNotFoundError) as e:

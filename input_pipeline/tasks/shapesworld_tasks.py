@@ -21,12 +21,14 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from input_pipeline import ownership
 from input_pipeline import phrase_extractor
 from input_pipeline.shapesworld import build
 from input_pipeline.shapesworld import generate
 from input_pipeline.tasks import examples as examples_lib
+from input_pipeline.tasks import importing
 
-MARKER_FILE = 'shapesworld_tasks.json'
+MARKER_FILE = ownership.SHAPESWORLD_TASKS_FILE
 
 
 def _phrases(text: str) -> list:
@@ -37,7 +39,7 @@ def _task_examples(world: generate.ShapesWorldConfig, task: str, split: str, ind
                    record: dict, ans2label: dict) -> list[dict]:
   """The task examples on image `index` of `split` (whose record is `record`)."""
   if task == 'retrieval':
-    return list(examples_lib.retrieval_examples([record]))
+    return list(importing.retrieval_examples([record]))
   out = []
   for k, item in enumerate(generate.generate_downstream(world, split, index, task)):
     example = {'example_id': f'{item["image_id"]}#{k}', 'image_id': item['image_id']}
@@ -96,6 +98,7 @@ def build_task_dataset(task: str, out_dir: str, pretraining_dir: Optional[str] =
       raise ValueError(f'{out_dir} holds ShapesWorld {existing}, not {wanted}; use another '
                        'out_dir or delete it.')
     return examples_lib.load_task_info(out_dir)
+  ownership.claim(out_dir, 'shapesworld_tasks')
   examples_lib.copy_vocabularies(pretraining_dir, out_dir)
   ans2label = {}
   if task == 'vqa':

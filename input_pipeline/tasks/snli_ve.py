@@ -19,7 +19,9 @@ import sys
 from typing import Optional, Sequence
 
 from input_pipeline import phrase_files
+from input_pipeline import ownership
 from input_pipeline.tasks import examples as examples_lib
+from input_pipeline.tasks import importing
 
 LABELS = {name: i for i, name in enumerate(examples_lib.VE_LABELS)}
 
@@ -31,7 +33,8 @@ def import_snli_ve(*, jsonl: str, out_dir: str, split: str,
                    max_error_fraction: float = 0.01,
                    overwrite: bool = False) -> examples_lib.TaskInfo:
   """Imports one SNLI-VE split into `out_dir`; returns the TaskInfo."""
-  report = examples_lib.ImportReport(on_error=on_error)
+  ownership.claim(out_dir, 'task')
+  report = importing.new_report(on_error=on_error)
   table = phrase_files.load_phrase_file(phrases, 've') if phrases else None
   candidates = []
   with open(jsonl, encoding='utf-8') as f:
@@ -55,18 +58,18 @@ def import_snli_ve(*, jsonl: str, out_dir: str, split: str,
                        f'of {list(LABELS)}')
         continue
       try:
-        image_id = examples_lib.normalize_image_id(entry['Flickr30K_ID'], normalize_ids)
+        image_id = importing.normalize_image_id(entry['Flickr30K_ID'], normalize_ids)
       except examples_lib.TaskDataError as e:
         report.problem('bad_image_id', where, str(e))
         continue
       pair_id = str(entry.get('pairID', f'line{line_no}'))
-      candidates.append(examples_lib.Candidate(example={
+      candidates.append(importing.Candidate(example={
           'example_id': pair_id, 'image_id': image_id, 'text': entry['sentence2'],
           'label': LABELS[entry['gold_label']],
-          'phrases': examples_lib.phrases_or_extracted(table, pair_id, entry['sentence2'],
+          'phrases': importing.phrases_or_extracted(table, pair_id, entry['sentence2'],
                                                        builtin_phrases)}, where=where))
   examples_lib.copy_vocabularies(vocab_dir or image_sources[0][0], out_dir)
-  return examples_lib.write_imported_split(
+  return importing.write_imported_split(
       out_dir, split, task='ve', candidates=candidates, image_sources=image_sources,
       normalize_ids=normalize_ids, report=report, max_error_fraction=max_error_fraction,
       source=jsonl, overwrite=overwrite)
@@ -90,7 +93,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     info = import_snli_ve(
         jsonl=args.jsonl, out_dir=args.out_dir, split=args.split,
-        image_sources=examples_lib.parse_image_sources(args.images), phrases=args.phrases,
+        image_sources=importing.parse_image_sources(args.images), phrases=args.phrases,
         vocab_dir=args.vocab_dir, normalize_ids=args.normalize_ids,
         builtin_phrases=args.builtin_phrases, on_error=args.on_error,
         max_error_fraction=args.max_error_fraction, overwrite=args.overwrite)

@@ -33,9 +33,11 @@ import pickle
 import sys
 from typing import Any, Optional, Sequence
 
+from input_pipeline import ownership
 from input_pipeline.tasks import examples as examples_lib
+from input_pipeline.tasks import importing
 
-Candidate = examples_lib.Candidate
+Candidate = importing.Candidate
 TaskDataError = examples_lib.TaskDataError
 
 
@@ -71,7 +73,7 @@ def load_answer_vocab(path: str) -> list[str]:
 
 
 def read_vqa_v2(questions_path: str, annotations_path: Optional[str],
-                report: examples_lib.ImportReport) -> list[dict[str, Any]]:
+                report: importing.ImportReport) -> list[dict[str, Any]]:
   """[{question_id, image_id, question, answers: [str] or None, best: str or None, where}]."""
   questions = _load_json(questions_path)
   if not isinstance(questions, dict) or not isinstance(questions.get('questions'), list):
@@ -115,7 +117,7 @@ def read_vqa_v2(questions_path: str, annotations_path: Optional[str],
   return entries
 
 
-def read_qla(path: str, report: examples_lib.ImportReport) -> list[dict[str, Any]]:
+def read_qla(path: str, report: importing.ImportReport) -> list[dict[str, Any]]:
   """[{question_id, image_id, question, labels: [int | str], scores: [float], where}]."""
   data = _load_json(path)
   if not isinstance(data, list):
@@ -171,7 +173,8 @@ def import_vqa(*, out_dir: str, split: str, image_sources: Sequence[tuple[str, s
   """
   if (questions is None) == (qla is None):
     raise ValueError('pass either questions (+ annotations) or qla.')
-  report = examples_lib.ImportReport(on_error=on_error)
+  ownership.claim(out_dir, 'task')
+  report = importing.new_report(on_error=on_error)
   if qla is not None:
     entries = read_qla(qla, report)
   else:
@@ -191,7 +194,7 @@ def import_vqa(*, out_dir: str, split: str, image_sources: Sequence[tuple[str, s
   candidates = []
   for entry in entries:
     try:
-      image_id = examples_lib.normalize_image_id(entry['image_id'], normalize_ids)
+      image_id = importing.normalize_image_id(entry['image_id'], normalize_ids)
     except TaskDataError as e:
       report.problem('bad_image_id', entry['where'], str(e))
       continue
@@ -210,12 +213,12 @@ def import_vqa(*, out_dir: str, split: str, image_sources: Sequence[tuple[str, s
     candidates.append(Candidate(example={
         'example_id': str(entry['question_id']), 'image_id': image_id,
         'text': entry['question'], 'question_id': entry['question_id'],
-        'phrases': examples_lib.phrases_or_extracted(None, '', entry['question'],
+        'phrases': importing.phrases_or_extracted(None, '', entry['question'],
                                                      builtin_phrases),
         'labels': labels, 'scores': [targets[l] for l in labels]}, where=entry['where']))
   examples_lib.copy_vocabularies(vocab_dir or image_sources[0][0], out_dir)
   examples_lib.write_answers(out_dir, answers)
-  return examples_lib.write_imported_split(
+  return importing.write_imported_split(
       out_dir, split, task='vqa', candidates=candidates, image_sources=image_sources,
       normalize_ids=normalize_ids, report=report, max_error_fraction=max_error_fraction,
       source=qla or questions, overwrite=overwrite)
@@ -265,7 +268,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     info = import_vqa(
         out_dir=args.out_dir, split=args.split,
-        image_sources=examples_lib.parse_image_sources(args.images), questions=args.questions,
+        image_sources=importing.parse_image_sources(args.images), questions=args.questions,
         annotations=args.annotations, qla=args.qla, answer_vocab=args.answer_vocab,
         min_answer_count=args.min_answer_count, vocab_dir=args.vocab_dir,
         normalize_ids=args.normalize_ids, builtin_phrases=args.builtin_phrases,

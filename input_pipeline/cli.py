@@ -12,15 +12,10 @@ from typing import Any, Callable, Optional, Sequence
 
 from absl import flags
 
-from input_pipeline import phrase_files
-from input_pipeline.ownership import NotOwnedError
-from input_pipeline.tasks import importing
-from input_pipeline.tasks.examples import TaskDataError
-from input_pipeline.vinvl_rows import VinvlImportError
-
 Define = Callable[[flags.FlagValues], None]
-EXPECTED_ERRORS = (TaskDataError, VinvlImportError, phrase_files.PhraseFileError, NotOwnedError,
-                   FileExistsError, FileNotFoundError, ValueError)
+# Every error of bad input is one of these: TaskDataError, VinvlImportError, PhraseFileError
+# are ValueErrors; NotOwnedError, FileExistsError and FileNotFoundError are OSErrors.
+EXPECTED_ERRORS = (ValueError, OSError)
 
 
 def parse(prog: str, argv: Optional[Sequence[str]], define: Define,
@@ -72,7 +67,7 @@ def define_importer_flags(values: flags.FlagValues) -> None:
 def importer_args(values: flags.FlagValues, split: Optional[str] = None) -> dict:
   """The shared importer flags as keyword arguments of the import functions."""
   return {'out_dir': values.out_dir, 'split': split or values.split,
-          'image_sources': importing.parse_image_sources(values.images),
+          'image_sources': parse_image_sources(values.images),
           'vocab_dir': values.vocab_dir, 'normalize_ids': values.normalize_ids,
           'on_error': values.on_error, 'max_error_fraction': values.max_error_fraction,
           'overwrite': values.overwrite}
@@ -88,9 +83,20 @@ def run_importer(prog: str, argv: Optional[Sequence[str]], define: Define,
 
   def body(values):
     info = do_import(values)
-    split = values.split or next(iter(info.splits))
-    print(f'{values.out_dir}/{split}: {info.splits.get(split, info.splits)}')
+    print(f'{values.out_dir} ({info.task}): complete splits {dict(info.splits)}')
     return 0
 
   needed = ['images', 'out_dir'] + (['split'] if split_required else []) + list(required)
   return run(prog, argv, define_all, body, needed)
+
+
+def parse_image_sources(values: Sequence[str]) -> list[tuple[str, str]]:
+  """Command-line image sources 'DIR:SPLIT' -> [(DIR, SPLIT)]."""
+  sources = []
+  for value in values:
+    directory, sep, split = value.rpartition(':')
+    if not sep or not directory or not split:
+      raise ValueError(f'image source {value!r} must look like DIR:SPLIT (an image-record '
+                       'dataset written by input_pipeline.storage, e.g. a VinVL import).')
+    sources.append((directory, split))
+  return sources

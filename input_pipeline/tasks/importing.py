@@ -172,15 +172,3 @@ def retrieval_from_dataset(image_dir: str, split: str, out_dir: str, *,
   return examples_lib.write_task_split(out_dir, split, task='retrieval', records=records,
                                        examples=list(retrieval_examples(records)),
                                        source=image_dir, overwrite=overwrite)
-
-
-def parse_image_sources(values: Sequence[str]) -> list[tuple[str, str]]:
-  """Command-line image sources 'DIR:SPLIT' -> [(DIR, SPLIT)]."""
-  sources = []
-  for value in values:
-    directory, sep, split = value.rpartition(':')
-    if not sep or not directory or not split:
-      raise ValueError(f'image source {value!r} must look like DIR:SPLIT (an image-record '
-                       'dataset written by input_pipeline.storage, e.g. a VinVL import).')
-    sources.append((directory, split))
-  return sources

@@ -13,12 +13,14 @@ Phrases: the authors' `{split}_sgs.json` ([[tuples, pairID]], `--phrases`), else
 extractor unless `--nobuiltin_phrases`.
 """
 
-import argparse
 import json
 import sys
 from typing import Optional, Sequence
 
 from input_pipeline import phrase_files
+from absl import flags
+
+from input_pipeline import cli
 from input_pipeline import ownership
 from input_pipeline.tasks import examples as examples_lib
 from input_pipeline.tasks import importing
@@ -75,34 +77,21 @@ def import_snli_ve(*, jsonl: str, out_dir: str, split: str,
       source=jsonl, overwrite=overwrite)
 
 
+def _define(v: flags.FlagValues) -> None:
+  flags.DEFINE_string('jsonl', None, 'snli_ve_{split}.jsonl', flag_values=v)
+  flags.DEFINE_string('phrases', None, '{split}_sgs.json ([[tuples, pairID]])', flag_values=v)
+  flags.DEFINE_bool('builtin_phrases', True, 'phrases from the built-in extractor',
+                    flag_values=v)
+
+
+def _import(a: flags.FlagValues) -> examples_lib.TaskInfo:
+  return import_snli_ve(jsonl=a.jsonl, phrases=a.phrases, builtin_phrases=a.builtin_phrases,
+                        **cli.importer_args(a))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m input_pipeline.tasks.snli_ve',
-                                   description=__doc__.split('\n', 1)[0])
-  parser.add_argument('--jsonl', required=True, help='snli_ve_{split}.jsonl')
-  parser.add_argument('--phrases', help='{split}_sgs.json ([[tuples, pairID]])')
-  parser.add_argument('--images', action='append', required=True, help='DIR:SPLIT (repeatable)')
-  parser.add_argument('--vocab_dir', help='vocabularies (default: the first --images DIR)')
-  parser.add_argument('--out_dir', required=True)
-  parser.add_argument('--split', required=True)
-  parser.add_argument('--normalize_ids', action=argparse.BooleanOptionalAction, default=True)
-  parser.add_argument('--builtin_phrases', action=argparse.BooleanOptionalAction, default=True)
-  parser.add_argument('--on_error', default='skip', choices=('skip', 'raise'))
-  parser.add_argument('--max_error_fraction', type=float, default=0.01)
-  parser.add_argument('--overwrite', action='store_true')
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  try:
-    info = import_snli_ve(
-        jsonl=args.jsonl, out_dir=args.out_dir, split=args.split,
-        image_sources=importing.parse_image_sources(args.images), phrases=args.phrases,
-        vocab_dir=args.vocab_dir, normalize_ids=args.normalize_ids,
-        builtin_phrases=args.builtin_phrases, on_error=args.on_error,
-        max_error_fraction=args.max_error_fraction, overwrite=args.overwrite)
-  except (examples_lib.TaskDataError, phrase_files.PhraseFileError, ValueError,
-          FileExistsError, FileNotFoundError) as e:
-    print(f'import failed: {e}', file=sys.stderr)
-    return 1
-  print(f'{args.out_dir}/{args.split}: {info.splits[args.split]}')
-  return 0
+  return cli.run_importer('python -m input_pipeline.tasks.snli_ve', argv, _define, _import,
+                          required=('jsonl',))
 
 
 if __name__ == '__main__':

@@ -23,9 +23,9 @@ joined by image id normalised as the authors' str(int(id.split('_')[-1])). Quest
 is missing are reported (file and index) and left out; questions without an in-vocabulary answer
 are skipped in training splits as the authors do (`--keep_unanswered` keeps them) and counted.
 Phrases come from the built-in extractor (phrase_extractor.py) unless `--nobuiltin_phrases`.
+Flags shared with the other importers: input_pipeline/cli.py (define_importer_flags).
 """
 
-import argparse
 import collections
 import json
 import os
@@ -33,6 +33,9 @@ import pickle
 import sys
 from typing import Any, Optional, Sequence
 
+from absl import flags
+
+from input_pipeline import cli
 from input_pipeline import ownership
 from input_pipeline.tasks import examples as examples_lib
 from input_pipeline.tasks import importing
@@ -246,39 +249,31 @@ def _load_json(path: str) -> Any:
     raise TaskDataError(f'{path}: cannot read JSON ({e}).') from None
 
 
+def _define(v: flags.FlagValues) -> None:
+  flags.DEFINE_string('questions', None, 'v2_OpenEnded_mscoco_*_questions.json', flag_values=v)
+  flags.DEFINE_string('annotations', None, 'v2_mscoco_*_annotations.json', flag_values=v)
+  flags.DEFINE_string('qla', None, 'VinVL *_qla_mrcnn.json (instead of questions)',
+                      flag_values=v)
+  flags.DEFINE_string('answer_vocab', None, 'trainval_ans2label.pkl or a JSON list/dict',
+                      flag_values=v)
+  flags.DEFINE_integer('min_answer_count', 9, 'answers kept when building the vocabulary',
+                       flag_values=v)
+  flags.DEFINE_bool('builtin_phrases', True, 'phrases from the built-in extractor',
+                    flag_values=v)
+  flags.DEFINE_enum('keep_unanswered', 'auto', ['auto', 'true', 'false'], 'keep questions '
+                    'without an in-vocabulary answer (auto: not in train splits)', flag_values=v)
+
+
+def _import(a: flags.FlagValues) -> examples_lib.TaskInfo:
+  keep = {'auto': None, 'true': True, 'false': False}[a.keep_unanswered]
+  return import_vqa(questions=a.questions, annotations=a.annotations, qla=a.qla,
+                    answer_vocab=a.answer_vocab, min_answer_count=a.min_answer_count,
+                    builtin_phrases=a.builtin_phrases, keep_unanswered=keep,
+                    **cli.importer_args(a))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m input_pipeline.tasks.vqa',
-                                   description=__doc__.split('\n', 1)[0])
-  parser.add_argument('--questions', help='v2_OpenEnded_mscoco_*_questions.json')
-  parser.add_argument('--annotations', help='v2_mscoco_*_annotations.json')
-  parser.add_argument('--qla', help='VinVL *_qla_mrcnn.json (instead of questions)')
-  parser.add_argument('--answer_vocab', help='trainval_ans2label.pkl or a JSON list/dict')
-  parser.add_argument('--min_answer_count', type=int, default=9)
-  parser.add_argument('--images', action='append', required=True, help='DIR:SPLIT (repeatable)')
-  parser.add_argument('--vocab_dir', help='vocabularies (default: the first --images DIR)')
-  parser.add_argument('--out_dir', required=True)
-  parser.add_argument('--split', required=True)
-  parser.add_argument('--normalize_ids', action=argparse.BooleanOptionalAction, default=True)
-  parser.add_argument('--builtin_phrases', action=argparse.BooleanOptionalAction, default=True)
-  parser.add_argument('--keep_unanswered', action=argparse.BooleanOptionalAction, default=None)
-  parser.add_argument('--on_error', default='skip', choices=('skip', 'raise'))
-  parser.add_argument('--max_error_fraction', type=float, default=0.01)
-  parser.add_argument('--overwrite', action='store_true')
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  try:
-    info = import_vqa(
-        out_dir=args.out_dir, split=args.split,
-        image_sources=importing.parse_image_sources(args.images), questions=args.questions,
-        annotations=args.annotations, qla=args.qla, answer_vocab=args.answer_vocab,
-        min_answer_count=args.min_answer_count, vocab_dir=args.vocab_dir,
-        normalize_ids=args.normalize_ids, builtin_phrases=args.builtin_phrases,
-        keep_unanswered=args.keep_unanswered, on_error=args.on_error,
-        max_error_fraction=args.max_error_fraction, overwrite=args.overwrite)
-  except (TaskDataError, ValueError, FileExistsError, FileNotFoundError) as e:
-    print(f'import failed: {e}', file=sys.stderr)
-    return 1
-  print(f'{args.out_dir}/{args.split}: {info.splits[args.split]}')
-  return 0
+  return cli.run_importer('python -m input_pipeline.tasks.vqa', argv, _define, _import)
 
 
 if __name__ == '__main__':

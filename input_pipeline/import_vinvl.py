@@ -132,7 +132,8 @@ def detect_source_format(path: str) -> str:
         return 'sgb'
       seen = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
       raise VinvlImportError(
-          f'{path}:{line_no}: a JSON row with keys {seen}; expected img_feat_extract.py\'s {"feature", "predictions"} or scene_graph_benchmark '
+          f'{path}:{line_no}: a JSON row with keys {seen}; expected img_feat_extract.py\'s '
+          '{"feature", "predictions"} or scene_graph_benchmark '
           'objects each with a "feature" (a predictions.tsv without features goes to '
           '--predictions, beside a features.tsv)')
     raise VinvlImportError(f'{path}:{line_no}: {len(fields)} tab-separated fields; expected a '

@@ -246,18 +246,29 @@ def parse_extract_row(text: str, options: VinvlOptions) -> tuple[np.ndarray, lis
 def iter_extract_records(path: str, captions: dict[str, list], phrases_for: PhrasesFor,
                          report: ImportReport, options: VinvlOptions) -> Iterator[dict]:
   """Image records from a tools/img_feat_extract.py file (image_size (1, 1), unit boxes)."""
+  def parse(text):
+    features, tags = parse_extract_row(text, options)
+    return (1, 1), features, features[:, -BOX_DIMS:-2], tags
+  return _single_file_records(path, captions, phrases_for, report, options, parse)
+
+
+def _single_file_records(path: str, captions: dict[str, list], phrases_for: PhrasesFor,
+                         report: ImportReport, options: VinvlOptions,
+                         parse: Callable[[str], tuple]) -> Iterator[dict]:
+  """Records of a file of `id \t json` rows holding features and tags together; `parse(json)`
+  gives (image_size, region_features, boxes, tags) or raises RowError."""
   tsv, seen = TsvFile(path), set()
   index = open_index(tsv, report, options)
   try:
     for image_id, where, fields in rows_by_id(tsv, captions, 2, report, options, index, seen):
       try:
-        features, tags = parse_extract_row(fields[1], options)
+        size, region_features, boxes, tags = parse(fields[1])
       except RowError as e:
         report.problem(e.kind, where, e.detail)
         continue
       report.stats['records'] += 1
-      yield make_record(image_id, (1, 1), features, features[:, -BOX_DIMS:-2], tags,
-                        captions[image_id], _phrases(image_id, captions[image_id], phrases_for))
+      yield make_record(image_id, size, region_features, boxes, tags, captions[image_id],
+                        _phrases(image_id, captions[image_id], phrases_for))
   finally:
     tsv.close()
   _report_missing(captions, seen, 'missing_features', path, report)
@@ -285,23 +296,11 @@ def parse_sgb_row(text: str, options: VinvlOptions) -> tuple[Prediction, np.ndar
 def iter_sgb_records(path: str, captions: dict[str, list], phrases_for: PhrasesFor,
                      report: ImportReport, options: VinvlOptions) -> Iterator[dict]:
   """Image records from one scene_graph_benchmark predictions.tsv with per-object features."""
-  tsv, seen = TsvFile(path), set()
-  index = open_index(tsv, report, options)
-  try:
-    for image_id, where, fields in rows_by_id(tsv, captions, 2, report, options, index, seen):
-      try:
-        prediction, region_features = parse_sgb_row(fields[1], options)
-        prediction.where = where
-      except RowError as e:
-        report.problem(e.kind, where, e.detail)
-        continue
-      report.stats['records'] += 1
-      yield make_record(image_id, (prediction.image_h, prediction.image_w), region_features,
-                        prediction.rects, _tags(prediction, report, options),
-                        captions[image_id], _phrases(image_id, captions[image_id], phrases_for))
-  finally:
-    tsv.close()
-  _report_missing(captions, seen, 'missing_features', path, report)
+  def parse(text):
+    prediction, region_features = parse_sgb_row(text, options)
+    return ((prediction.image_h, prediction.image_w), region_features, prediction.rects,
+            _tags(prediction, report, options))
+  return _single_file_records(path, captions, phrases_for, report, options, parse)
 
 
 def _pt_labels(value: Any, num_regions: int) -> list:

@@ -158,7 +158,8 @@ def create_iterator(data_config: ml_collections.ConfigDict, directory: str, spli
   last batch padded (`example_valid` = 0). Pre-training examples are corrupted (15% masking,
   seeded by `seed`: a fixed seed gives the fixed eval corruption of MLM/MCR accuracy) when
   `corrupt`, else clean (`unique_tags|assemble|no_corrupt`: retrieval and grounding
-  evaluation). Tasks use `preprocess` / `batch_keys`, else `data.preprocess`, else PIPELINES.
+  evaluation). Tasks use `preprocess` / `batch_keys`, else `data.preprocess`, else PIPELINES
+  (with `data.tags_as_list`, `unique_tags|assemble` becomes `assemble(tags='tags')`).
   """
   preprocess = preprocess or data_config.get('preprocess') or None
   common = dict(lengths=lengths(data_config), batch_size=per_host_batch_size, seed=seed,
@@ -169,6 +170,8 @@ def create_iterator(data_config: ml_collections.ConfigDict, directory: str, spli
         directory, split, tokenizer=tokenizer, concept_vocab=concept_vocab,
         corrupt=corrupt, mask_prob=data_config.mask_prob, preprocess=preprocess, **common)
   default_preprocess, default_keys = PIPELINES[task]
+  if data_config.get('tags_as_list'):  # COCO retrieval: all tags, duplicates in region order.
+    default_preprocess = default_preprocess.replace('unique_tags|assemble', "assemble(tags='tags')")
   return task_iterators.create_task_iterator(
       directory, task, split, preprocess=preprocess or default_preprocess,
       batch_keys=default_keys if batch_keys is None else batch_keys, **common)

@@ -73,7 +73,8 @@ def test_a_phrase_file_with_more_lists_than_captions_leaves_the_image_out(tmp_pa
 def test_a_repeated_key_in_a_caption_file_is_refused(tmp_path):
   path = tmp_path / 'captions.json'
   path.write_text('{"7": ["a", "b", "c", "d", "e"], "8": ["x"], "7": ["only one"]}')
-  with pytest.raises(VinvlImportError, match=r"captions\.json: captions: repeated key\(s\) \['7'\]"):
+  with pytest.raises(VinvlImportError,
+                     match=r"captions\.json: captions: repeated key\(s\) \['7'\]"):
     captions_lib.load_captions(str(path), new_report(), OPTIONS)
 
 
@@ -155,7 +156,8 @@ def test_scene_graph_benchmark_predictions_with_features_import(tmp_path):
   np.testing.assert_allclose(records[0]['region_features'][:, 2048:], images[0].box6(),
                              rtol=1e-6)
   plain = fx.write_tsv(tmp_path / 'plain_predictions.tsv', [fx.prediction_line(images[0])])
-  with pytest.raises(VinvlImportError, match='expected img_feat_extract.*scene_graph_benchmark'):
+  with pytest.raises(VinvlImportError, match='expected img_feat_extract.py\'s {"feature", '
+                     '"predictions"} or scene_graph_benchmark objects'):
     import_vinvl.import_vinvl(features=plain, captions=captions, out_dir=str(tmp_path / 'o2'),
                               split='train')
 

@@ -1,4 +1,4 @@
-"""Entry points (issue 9 item 6, issue 10 items 14, 15): no flags or TF work at import, absl CLIs."""
+"""Entry points (issue 9 item 6, issue 10 items 14, 15): no flags or TF at import, absl CLIs."""
 
 import json
 import os

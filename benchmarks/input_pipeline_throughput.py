@@ -44,11 +44,6 @@ CONFIGS = {
 _WORDS = [f'word{i}' for i in range(2000)]
 _TAGS = [f'tag{i}' for i in range(300)]
 
-_CONFIGS = flags.DEFINE_list('configs', ['base', 'tiny'], f'Configs to run: {list(CONFIGS)}.')
-_BATCHES = flags.DEFINE_integer('batches', 20, 'Timed batches per config.')
-_WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed batches before timing.')
-
-
 def synthetic_records(config: BenchConfig, seed: int = 0):
   """Image records with random features, ~12-word captions and ~8 phrases per caption."""
   rng = np.random.default_rng(seed)
@@ -96,9 +91,12 @@ def run(name: str, config: BenchConfig, batches: int, warmup: int) -> float:
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  for name in _CONFIGS.value:
-    run(name, CONFIGS[name], _BATCHES.value, _WARMUP.value)
+  for name in flags.FLAGS.configs:
+    run(name, CONFIGS[name], flags.FLAGS.batches, flags.FLAGS.warmup)
 
 
 if __name__ == '__main__':
+  flags.DEFINE_list('configs', ['base', 'tiny'], f'Configs to run: {list(CONFIGS)}.')
+  flags.DEFINE_integer('batches', 20, 'Timed batches per config.')
+  flags.DEFINE_integer('warmup', 3, 'Untimed batches before timing.')
   app.run(main)

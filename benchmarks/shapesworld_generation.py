@@ -1,6 +1,6 @@
 """Throughput of ShapesWorld record generation on one CPU core.
 
-  OPENBLAS_NUM_THREADS=1 python -m benchmarks.shapesworld_generation [--num_images 2000]
+  OPENBLAS_NUM_THREADS=1 python -m benchmarks.shapesworld_generation [--num_images=2000]
 
 Prints records/s (wall clock and per CPU second, which is steadier on a shared machine) and
 captions/s for feature_dim 134 and 2054, and the time spent in each stage (scene sampling,
@@ -8,8 +8,11 @@ rendering, PNG, regions + features, captions) for feature_dim 134. Single-thread
 to one core.
 """
 
-import argparse
 import time
+from typing import Sequence
+
+from absl import app
+from absl import flags
 
 from input_pipeline import region_features
 from input_pipeline.shapesworld import generate
@@ -47,11 +50,9 @@ def _stage_microseconds(config: generate.ShapesWorldConfig, num_images: int) -> 
   return {k: round(v / num_images * 1e6, 1) for k, v in totals.items()}
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--num_images', type=int, default=2000)
-  parser.add_argument('--image_size', type=int, default=64)
-  args = parser.parse_args()
+def main(argv: Sequence[str]) -> None:
+  del argv
+  args = flags.FLAGS
   for feature_dim in (134, 2054):
     config = generate.ShapesWorldConfig(feature_dim=feature_dim, image_size=args.image_size)
     _records_per_second(config, 50)  # warm-up: caches, projection matrix
@@ -64,4 +65,6 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-  main()
+  flags.DEFINE_integer('num_images', 2000, 'Images generated per feature_dim.')
+  flags.DEFINE_integer('image_size', 64, 'Image side in pixels.')
+  app.run(main)

@@ -50,5 +50,12 @@ BATCH_KEYS = MODEL_INPUT_KEYS + LABEL_KEYS + GROUNDING_KEYS + BOOKKEEPING_KEYS
 RECORD_KEYS = ('image_id', 'image_png', 'image_size', 'region_features', 'boxes', 'tags',
                'captions', 'phrases', 'phrase_regions')
 
+# Keys whose padding rows hold -1 (not 0): labels, links and indices where 0 is a real value.
+NEGATIVE_PADDING_KEYS = ('mlm_labels_a', 'mlm_labels_b', 'phrase_region_links', 'image_index',
+                         'example_index', 'question_id', 'label', 'region_iou')
+
 NUM_BOX_DIMS = 6
+# Region features beyond this magnitude are refused at import: finite but absurd values (3e38)
+# overflow in the first layer and stop training far from the record that holds them.
+MAX_ABS_FEATURE = 1e4
 IGNORE_LABEL = -1

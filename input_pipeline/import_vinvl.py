@@ -4,13 +4,19 @@
       --predictions=coco/predictions.tsv --captions=dataset_coco.json \\
       --phrases=coco_full_sg.pt --phrase_format=coco --out_dir=data/coco_vinvl --split=train
 
-`--features` may also be a tools/img_feat_extract.py file (then no --predictions). Captions are
-Karpathy JSON (`{"images": [{"cocoid"/"imgid"/"filename", "split", "sentences": [{"raw"}]}]}`,
-filtered by split: `--split=train` keeps Karpathy's train and restval), a
-`[{"image_id", "caption"(, "phrases")}]` list, COCO's `{"annotations": [...]}`, or
-`{image_id: [caption, ...]}`. Phrases of caption k of an image come from, in this order: the
-caption file's own "phrases", the `--phrases` file (phrase_files.py), the built-in extractor
-(`--builtin_phrases`), else none.
+`--features` may also be a tools/img_feat_extract.py file, a scene_graph_benchmark
+predictions.tsv with per-object "feature" (then no --predictions), or Oscar's Flickr
+`{split}_img_frcnn_feats.pt` (--predictions: its optional `{split}_{type}_labels.pt`); see
+vinvl.py. Caption formats (captions.py): Karpathy's dataset_*.json (`--split=train` keeps
+Karpathy's train and restval), COCO's official captions_*.json, `[{"image_id", "caption"|"text"
+(, "phrases")}]` lists, `{image_id: [caption]}` JSON or the authors' `{split}_captions.pt`.
+Phrases of caption k of an image come from, in this order: the caption file's own "phrases",
+the `--phrases` file (phrase_files.py; a `processed_*.json` is joined by caption text, the
+index-keyed formats by k, the caption's index among all entries of its image in the caption
+file), the built-in extractor (`--builtin_phrases`), else none. An index-keyed phrase file that
+lists another number of captions for an image than the caption file is a
+`phrase_count_mismatch` (the image is left out: its phrases cannot be aligned); a phrase file
+that matches no captioned image fails the import.
 
 Error policy: with on_error='skip' (default) an image with any bad row is left out and reported
 (file, 1-based line, kind); the import fails when more than `max_error_fraction` (default 1%) of
@@ -20,144 +26,27 @@ complete-looking split. The report is printed and written beside the split, to
 `{out_dir}/{split}_import_report.json` (or `..._import_report.failed.json` when it failed).
 """
 
-import argparse
 import dataclasses
-import json
 import os
 import sys
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
+from absl import flags
+
+from input_pipeline import captions as captions_lib
+from input_pipeline import cli
+from input_pipeline import concepts
+from input_pipeline import jsonio
+from input_pipeline import ownership
 from input_pipeline import phrase_extractor
 from input_pipeline import phrase_files
 from input_pipeline import storage
+from input_pipeline import tokenizers
 from input_pipeline import vinvl
-from input_pipeline.vinvl import ImportReport, RowError, VinvlImportError, VinvlOptions
+from input_pipeline.import_report import ImportReport
+from input_pipeline.vinvl_rows import RowError, VinvlImportError, VinvlOptions, new_report
 
-CAPTION_ID_FIELDS = ('auto', 'cocoid', 'imgid', 'filename')
-
-
-def _karpathy_id(image: dict, id_field: str) -> Any:
-  if id_field == 'auto':
-    id_field = 'cocoid' if 'cocoid' in image else 'filename'
-  if id_field not in image:
-    raise RowError('bad_caption', f'no "{id_field}"')
-  if id_field == 'filename':
-    return os.path.splitext(str(image['filename']))[0]
-  return image[id_field]
-
-
-def _read_karpathy(images: Any, path: str, splits: Optional[set], id_field: str,
-                   options: VinvlOptions, report: ImportReport) -> dict[str, list]:
-  if not isinstance(images, list):
-    raise VinvlImportError(f'{path}: "images" must be a list')
-  captions = {}
-  for i, image in enumerate(images):
-    where = f'{path}: images[{i}]'
-    if isinstance(image, dict) and splits is not None and image.get('split') not in splits:
-      report.stats['caption_images_other_splits'] += 1
-      continue
-    try:
-      if not isinstance(image, dict) or not isinstance(image.get('sentences'), list):
-        raise RowError('bad_caption', 'expected an object with a "sentences" list')
-      image_id = options.image_id(_karpathy_id(image, id_field))
-      raws = [s.get('raw') if isinstance(s, dict) else None for s in image['sentences']]
-      if not raws or not all(isinstance(r, str) and r.strip() for r in raws):
-        raise RowError('bad_caption', 'every sentence needs a non-empty "raw" string')
-      if image_id in captions:
-        raise RowError('duplicate_id', f'second entry for image {image_id!r}; the first is kept')
-    except RowError as e:
-      report.stats['caption_images'] += 1
-      report.problem(e.kind, where, e.detail)
-      continue
-    captions[image_id] = [r.strip() for r in raws]
-  return captions
-
-
-def _read_caption_list(entries: list, path: str, options: VinvlOptions, report: ImportReport,
-                       embedded: phrase_files.PhraseTable) -> dict[str, list]:
-  captions = {}
-  for i, entry in enumerate(entries):
-    where = f'{path}: entry {i}'
-    try:
-      if (not isinstance(entry, dict) or isinstance(entry.get('image_id'), (bool, type(None)))
-          or not isinstance(entry.get('caption'), str) or not entry['caption'].strip()):
-        raise RowError('bad_caption', 'expected {"image_id": ..., "caption": "non-empty str"}')
-      image_id = options.image_id(entry['image_id'])
-      phrases = None
-      if 'phrases' in entry:
-        try:
-          phrases = phrase_files.normalize_tuples(entry['phrases'], where)
-        except phrase_files.PhraseFileError as e:
-          raise RowError('bad_caption', str(e)) from None
-    except RowError as e:
-      report.stats['caption_images'] += 1
-      report.problem(e.kind, where, e.detail)
-      continue
-    image_captions = captions.setdefault(image_id, [])
-    if phrases is not None:
-      embedded[(image_id, len(image_captions))] = phrases
-    image_captions.append(entry['caption'].strip())
-  return captions
-
-
-def _read_caption_dict(data: dict, path: str, options: VinvlOptions,
-                       report: ImportReport) -> dict[str, list]:
-  captions = {}
-  for raw_id, value in data.items():
-    where = f'{path}: image {raw_id!r}'
-    try:
-      image_id = options.image_id(raw_id)
-      if isinstance(value, str):
-        try:
-          value = json.loads(value)
-        except json.JSONDecodeError as e:
-          raise RowError('bad_caption', f'not a JSON list of captions ({e})') from None
-      if (not isinstance(value, list) or not value
-          or not all(isinstance(c, str) and c.strip() for c in value)):
-        raise RowError('bad_caption', 'expected a non-empty list of caption strings')
-      if image_id in captions:
-        raise RowError('duplicate_id', f'{raw_id!r} normalises to the id of an earlier entry')
-    except RowError as e:
-      report.stats['caption_images'] += 1
-      report.problem(e.kind, where, e.detail)
-      continue
-    captions[image_id] = [c.strip() for c in value]
-  return captions
-
-
-def load_captions(path: str, report: ImportReport, options: VinvlOptions, *,
-                  karpathy_splits: Optional[Iterable[str]] = None, id_field: str = 'auto',
-                  ) -> tuple[dict[str, list], phrase_files.PhraseTable]:
-  """({image id: [caption]} in file order, phrases stored in the caption file).
-
-  `karpathy_splits` keeps only the Karpathy images of those splits (None: all); the other
-  formats have no split field and keep everything. `id_field` picks the Karpathy image id
-  ('auto': cocoid when present, else the file name without extension). Bad entries are
-  reported; each counts as one captioned image that was dropped.
-  """
-  path = os.fspath(path)
-  if id_field not in CAPTION_ID_FIELDS:
-    raise ValueError(f'caption id field must be one of {CAPTION_ID_FIELDS}, got {id_field!r}')
-  try:
-    with open(path, 'rb') as f:
-      data = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise VinvlImportError(f'{path}: captions are not valid JSON ({e})') from None
-  embedded = {}
-  if isinstance(data, dict) and 'images' in data:
-    splits = None if karpathy_splits is None else set(karpathy_splits)
-    captions = _read_karpathy(data['images'], path, splits, id_field, options, report)
-  elif isinstance(data, dict) and isinstance(data.get('annotations'), list):
-    captions = _read_caption_list(data['annotations'], path, options, report, embedded)
-  elif isinstance(data, list):
-    captions = _read_caption_list(data, path, options, report, embedded)
-  elif isinstance(data, dict):
-    captions = _read_caption_dict(data, path, options, report)
-  else:
-    raise VinvlImportError(f'{path}: unknown caption format ({type(data).__name__})')
-  report.stats['caption_images'] += len(captions)
-  report.stats['captions'] += sum(len(c) for c in captions.values())
-  return captions, embedded
+SOURCE_FORMATS = ('vinvl', 'extract', 'sgb', 'frcnn_pt')
 
 
 def load_phrase_table(path: str, fmt: str, report: ImportReport,
@@ -176,36 +65,79 @@ def load_phrase_table(path: str, fmt: str, report: ImportReport,
   return table
 
 
-def make_phrases_for(embedded: phrase_files.PhraseTable,
+def align_phrase_table(caption_set: captions_lib.CaptionSet, table: phrase_files.PhraseTable,
+                       path: str, report: ImportReport) -> None:
+  """Fails when `table` matches no captioned image; drops (as phrase_count_mismatch) each image
+  whose index-keyed entries are not exactly one per caption entry of the caption file."""
+  by_image = {}
+  for image_id, key in table:
+    by_image.setdefault(image_id, []).append(key)
+  matched = [i for i in caption_set.captions if i in by_image]
+  if not matched:
+    raise VinvlImportError(
+        f'{path}: no phrase entry matches a captioned image (phrase ids like '
+        f'{sorted(by_image)[:3]}, caption ids like {sorted(caption_set.captions)[:3]}); check '
+        '--normalize_ids and that both files describe the same images')
+  for image_id in matched:
+    indices = sorted(k for k in by_image[image_id] if isinstance(k, int))
+    expected = caption_set.source_counts[image_id]
+    if indices and indices != list(range(expected)):
+      report.problem('phrase_count_mismatch', f'{path}: image {image_id!r}',
+                     f'phrases for captions {indices[:8]} but the caption file has {expected} '
+                     'caption entries for it; the phrases cannot be aligned')
+      del caption_set.captions[image_id]
+
+
+def make_phrases_for(caption_set: Optional[captions_lib.CaptionSet],
                      table: Optional[phrase_files.PhraseTable], table_path: Optional[str],
                      extractor: Optional[Callable[[str], list]],
                      report: ImportReport) -> vinvl.PhrasesFor:
-  """phrases_for(image_id, k, caption): caption file, then phrase file, then extractor."""
+  """phrases_for(image_id, k, caption) of kept caption k: caption file, phrase file (by text,
+  then by the caption's source index), extractor."""
   def phrases_for(image_id: str, k: int, caption: str) -> list:
-    if (image_id, k) in embedded:
-      return embedded[(image_id, k)]
+    source_k = caption_set.keys[image_id][k] if caption_set else k
+    if caption_set and (image_id, source_k) in caption_set.embedded:
+      return caption_set.embedded[(image_id, source_k)]
     if table is not None:
-      if (image_id, k) in table:
-        return table[(image_id, k)]
+      for key in ((image_id, phrase_files.text_key(caption)), (image_id, source_k)):
+        if key in table:
+          return table[key]
       report.warning('missing_phrases', table_path, f'no phrases for image {image_id!r} '
-                     f'caption {k}')
+                     f'caption {source_k}')
     if extractor is not None:
-      where = f'builtin phrases of image {image_id!r} caption {k}'
+      where = f'builtin phrases of image {image_id!r} caption {source_k}'
       return [phrase_files.normalize_tuple(p, where) for p in extractor(caption)]
     return []
   return phrases_for
 
 
 def detect_source_format(path: str) -> str:
-  """'vinvl' for features.tsv (3 fields a row), 'extract' for img_feat_extract.py output."""
+  """The feature source format (vinvl.py) of `path`, or VinvlImportError naming what it saw."""
+  if os.fspath(path).endswith('.pt'):
+    return 'frcnn_pt'
   for line_no, line in vinvl.TsvFile(path).rows():
     fields = line.split(b'\t')
     if len(fields) == 3:
       return 'vinvl'
     if len(fields) == 2 and fields[1].lstrip().startswith(b'{'):
-      return 'extract'
-    raise VinvlImportError(f'{path}:{line_no}: neither a features.tsv nor an '
-                           'img_feat_extract.py row')
+      try:
+        data = jsonio.loads(fields[1])
+      except ValueError as e:
+        raise VinvlImportError(f'{path}:{line_no}: the JSON field is not valid ({e})') from None
+      if isinstance(data, dict) and 'feature' in data:
+        return 'extract'
+      objects = data.get('objects') if isinstance(data, dict) else None
+      if isinstance(objects, list) and objects and all(
+          isinstance(o, dict) and 'feature' in o for o in objects):
+        return 'sgb'
+      seen = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
+      raise VinvlImportError(
+          f'{path}:{line_no}: a JSON row with keys {seen}; expected img_feat_extract.py\'s '
+          '{"feature", "predictions"} or scene_graph_benchmark '
+          'objects each with a "feature" (a predictions.tsv without features goes to '
+          '--predictions, beside a features.tsv)')
+    raise VinvlImportError(f'{path}:{line_no}: {len(fields)} tab-separated fields; expected a '
+                           'features.tsv row (3) or a JSON predictions row (2)')
   raise VinvlImportError(f'{path}: no rows')
 
 
@@ -215,8 +147,8 @@ def _checked(records: Iterator[dict], report: ImportReport,
   yield from records
   if not report.stats['records']:
     raise VinvlImportError('no image records: no captioned image has valid features')
-  if report.dropped_fraction > max_error_fraction:
-    raise VinvlImportError(f'{report.dropped_fraction:.2%} of the captioned images were left out, '
+  if report.lost_fraction > max_error_fraction:
+    raise VinvlImportError(f'{report.lost_fraction:.2%} of the captioned images were left out, '
                            f'more than max_error_fraction={max_error_fraction:.2%}')
 
 
@@ -232,33 +164,41 @@ def import_vinvl(*, features: str, captions: str, out_dir: str, split: str,
   On failure the exception carries the report summary as a note, and the report is written to
   `{split}_import_report.failed.json` so that `{split}_import_report.json` always describes the
   split that is in place. karpathy_splits: Karpathy splits to keep; None keeps `split`, plus
-  'restval' for 'train'.
+  'restval' for 'train'. `out_dir` must be new, empty or an earlier VinVL import.
   """
   if os.path.exists(os.path.join(out_dir, split)) and not overwrite:
     raise FileExistsError(f'{os.path.join(out_dir, split)}: split already written (pass '
                           'overwrite=True to replace it)')
-  report = ImportReport(on_error=on_error, max_messages=max_messages)
+  ownership.claim(out_dir, 'vinvl')
+  report = new_report(on_error=on_error, max_messages=max_messages)
   inputs = {'features': features, 'predictions': predictions, 'captions': captions,
             'phrases': phrases}
   try:
     source_format = detect_source_format(features)
-    if (source_format == 'vinvl') != (predictions is not None):
-      raise VinvlImportError(f'{features} is a {source_format} file: predictions are '
-                             f'{"needed" if source_format == "vinvl" else "not used"}')
+    if source_format in ('extract', 'sgb') and predictions is not None:
+      raise VinvlImportError(f'{features} is a {source_format} file: predictions are not used')
+    if source_format == 'vinvl' and predictions is None:
+      raise VinvlImportError(f'{features} is a features.tsv: --predictions is needed')
     if karpathy_splits is None:
       karpathy_splits = [split] + (['restval'] if split == 'train' else [])
-    image_captions, embedded = load_captions(captions, report, options,
+    caption_set = captions_lib.load_captions(captions, report, options,
                                              karpathy_splits=karpathy_splits,
                                              id_field=caption_id_field)
     table = load_phrase_table(phrases, phrase_format, report, options) if phrases else None
+    if table is not None:
+      align_phrase_table(caption_set, table, phrases, report)
     extractor = phrase_extractor.extract_phrases if builtin_phrases else None
-    phrases_for = make_phrases_for(embedded, table, phrases, extractor, report)
+    phrases_for = make_phrases_for(caption_set, table, phrases, extractor, report)
+    kept = caption_set.captions
     if source_format == 'vinvl':
-      records = vinvl.iter_vinvl_records(features, predictions, image_captions, phrases_for,
-                                         report, options)
+      records = vinvl.iter_vinvl_records(features, predictions, kept, phrases_for, report,
+                                         options)
+    elif source_format == 'extract':
+      records = vinvl.iter_extract_records(features, kept, phrases_for, report, options)
+    elif source_format == 'sgb':
+      records = vinvl.iter_sgb_records(features, kept, phrases_for, report, options)
     else:
-      records = vinvl.iter_extract_records(features, image_captions, phrases_for, report,
-                                           options)
+      records = vinvl.iter_pt_records(features, predictions, kept, phrases_for, report, options)
     storage.write_dataset(_checked(records, report, max_error_fraction), out_dir, split,
                           metadata={'source': 'vinvl'}, overwrite=overwrite)
   except BaseException as e:
@@ -282,80 +222,10 @@ def _write_report(report: ImportReport, out_dir: str, split: str, error: Optiona
   os.makedirs(os.path.dirname(path), exist_ok=True)
   content = {'split': split, 'status': 'failed' if error else 'complete', 'error': error,
              'inputs': inputs, 'options': dataclasses.asdict(options), **report.to_dict()}
-  with open(path + '.tmp', 'w', encoding='utf-8') as f:
-    json.dump(content, f, indent=2)
-  os.replace(path + '.tmp', path)
+  jsonio.write_json_atomically(content, path, indent=2)
   if error is None and os.path.exists(report_path(out_dir, split, failed=True)):
     os.remove(report_path(out_dir, split, failed=True))
   return path
-
-
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog='python -m input_pipeline.import_vinvl',
-                                   description=__doc__.split('\n', 1)[0])
-  parser.add_argument('--features', required=True,
-                      help='features.tsv, or a tools/img_feat_extract.py predictions.tsv')
-  parser.add_argument('--predictions', help='predictions.tsv (needed with a features.tsv)')
-  parser.add_argument('--captions', required=True, help='caption JSON (see the module doc)')
-  parser.add_argument('--phrases', help='phrase file (input_pipeline/phrase_files.py)')
-  parser.add_argument('--phrase_format', default='auto',
-                      choices=('auto',) + phrase_files.FORMATS)
-  parser.add_argument('--builtin_phrases', action='store_true',
-                      help='extract phrases of captions that have none from another source')
-  parser.add_argument('--out_dir', required=True)
-  parser.add_argument('--split', required=True)
-  parser.add_argument('--karpathy_splits', default=None,
-                      help="comma-separated Karpathy splits to keep (default: --split, "
-                      "plus restval for train)")
-  parser.add_argument('--caption_id_field', default='auto', choices=CAPTION_ID_FIELDS)
-  parser.add_argument('--on_error', default='skip', choices=('skip', 'raise'))
-  parser.add_argument('--max_error_fraction', type=float, default=0.01)
-  parser.add_argument('--max_messages', type=int, default=20)
-  parser.add_argument('--feature_dim', type=int, default=VinvlOptions.feature_dim)
-  parser.add_argument('--prefer_gt_objects', action='store_true',
-                      help='tags from gt_objects when aligned with the regions (use_gtlabels=1)')
-  parser.add_argument('--normalize_ids', action='store_true',
-                      help="key images by str(int(id.split('_')[-1]))")
-  parser.add_argument('--verify_boxes', action=argparse.BooleanOptionalAction, default=True)
-  parser.add_argument('--box_atol', type=float, default=VinvlOptions.box_atol)
-  parser.add_argument('--overwrite', action='store_true', help='replace an existing split')
-  parser.add_argument('--vocab', default=None,
-                      help='tokenizer vocabulary (BERT vocab.txt or a SentencePiece .model) to '
-                           'store beside the data; required once per dataset directory')
-  parser.add_argument('--id2phrase', default=None,
-                      help="concept vocabulary in the authors' id2phrase JSON format; without it "
-                           'one is built from the imported phrases (see --min_concept_count)')
-  parser.add_argument('--min_concept_count', type=int, default=50,
-                      help='keep phrase tuples seen in at least this many captions (authors: 50)')
-  parser.add_argument('--use_index', action=argparse.BooleanOptionalAction, default=True,
-                      help='seek with .lineidx and imageid2idx.json when both exist')
-  return parser.parse_args(argv)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  args = parse_args(sys.argv[1:] if argv is None else argv)
-  options = VinvlOptions(feature_dim=args.feature_dim, prefer_gt_objects=args.prefer_gt_objects,
-                         verify_boxes=args.verify_boxes, box_atol=args.box_atol,
-                         use_index=args.use_index, normalize_ids=args.normalize_ids)
-  splits = args.karpathy_splits.split(',') if args.karpathy_splits else None
-  try:
-    report = import_vinvl(
-        features=args.features, predictions=args.predictions, captions=args.captions,
-        phrases=args.phrases, phrase_format=args.phrase_format,
-        builtin_phrases=args.builtin_phrases, out_dir=args.out_dir, split=args.split,
-        karpathy_splits=splits, caption_id_field=args.caption_id_field,
-        on_error=args.on_error, max_error_fraction=args.max_error_fraction,
-        max_messages=args.max_messages, overwrite=args.overwrite, options=options)
-  except (VinvlImportError, phrase_files.PhraseFileError, FileExistsError) as e:
-    print(f'import failed: {e}', file=sys.stderr)
-    print('\n'.join(getattr(e, '__notes__', [])), file=sys.stderr)
-    return 1
-  print(report.summary())
-  print(f'report: {report_path(args.out_dir, args.split)}')
-  if args.vocab:
-    write_vocabularies(args.out_dir, args.vocab, args.id2phrase, args.split,
-                       args.min_concept_count)
-  return 0
 
 
 def write_vocabularies(out_dir: str, vocab: str, id2phrase: Optional[str] = None,
@@ -366,8 +236,6 @@ def write_vocabularies(out_dir: str, vocab: str, id2phrase: Optional[str] = None
   so the authors' checkpoints keep their embedding rows; otherwise they are built from the
   phrases of `split` (tuples in at least `min_concept_count` captions).
   """
-  from input_pipeline import concepts  # pylint: disable=g-import-not-at-top
-  from input_pipeline import tokenizers  # pylint: disable=g-import-not-at-top
   tokenizer = tokenizers.load_tokenizer(vocab)
   if id2phrase:
     concept_vocab = concepts.ConceptVocab.load(id2phrase, tokenizer.vocab_size)
@@ -380,6 +248,65 @@ def write_vocabularies(out_dir: str, vocab: str, id2phrase: Optional[str] = None
   storage.save_vocabularies(out_dir, vocab, concept_vocab)
   print(f'vocabularies: {tokenizer.vocab_size} words, {len(concept_vocab)} concepts '
         f'({concept_vocab.num_rows} embedding rows) in {out_dir}')
+
+
+def _define(v: flags.FlagValues) -> None:
+  s, b, f, i = flags.DEFINE_string, flags.DEFINE_bool, flags.DEFINE_float, flags.DEFINE_integer
+  s('features', None, 'features.tsv, an img_feat_extract.py or scene_graph_benchmark '
+    'predictions.tsv with features, or a Flickr *_img_frcnn_feats.pt', flag_values=v)
+  s('predictions', None, 'predictions.tsv (with a features.tsv), or labels .pt (with a .pt)',
+    flag_values=v)
+  s('captions', None, 'caption file (input_pipeline/captions.py)', flag_values=v)
+  s('phrases', None, 'phrase file (input_pipeline/phrase_files.py)', flag_values=v)
+  flags.DEFINE_enum('phrase_format', 'auto', ('auto',) + phrase_files.FORMATS, 'phrase format',
+                    flag_values=v)
+  b('builtin_phrases', False, 'extract phrases of captions that have none from another source',
+    flag_values=v)
+  s('out_dir', None, 'dataset directory', flag_values=v)
+  s('split', None, 'split name', flag_values=v)
+  flags.DEFINE_list('karpathy_splits', None, 'Karpathy splits to keep (default: --split, plus '
+                    'restval for train)', flag_values=v)
+  flags.DEFINE_enum('caption_id_field', 'auto', captions_lib.CAPTION_ID_FIELDS,
+                    'Karpathy image id field', flag_values=v)
+  flags.DEFINE_enum('on_error', 'skip', ['skip', 'raise'], 'skip bad entries or stop',
+                    flag_values=v)
+  f('max_error_fraction', 0.01, 'fail when more captioned images are lost', flag_values=v)
+  i('max_messages', 20, 'messages kept in the report', flag_values=v)
+  i('feature_dim', VinvlOptions.feature_dim, 'stored region feature width', flag_values=v)
+  b('prefer_gt_objects', False, 'tags from gt_objects when aligned (use_gtlabels=1)',
+    flag_values=v)
+  b('normalize_ids', False, "key images by str(int(id.split('_')[-1]))", flag_values=v)
+  b('verify_boxes', True, 'check stored box dims against the rects', flag_values=v)
+  f('box_atol', VinvlOptions.box_atol, 'box check tolerance', flag_values=v)
+  b('overwrite', False, 'replace an existing split', flag_values=v)
+  s('vocab', None, 'tokenizer (vocab.txt or .model) to store beside the data', flag_values=v)
+  s('id2phrase', None, "concept vocabulary (the authors' id2phrase JSON); default: built from "
+    'the imported phrases', flag_values=v)
+  i('min_concept_count', 50, 'keep phrase tuples of at least this many captions (authors: 50)',
+    flag_values=v)
+  b('use_index', True, 'seek with .lineidx and imageid2idx.json when both exist', flag_values=v)
+
+
+def _run(a: flags.FlagValues) -> int:
+  options = VinvlOptions(feature_dim=a.feature_dim, prefer_gt_objects=a.prefer_gt_objects,
+                         verify_boxes=a.verify_boxes, box_atol=a.box_atol,
+                         use_index=a.use_index, normalize_ids=a.normalize_ids)
+  report = import_vinvl(
+      features=a.features, predictions=a.predictions, captions=a.captions, phrases=a.phrases,
+      phrase_format=a.phrase_format, builtin_phrases=a.builtin_phrases, out_dir=a.out_dir,
+      split=a.split, karpathy_splits=a.karpathy_splits, caption_id_field=a.caption_id_field,
+      on_error=a.on_error, max_error_fraction=a.max_error_fraction,
+      max_messages=a.max_messages, overwrite=a.overwrite, options=options)
+  print(report.summary())
+  print(f'report: {report_path(a.out_dir, a.split)}')
+  if a.vocab:
+    write_vocabularies(a.out_dir, a.vocab, a.id2phrase, a.split, a.min_concept_count)
+  return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  return cli.run('python -m input_pipeline.import_vinvl', argv, _define, _run,
+                 required=('features', 'captions', 'out_dir', 'split'))
 
 
 if __name__ == '__main__':

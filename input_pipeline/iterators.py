@@ -93,18 +93,66 @@ def blank_unless(valid: tf.Tensor, value: tf.Tensor, pad: int) -> tf.Tensor:
 READ_CHUNK = 32  # Records fetched per random-access call.
 
 
-def epochs_to_batches(epoch_indices: Callable[[tf.Tensor], tf.data.Dataset], start_epoch: int,
-                      repeat: bool, read: Callable, process: Callable, batch_size: int,
-                      num_parallel_calls) -> tf.data.Dataset:
-  """Epochs of example indices -> read in chunks -> processed per example -> batches.
+def host_example_order(epoch: tf.Tensor, *, num_examples: int, seed: int, shuffle: bool,
+                       process_index: int, process_count: int, num_rows: int) -> tf.Tensor:
+  """The example indices one host reads in one epoch, in order (in-graph).
 
-  `epoch_indices(epoch)` gives this host's indices of an epoch (already cut at the resume point);
-  `read` takes a chunk of them, `process` one read item. The order is deterministic.
+  Args:
+    epoch: int64 [], the epoch (seeds the permutation with `seed`).
+    num_examples: examples in the split.
+    seed, shuffle: permute all examples (identity without shuffle).
+    process_index, process_count: this host takes positions process_index + k * process_count.
+    num_rows: length of the result: this host's share is truncated, or padded with -1, to it.
+
+  Returns:
+    int64 [num_rows], example indices; -1 marks padding rows.
   """
-  epochs = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max if repeat else 1)
-  ds = epochs.flat_map(epoch_indices).batch(READ_CHUNK).map(read)
-  ds = ds.unbatch().map(process, num_parallel_calls=num_parallel_calls)
-  ds = ds.batch(batch_size, drop_remainder=True).prefetch(2)
-  options = tf.data.Options()
-  options.deterministic = True
-  return ds.with_options(options)
+  order = tf.range(num_examples, dtype=tf.int64)
+  if shuffle:
+    order_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64),
+                                                          epoch)
+    order = tf.random.experimental.stateless_shuffle(order, order_seed)
+  host = order[process_index::process_count]
+  host = tf.pad(host, [[0, tf.maximum(num_rows - tf.size(host), 0)]], constant_values=-1)
+  return host[:num_rows]
+
+
+def example_iterator(processor, num_examples: int, *, batch_size: int, seed: int, shuffle: bool,
+                     repeat: bool, pad_final_batch: bool, process_index: Optional[int],
+                     process_count: Optional[int], num_parallel_calls, where: str,
+                     fingerprint: Mapping[str, Any]) -> ResumableIterator:
+  """The resumable batch iterator of a split whose example i is processed by `processor`.
+
+  Per epoch: the order of all example indices is a permutation seeded by (seed, epoch) (stored
+  order without shuffle); host h takes positions h, h + H, ...; training drops the remainder
+  (every host gets floor(E / H) // batch_size batches); `pad_final_batch` keeps every example
+  and pads every host to ceil(ceil(E / H) / batch_size) batches of rows with example_index -1.
+  Indices are read in chunks (`processor.read`), processed one by one (`processor(item)`), then
+  batched. The whole order is a function of (seed, epoch): a resume slices the index list.
+  """
+  process_index, process_count = resolve_hosts(process_index, process_count)
+  per_epoch = batches_per_epoch(num_examples, process_count, batch_size, pad_final_batch, where)
+
+  def make_dataset(start_epoch: int, start_batch: int) -> tf.data.Dataset:
+    def epoch_indices(epoch):
+      host = host_example_order(
+          epoch, num_examples=num_examples, seed=seed, shuffle=shuffle,
+          process_index=process_index, process_count=process_count,
+          num_rows=per_epoch * batch_size)
+      start = tf.where(epoch == start_epoch, start_batch * batch_size, 0)
+      host = host[tf.cast(start, tf.int32):]
+      return tf.data.Dataset.from_tensor_slices(
+          {'epoch': tf.fill(tf.shape(host), epoch), 'example_index': host})
+
+    epochs = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max if repeat else 1)
+    ds = epochs.flat_map(epoch_indices).batch(READ_CHUNK).map(processor.read)
+    ds = ds.unbatch().map(processor, num_parallel_calls=num_parallel_calls)
+    ds = ds.batch(batch_size, drop_remainder=True).prefetch(2)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options)
+
+  fingerprint = {**fingerprint, 'seed': seed, 'shuffle': shuffle, 'num_examples': num_examples,
+                 'batch_size': batch_size, 'process_index': process_index,
+                 'process_count': process_count, 'pad_final_batch': pad_final_batch}
+  return ResumableIterator(make_dataset, batches_per_epoch=per_epoch, fingerprint=fingerprint)

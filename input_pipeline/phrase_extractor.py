@@ -22,9 +22,14 @@ Tuples are returned in order of discovery without duplicates: objects and attrib
 phrase as it closes, relations when their object closes.
 """
 
+import json
 import re
+import sys
 from typing import Optional, Sequence
 
+from absl import flags
+
+from input_pipeline import cli
 from input_pipeline.shapesworld import generate
 
 DETERMINERS = frozenset('a an the this that these those some another each every his her its '
@@ -275,6 +280,37 @@ def evaluate_on_shapesworld(num_captions: int = 2000, seed: int = 0) -> dict:
   return {'captions': len(gold), 'precision': precision, 'recall': recall}
 
 
+def _define(v: flags.FlagValues) -> None:
+  flags.DEFINE_multi_string('text', None, 'a caption to extract phrases from (repeatable)',
+                            flag_values=v)
+  flags.DEFINE_string('input', None, 'a file of captions, one a line', flag_values=v)
+  flags.DEFINE_bool('evaluate', False, 'measure precision / recall on ShapesWorld captions',
+                    flag_values=v)
+  flags.DEFINE_integer('num_captions', 2000, 'captions of the evaluation', flag_values=v)
+  flags.DEFINE_integer('seed', 0, 'ShapesWorld seed of the evaluation', flag_values=v)
+
+
+def _run(a: flags.FlagValues) -> int:
+  """Prints one JSON line {"text", "phrases"} per caption, and/or the evaluation."""
+  texts = list(a.text or [])
+  if a.input:
+    with open(a.input, encoding='utf-8') as f:
+      texts += [line.strip() for line in f if line.strip()]
+  if not texts and not a.evaluate:
+    print('nothing to do: give --text, --input or --evaluate', file=sys.stderr)
+    return 2
+  for text in texts:
+    print(json.dumps({'text': text, 'phrases': [list(p) for p in extract_phrases(text)]}))
+  if a.evaluate:
+    print(json.dumps(evaluate_on_shapesworld(a.num_captions, a.seed)))
+  return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """python -m input_pipeline.phrase_extractor --text="a man riding a brown horse" """
+  return cli.run('python -m input_pipeline.phrase_extractor', argv, _define, _run,
+                 what='phrase extraction')
+
+
 if __name__ == '__main__':
-  # python -m input_pipeline.phrase_extractor
-  print(evaluate_on_shapesworld())
+  sys.exit(main())

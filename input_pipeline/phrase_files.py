@@ -11,6 +11,10 @@ object). Every format below becomes a `PhraseTable`, `{(image_id, k): [tuple of 
   flickr  fk_sg.pt: {image_id: [[['man', 'ride', 'horse'], ['dog'], ...] for each caption]}.
   ve      SNLI-VE {split}_sgs.json: [[tuples, pairID], ...], one hypothesis each: key (pairID, 0).
   re      RE re_sg_{split}.json: SPICE output whose image_id is the example id: key (id, 0).
+  processed  tools/phrase_parse.sh's `processed_*.json`: [{"image_id", "text", "phrases"}]. It
+          names each caption by its text, so it is keyed (image_id, text_key(text)) and joined by
+          text: captions re-ordered after parsing still get their own phrases. The formats above
+          name a caption only by its index k and cannot detect such a re-ordering.
 
 Containers: `.json`, `.pkl`/`.pickle` (pickle runs code from the file: trusted files only) and
 `.pt`, loaded with `torch.load(weights_only=True)` when torch is importable. torch is imported only
@@ -18,15 +22,15 @@ when a `.pt` file is read, never by importing this module.
 VQA's `*_sg_tuples.json` hold concept ids, not tuples, and are not a phrase file.
 """
 
-import json
 import os
-import pickle
 from typing import Any
+
+from input_pipeline import jsonio
 
 PhraseTuple = tuple[str, ...]
 PhraseTable = dict[tuple[str, int], list[PhraseTuple]]
 
-FORMATS = ('spice', 'coco', 'flickr', 've', 're')
+FORMATS = ('spice', 'coco', 'flickr', 've', 're', 'processed')
 MAX_TUPLE_LEN = 3
 
 
@@ -60,25 +64,8 @@ def normalize_tuples(values: Any, where: str, *, joined: bool = False) -> list[P
 
 
 def load_container(path: str) -> Any:
-  """The Python object stored in a .json, .pkl/.pickle or .pt file."""
-  path = os.fspath(path)
-  extension = os.path.splitext(path)[1].lower()
-  if extension == '.pt':
-    try:
-      import torch  # pylint: disable=import-outside-toplevel
-    except ImportError as e:
-      raise PhraseFileError(
-          f'{path}: reading a .pt file needs torch, which is not installed; install it or '
-          'convert the file to JSON or pickle once elsewhere') from e
-    return torch.load(path, map_location='cpu', weights_only=True)
-  if extension in ('.pkl', '.pickle'):
-    with open(path, 'rb') as f:
-      return pickle.load(f)
-  with open(path, 'rb') as f:
-    try:
-      return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise PhraseFileError(f'{path}: not valid JSON ({e})') from e
+  """The Python object stored in a .json, .pkl/.pickle or .pt file (jsonio.load_container)."""
+  return jsonio.load_container(path, PhraseFileError)
 
 
 def _add(table: PhraseTable, key: tuple[str, int], phrases: list[PhraseTuple], where: str):
@@ -130,6 +117,29 @@ def parse_caption_lists(data: Any, path: str, *, joined: bool) -> PhraseTable:
   return table
 
 
+def text_key(text: str) -> str:
+  """How a caption's text identifies it: lower-cased, whitespace collapsed."""
+  return ' '.join(str(text).lower().split())
+
+
+def parse_processed(data: Any, path: str) -> dict:
+  """[{"image_id", "text", "phrases"}] -> {(image_id, text_key(text)): phrases}."""
+  if not isinstance(data, list):
+    raise PhraseFileError(f'{path}: expected a list of {{"image_id", "text", "phrases"}}')
+  table = {}
+  for i, entry in enumerate(data):
+    where = f'{path}: entry {i}'
+    if not isinstance(entry, dict) or not {'image_id', 'text', 'phrases'} <= set(entry):
+      raise PhraseFileError(f'{where}: expected a dict with "image_id", "text" and "phrases"')
+    key = (str(entry['image_id']), text_key(entry['text']))
+    phrases = normalize_tuples(entry['phrases'], where)
+    if key in table and table[key] != phrases:
+      raise PhraseFileError(f'{where}: image {key[0]!r} has the caption {entry["text"]!r} twice '
+                            'with different phrases')
+    table[key] = phrases
+  return table
+
+
 def parse_ve(data: Any, path: str) -> PhraseTable:
   """SNLI-VE [(tuples, pairID), ...]: key (str(pairID), 0)."""
   if not isinstance(data, list):
@@ -151,6 +161,8 @@ def detect_format(data: Any, path: str) -> str:
   if isinstance(data, list) and data:
     if isinstance(data[0], dict) and 'test_tuples' in data[0]:
       return 'spice'
+    if isinstance(data[0], dict) and {'text', 'phrases'} <= set(data[0]):
+      return 'processed'
     if isinstance(data[0], (list, tuple)) and len(data[0]) == 2:
       return 've'
   if isinstance(data, dict):
@@ -175,4 +187,6 @@ def load_phrase_file(path: str, fmt: str = 'auto') -> PhraseTable:
     return parse_spice(data, path, split_caption_index=False)
   if fmt == 've':
     return parse_ve(data, path)
+  if fmt == 'processed':
+    return parse_processed(data, path)
   return parse_caption_lists(data, path, joined=fmt == 'coco')

@@ -6,7 +6,7 @@ Layout of a dataset directory:
   directory/id2phrase.json         concept vocabulary     }
   directory/<split>/               one TFDS dataset folder per split (dataset_info.json,
                                    features.json, <name>-<split>.array_record-XXXXX-of-YYYYY,
-                                   captions_per_image.npy)
+                                   captions_per_image.npy, regions_per_image.npy)
 A split is written into a hidden temporary folder and renamed into place only once complete, so a
 split folder that exists is always whole. array_record gives random access by image index, which
 the pre-training pipeline uses to read examples in any order and to resume cheaply.
@@ -26,12 +26,14 @@ import tensorflow_datasets as tfds
 
 from input_pipeline import concepts
 from input_pipeline import features as features_lib
+from input_pipeline import jsonio
 from input_pipeline import tokenizers
 
 DATASET_NAME = 'mvp_records'
 METADATA_FILE = 'metadata.json'
 CONCEPTS_FILE = 'id2phrase.json'
 CAPTIONS_FILE = 'captions_per_image.npy'
+REGIONS_FILE = 'regions_per_image.npy'
 _FILE_TEMPLATE = '{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}'
 _WRITER_OPTIONS = 'group_size:1,uncompressed'  # group_size 1: cheap random access.
 
@@ -94,6 +96,9 @@ def validate_record(record: Mapping[str, Any], index: int,
     fail(f'region_features has width {dim}, expected {feature_dim or ">= 6"}.')
   if not np.all(np.isfinite(feats)):
     fail('region_features contains NaN or Inf.')
+  if feats.size and np.abs(feats).max() > features_lib.MAX_ABS_FEATURE:
+    fail(f'region_features holds |value| {np.abs(feats).max():.3g}, beyond '
+         f'{features_lib.MAX_ABS_FEATURE:g}: such values overflow in training; rescale them.')
   boxes = record['boxes']
   if not isinstance(boxes, np.ndarray) or boxes.dtype != np.float32 or boxes.shape != (
       num_regions, 4):
@@ -147,8 +152,8 @@ def write_dataset(records: Iterable[Mapping[str, Any]], directory: str, split: s
   tmp = os.path.join(directory, f'.{split}.incomplete-{uuid.uuid4().hex}')
   os.makedirs(tmp)
   try:
-    dim, shard_lengths, num_bytes, captions = _write_shards(records, tmp, split,
-                                                            records_per_shard)
+    dim, shard_lengths, num_bytes, captions, regions = _write_shards(records, tmp, split,
+                                                                     records_per_shard)
     merged = _merged_metadata(directory, {**metadata, 'region_feature_dim': dim})
     template = tfds.core.ShardedFileTemplate(
         data_dir=tmp, template=_FILE_TEMPLATE, dataset_name=DATASET_NAME, split=split,
@@ -157,12 +162,14 @@ def write_dataset(records: Iterable[Mapping[str, Any]], directory: str, split: s
       os.rename(os.path.join(tmp, f'shard-{i}'),
                 template.sharded_filepath(shard_index=i, num_shards=len(shard_lengths)))
     np.save(os.path.join(tmp, CAPTIONS_FILE), np.asarray(captions, np.int32))
+    np.save(os.path.join(tmp, REGIONS_FILE), np.asarray(regions, np.int32))
     tfds.folder_dataset.write_metadata(
         data_dir=tmp, features=record_features(dim), filename_template=template,
         split_infos=[tfds.core.SplitInfo(name=split, shard_lengths=shard_lengths,
                                          num_bytes=num_bytes, filename_template=template)],
         check_data=False, version='1.0.0', description='mvp-jax image records.')
-    _write_json_atomically(merged, os.path.join(directory, METADATA_FILE))
+    jsonio.write_json_atomically(merged, os.path.join(directory, METADATA_FILE),
+                                sort_keys=True)
     if os.path.exists(final):
       old = os.path.join(directory, f'.{split}.replaced-{uuid.uuid4().hex}')
       os.rename(final, old)
@@ -177,9 +184,10 @@ def write_dataset(records: Iterable[Mapping[str, Any]], directory: str, split: s
 
 
 def _write_shards(records, tmp, split, records_per_shard):
-  """Writes validated records into tmp/shard-<i>; returns (dim, shard lengths, bytes, captions)."""
+  """Writes validated records into tmp/shard-<i>; returns (dim, shard lengths, bytes, captions
+  per image, regions per image)."""
   dim, spec, writer = None, None, None
-  shard_lengths, num_bytes, captions, seen = [], 0, [], set()
+  shard_lengths, num_bytes, captions, regions, seen = [], 0, [], [], set()
   for index, record in enumerate(records):
     example = validate_record(record, index, dim)
     if example['image_id'] in seen:
@@ -198,6 +206,7 @@ def _write_shards(records, tmp, split, records_per_shard):
     num_bytes += len(serialized)
     shard_lengths[-1] += 1
     captions.append(len(example['captions']))
+    regions.append(len(example['tags']))
     if shard_lengths[-1] == records_per_shard:
       writer.close()
       writer = None
@@ -205,7 +214,7 @@ def _write_shards(records, tmp, split, records_per_shard):
     writer.close()
   if not captions:
     raise ValueError(f'split {split!r}: no records to write.')
-  return dim, shard_lengths, num_bytes, captions
+  return dim, shard_lengths, num_bytes, captions, regions
 
 
 class RecordSource:
@@ -228,10 +237,23 @@ class RecordSource:
     if len(self.captions_per_image) != self.num_images:
       raise ValueError(f'{path}: {CAPTIONS_FILE} lists {len(self.captions_per_image)} images, '
                        f'the shards hold {self.num_images}.')
+    self._path = path
     self.features = builder.info.features
     self.feature_dim = self.features['region_features'].shape[-1]
     self._source = array_record_data_source.ArrayRecordDataSource(
         [os.fspath(p) for p in info.filepaths])
+
+  def regions_per_image(self) -> np.ndarray:
+    """int64 [num_images]: regions of each record (stored at write time; counted by reading
+    every record for splits written before that file existed)."""
+    path = os.path.join(self._path, REGIONS_FILE)
+    if os.path.exists(path):
+      return np.load(path).astype(np.int64)
+    counts = []
+    for start in range(0, self.num_images, 256):
+      for data in self.read(np.arange(start, min(start + 256, self.num_images))):
+        counts.append(len(self.features.deserialize_example_np(data)['tags']))
+    return np.asarray(counts, np.int64)
 
   def read(self, indices: np.ndarray) -> np.ndarray:
     """Serialized records: int [K] -> object (bytes) [K]."""
@@ -304,13 +326,6 @@ def _merged_metadata(directory: str, new: Mapping[str, Any]) -> dict[str, Any]:
     raise ValueError(f'{path}: metadata of this split disagrees with the stored one '
                      f'(key: (stored, new)): {clashes}.')
   return {**old, **new}
-
-
-def _write_json_atomically(value: Any, path: str) -> None:
-  tmp = f'{path}.tmp-{uuid.uuid4().hex}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(value, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
 
 
 def _is_str_list(value: Any) -> bool:

@@ -12,14 +12,15 @@ uncased. `write_vocab` writes a compact WordPiece vocab.txt from a known word li
 import io
 import os
 import re
-from typing import Iterable, Sequence
+import sys
+from typing import Iterable, Optional, Sequence
 
-from absl import app
 from absl import flags
 import sentencepiece
 import tensorflow as tf
 from tensorflow_text.tools.wordpiece_vocab import bert_vocab_from_dataset
 
+from input_pipeline import cli
 from input_pipeline import tokenizers
 
 SPECIAL_TOKENS = tuple(tokenizers.BERT_SPECIAL_TOKENS[r] for r in tokenizers.SPECIAL_ROLES)
@@ -86,23 +87,30 @@ def _makedirs_for(path: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
 
 
-_CORPUS = flags.DEFINE_string('corpus', None, 'Caption file, one caption per line.')
-_KIND = flags.DEFINE_enum('kind', 'wordpiece', ['wordpiece', 'sentencepiece'], 'Tokenizer kind.')
-_VOCAB_SIZE = flags.DEFINE_integer('vocab_size', 8000, 'Target vocabulary size.')
-_OUT = flags.DEFINE_string('out', None, 'Output vocab.txt (wordpiece) or .model file.')
+def _define(v: flags.FlagValues) -> None:
+  flags.DEFINE_string('corpus', None, 'Caption file, one caption per line.', flag_values=v)
+  flags.DEFINE_enum('kind', 'wordpiece', ['wordpiece', 'sentencepiece'], 'Tokenizer kind.',
+                    flag_values=v)
+  flags.DEFINE_integer('vocab_size', 8000, 'Target vocabulary size.', flag_values=v)
+  flags.DEFINE_string('out', None, 'Output vocab.txt (wordpiece) or .model file.',
+                      flag_values=v)
 
 
-def main(argv: Sequence[str]) -> None:
-  del argv
-  captions = read_corpus(_CORPUS.value)
-  if _KIND.value == 'wordpiece':
-    train_wordpiece(captions, _VOCAB_SIZE.value, _OUT.value)
+def _run(a: flags.FlagValues) -> int:
+  captions = read_corpus(a.corpus)
+  if a.kind == 'wordpiece':
+    train_wordpiece(captions, a.vocab_size, a.out)
   else:
-    train_sentencepiece(captions, _VOCAB_SIZE.value, _OUT.value)
-  tokenizer = tokenizers.load_tokenizer(_OUT.value)
-  print(f'Wrote {_OUT.value}: {tokenizer.vocab_size} tokens.')
+    train_sentencepiece(captions, a.vocab_size, a.out)
+  tokenizer = tokenizers.load_tokenizer(a.out)
+  print(f'Wrote {a.out}: {tokenizer.vocab_size} tokens.')
+  return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  return cli.run('python -m input_pipeline.train_vocab', argv, _define, _run,
+                 required=('corpus', 'out'), what='training the vocabulary')
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['corpus', 'out'])
-  app.run(main)
+  sys.exit(main())

@@ -11,6 +11,11 @@ Inputs (spec §5.1):
                    "predictions": [class, ...]}` (tools/img_feat_extract.py). It stores no image
                    size, so its records have image_size (1, 1) and boxes in unit coordinates.
 
+  sgb variant      a scene_graph_benchmark predictions.tsv whose objects carry their RoI
+                   "feature" (base64 float32 [2048], TEST.OUTPUT_FEATURE True): no features.tsv.
+  .pt variant      Oscar's Flickr `{split}_img_frcnn_feats.pt` {image_id: float [N, 2054]} with
+                   optional `{split}_{type}_labels.pt` tags (torch is imported only for it).
+
 Captions ({image id: [caption]}) and phrases are read by input_pipeline/import_vinvl.py.
 
 Rows are joined to captions strictly by image id, never by row order; every seek is checked
@@ -20,272 +25,19 @@ against the id in the row. A bad row or image becomes a problem in the `ImportRe
 
 import base64
 import binascii
-import collections
 import dataclasses
 import json
-import os
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
 from input_pipeline import features as features_lib
+from input_pipeline import jsonio
+from input_pipeline.import_report import ImportReport
 from input_pipeline.region_features import box_features
-
-ROI_DIM = 2048
-BOX_DIMS = features_lib.NUM_BOX_DIMS
-
-# Kinds of problem; each one drops a row or an image.
-PROBLEM_KINDS = (
-    'bad_row',             # not tab-separated as expected, or not UTF-8
-    'bad_image_id',        # an id that the id normalisation cannot parse
-    'bad_base64',          # feature field is not valid base64
-    'bad_length',          # byte count not float32 [num_boxes, D] with D in {2048, 2054}
-    'non_finite',          # NaN or Inf in the features
-    'box_mismatch',        # stored box dims differ from the rects / image size
-    'bad_json',            # predictions or extract row is not a JSON object
-    'bad_prediction',      # objects / rects / classes malformed
-    'missing_image_size',  # no positive image_h / image_w
-    'box_count_mismatch',  # number of objects != number of feature rows
-    'duplicate_id',        # a second row (or caption entry) for an image already seen
-    'bad_index',           # .lineidx / imageid2idx.json unreadable or pointing at the wrong row
-    'bad_caption',         # caption entry malformed
-    'missing_predictions', # captioned image without a predictions row
-    'missing_features',    # captioned image without a features row
-)
-
-
-class VinvlImportError(ValueError):
-  """The import stopped: a problem under on_error='raise', or too many problems."""
-
-
-class RowError(ValueError):
-  """One bad row or entry; `kind` is one of PROBLEM_KINDS."""
-
-  def __init__(self, kind: str, detail: str):
-    super().__init__(f'{kind}: {detail}')
-    self.kind = kind
-    self.detail = detail
-
-
-@dataclasses.dataclass
-class ImportReport:
-  """Problem and warning counts, statistics and the first `max_messages` messages of an import.
-
-  `problem()` raises VinvlImportError at once when on_error == 'raise'.
-  """
-  on_error: str = 'skip'
-  max_messages: int = 20
-  problems: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-  warnings: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-  stats: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-  messages: list = dataclasses.field(default_factory=list)
-
-  def __post_init__(self):
-    if self.on_error not in ('skip', 'raise'):
-      raise ValueError(f"on_error must be 'skip' or 'raise', got {self.on_error!r}")
-
-  def problem(self, kind: str, where: str, detail: str):
-    assert kind in PROBLEM_KINDS, kind
-    self.problems[kind] += 1
-    message = f'{where}: {kind}: {detail}'
-    self._keep(message)
-    if self.on_error == 'raise':
-      raise VinvlImportError(message)
-
-  def warning(self, kind: str, where: str, detail: str):
-    self.warnings[kind] += 1
-    self._keep(f'{where}: warning {kind}: {detail}')
-
-  def _keep(self, message: str):
-    if len(self.messages) < self.max_messages:
-      self.messages.append(message)
-
-  @property
-  def dropped_fraction(self) -> float:
-    """Fraction of captioned images that did not become a record."""
-    wanted = self.stats['caption_images']
-    return (wanted - self.stats['records']) / wanted if wanted else 0.0
-
-  def to_dict(self) -> dict:
-    return {'problems': dict(self.problems), 'warnings': dict(self.warnings),
-            'stats': dict(self.stats), 'dropped_fraction': self.dropped_fraction,
-            'messages': list(self.messages)}
-
-  def summary(self) -> str:
-    lines = [f'{self.stats["records"]} records from {self.stats["caption_images"]} captioned '
-             f'images ({self.dropped_fraction:.2%} dropped)']
-    for title, counts in (('problems', self.problems), ('warnings', self.warnings)):
-      if counts:
-        lines.append(f'{title}: ' + ', '.join(f'{k}={v}' for k, v in sorted(counts.items())))
-    lines.extend('  ' + m for m in self.messages)
-    return '\n'.join(lines)
-
-
-@dataclasses.dataclass(frozen=True)
-class VinvlOptions:
-  """How rows become records.
-
-  feature_dim: D of the stored region features; inputs of D - 6 dims get the box appended.
-  prefer_gt_objects: tags from "gt_objects" when present and one per region (use_gtlabels=1).
-  verify_boxes: check that stored box dims match the rects and image size within box_atol.
-  use_index: seek with .lineidx + imageid2idx.json when both exist, else read in file order.
-  normalize_ids: key every id as str(int(k.split('_')[-1])), as the authors' VQA/VE/RE code.
-  """
-  feature_dim: int = ROI_DIM + BOX_DIMS
-  prefer_gt_objects: bool = False
-  verify_boxes: bool = True
-  box_atol: float = 1e-3
-  use_index: bool = True
-  normalize_ids: bool = False
-
-  def image_id(self, raw: Any) -> str:
-    raw = str(raw).strip()
-    if not self.normalize_ids:
-      return raw
-    try:
-      return str(int(raw.split('_')[-1]))
-    except ValueError:
-      raise RowError('bad_image_id', f'cannot normalise image id {raw!r}') from None
-
-
-class TsvFile:
-  """A tab-separated file read as bytes, with `.lineidx` random access when it exists."""
-
-  def __init__(self, path: str):
-    self.path = os.fspath(path)
-    self.lineidx_path = os.path.splitext(self.path)[0] + '.lineidx'
-    self._offsets: Optional[list[int]] = None
-    self._file: Optional[BinaryIO] = None
-
-  def rows(self) -> Iterator[tuple[int, bytes]]:
-    """Yields (1-based line number, raw line) for every non-blank line."""
-    with open(self.path, 'rb') as f:
-      for line_no, line in enumerate(f, 1):
-        if line.strip():
-          yield line_no, line
-
-  def load_offsets(self) -> list[int]:
-    """The .lineidx byte offsets; RowError('bad_index') when they are not increasing ints."""
-    if self._offsets is None:
-      try:
-        with open(self.lineidx_path, 'rb') as f:
-          offsets = [int(line) for line in f if line.strip()]
-      except ValueError:
-        raise RowError('bad_index', f'{self.lineidx_path} holds a non-integer offset') from None
-      if any(b <= a for a, b in zip(offsets, offsets[1:])) or (offsets and offsets[0] < 0):
-        raise RowError('bad_index', f'{self.lineidx_path} offsets are not increasing')
-      self._offsets = offsets
-    return self._offsets
-
-  def seek(self, row: int) -> tuple[int, bytes]:
-    """(1-based line number, raw line) of 0-based `row`, found through the .lineidx offsets."""
-    offsets = self.load_offsets()
-    if not 0 <= row < len(offsets):
-      raise RowError('bad_index', f'row {row} is not among the {len(offsets)} rows '
-                     f'of {self.lineidx_path}')
-    if self._file is None:
-      self._file = open(self.path, 'rb')  # pylint: disable=consider-using-with
-    self._file.seek(offsets[row])
-    return row + 1, self._file.readline()
-
-  def close(self):
-    if self._file is not None:
-      self._file.close()
-      self._file = None
-
-
-def split_fields(line: bytes, num_fields: int, maxsplit: int = -1) -> list[str]:
-  """The stripped tab-separated fields of a line, which must number `num_fields`."""
-  try:
-    fields = [field.decode('utf-8').strip() for field in line.split(b'\t', maxsplit)]
-  except UnicodeDecodeError as e:
-    raise RowError('bad_row', f'not UTF-8 ({e})') from None
-  if len(fields) != num_fields:
-    raise RowError('bad_row', f'expected {num_fields} tab-separated fields, got {len(fields)}')
-  return fields
-
-
-def load_image_index(path: str, options: VinvlOptions) -> dict[str, int]:
-  """imageid2idx.json as {image id: row}; RowError('bad_index') if unusable or ambiguous."""
-  def no_duplicates(pairs):
-    keys = [options.image_id(k) for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-      raise RowError('bad_index', 'an image id appears twice')
-    return dict(zip(keys, (v for _, v in pairs)))
-  try:
-    with open(path, 'rb') as f:
-      index = json.load(f, object_pairs_hook=no_duplicates)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise RowError('bad_index', f'not valid JSON ({e})') from None
-  except RowError as e:
-    raise RowError('bad_index', e.detail) from None
-  if not isinstance(index, dict) or not all(isinstance(v, int) for v in index.values()):
-    raise RowError('bad_index', 'expected a JSON object of image id -> row number')
-  return index
-
-
-def rows_by_id(tsv: TsvFile, wanted: Iterable[str], num_fields: int, report: ImportReport,
-               options: VinvlOptions, index: Optional[dict[str, int]] = None,
-               seen: Optional[set] = None) -> Iterator[tuple[str, str, list[str]]]:
-  """Yields (image id, 'path:line', fields) of the first row of each wanted image.
-
-  With `index` the rows are sought in the order of `wanted` and the id in each row is checked;
-  without it the file is read in order. Bad rows are reported, not yielded. `seen` collects the
-  wanted ids that have a row (good or bad), so that the caller can tell missing from bad.
-  """
-  seen = set() if seen is None else seen
-  if index is not None:
-    for image_id in wanted:
-      if image_id not in index:
-        continue
-      seen.add(image_id)
-      where = f'{tsv.path}:{index[image_id] + 1}'
-      try:
-        _, line = tsv.seek(index[image_id])
-        fields = split_fields(line, num_fields)
-        if options.image_id(fields[0]) != image_id:
-          raise RowError('bad_index', f'imageid2idx.json points {image_id!r} to the row of '
-                         f'{fields[0]!r}')
-      except RowError as e:
-        report.problem(e.kind, where, e.detail)
-        continue
-      yield image_id, where, fields
-    return
-  wanted = set(wanted)
-  for line_no, line in tsv.rows():
-    where = f'{tsv.path}:{line_no}'
-    try:
-      # Only the id is parsed before the row is known to be wanted: rows of other images are
-      # skipped unchecked (and cheaply).
-      image_id = options.image_id(split_fields(line, 2, maxsplit=1)[0])
-      if image_id not in wanted:
-        report.stats['rows_without_captions'] += 1
-        continue
-      fields = split_fields(line, num_fields)
-    except RowError as e:
-      report.problem(e.kind, where, e.detail)
-      continue
-    if image_id in seen:
-      report.problem('duplicate_id', where, f'second row for image {image_id!r}; the first '
-                     'one is kept')
-    else:
-      seen.add(image_id)
-      yield image_id, where, fields
-
-
-def open_index(tsv: TsvFile, report: ImportReport,
-               options: VinvlOptions) -> Optional[dict[str, int]]:
-  """The imageid2idx.json beside `tsv` when it and the .lineidx can be used, else None."""
-  index_path = os.path.join(os.path.dirname(os.path.abspath(tsv.path)), 'imageid2idx.json')
-  if not (options.use_index and os.path.isfile(index_path)
-          and os.path.isfile(tsv.lineidx_path)):
-    return None
-  try:
-    tsv.load_offsets()
-    return load_image_index(index_path, options)
-  except RowError as e:
-    report.problem(e.kind, index_path, f'{e.detail}; reading {tsv.path} in file order instead')
-    return None
+from input_pipeline.vinvl_rows import BOX_DIMS, RowError, TsvFile, VinvlImportError, VinvlOptions
+from input_pipeline.vinvl_rows import open_index
+from input_pipeline.vinvl_rows import rows_by_id
 
 
 def decode_features(encoded: str, num_boxes: int) -> np.ndarray:
@@ -303,7 +55,18 @@ def decode_features(encoded: str, num_boxes: int) -> np.ndarray:
   if not np.isfinite(features).all():
     bad_boxes = np.flatnonzero(~np.isfinite(features).all(axis=1))
     raise RowError('non_finite', f'NaN/Inf in boxes {bad_boxes[:5].tolist()}')
+  check_magnitude(features)
   return features
+
+
+def check_magnitude(features: np.ndarray) -> None:
+  """RowError('absurd_value') for finite values beyond features.MAX_ABS_FEATURE (e.g. 3e38): they
+  overflow in the first layer and stop training far from the record that holds them."""
+  big = np.abs(features) > features_lib.MAX_ABS_FEATURE
+  if big.any():
+    rows = np.flatnonzero(big.any(axis=1))
+    raise RowError('absurd_value', f'|value| up to {np.abs(features).max():.3g} (limit '
+                   f'{features_lib.MAX_ABS_FEATURE:g}) in boxes {rows[:5].tolist()}')
 
 
 def with_box_features(raw: np.ndarray, boxes6: np.ndarray, options: VinvlOptions) -> np.ndarray:
@@ -360,7 +123,11 @@ def _json_object(text: str) -> dict:
 
 def parse_prediction(text: str) -> Prediction:
   """Parses the JSON field of a predictions.tsv row."""
-  data = _json_object(text)
+  return prediction_from(_json_object(text))
+
+
+def prediction_from(data: dict) -> Prediction:
+  """The Prediction of a predictions.tsv row's decoded JSON object."""
   size = [data.get('image_h'), data.get('image_w')]
   if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in size):
     raise RowError('missing_image_size', f'image_h={size[0]!r}, image_w={size[1]!r}')
@@ -479,18 +246,118 @@ def parse_extract_row(text: str, options: VinvlOptions) -> tuple[np.ndarray, lis
 def iter_extract_records(path: str, captions: dict[str, list], phrases_for: PhrasesFor,
                          report: ImportReport, options: VinvlOptions) -> Iterator[dict]:
   """Image records from a tools/img_feat_extract.py file (image_size (1, 1), unit boxes)."""
+  def parse(text):
+    features, tags = parse_extract_row(text, options)
+    return (1, 1), features, features[:, -BOX_DIMS:-2], tags
+  return _single_file_records(path, captions, phrases_for, report, options, parse)
+
+
+def _single_file_records(path: str, captions: dict[str, list], phrases_for: PhrasesFor,
+                         report: ImportReport, options: VinvlOptions,
+                         parse: Callable[[str], tuple]) -> Iterator[dict]:
+  """Records of a file of `id \t json` rows holding features and tags together; `parse(json)`
+  gives (image_size, region_features, boxes, tags) or raises RowError."""
   tsv, seen = TsvFile(path), set()
   index = open_index(tsv, report, options)
   try:
     for image_id, where, fields in rows_by_id(tsv, captions, 2, report, options, index, seen):
       try:
-        features, tags = parse_extract_row(fields[1], options)
+        size, region_features, boxes, tags = parse(fields[1])
       except RowError as e:
         report.problem(e.kind, where, e.detail)
         continue
       report.stats['records'] += 1
-      yield make_record(image_id, (1, 1), features, features[:, -BOX_DIMS:-2], tags,
-                        captions[image_id], _phrases(image_id, captions[image_id], phrases_for))
+      yield make_record(image_id, size, region_features, boxes, tags, captions[image_id],
+                        _phrases(image_id, captions[image_id], phrases_for))
   finally:
     tsv.close()
   _report_missing(captions, seen, 'missing_features', path, report)
+
+
+def parse_sgb_row(text: str, options: VinvlOptions) -> tuple[Prediction, np.ndarray]:
+  """(Prediction, region features [N, feature_dim]) of a scene_graph_benchmark predictions.tsv
+  row whose objects carry their RoI feature (`"feature": base64(float32 [2048])`, written with
+  TEST.OUTPUT_FEATURE True): the route the authors give for new images."""
+  data = _json_object(text)
+  prediction = prediction_from(data)
+  rows = []
+  for i, obj in enumerate(data['objects']):
+    if not isinstance(obj.get('feature'), str):
+      raise RowError('bad_prediction', f'objects[{i}] has no base64 "feature" (run '
+                     'scene_graph_benchmark with TEST.OUTPUT_FEATURE True)')
+    rows.append(decode_features(obj['feature'], 1))
+  if not rows:
+    raise RowError('bad_prediction', 'no objects')
+  raw = np.concatenate(rows, axis=0)
+  boxes6 = box_features(prediction.rects, prediction.image_h, prediction.image_w)
+  return prediction, with_box_features(raw, boxes6, options)
+
+
+def iter_sgb_records(path: str, captions: dict[str, list], phrases_for: PhrasesFor,
+                     report: ImportReport, options: VinvlOptions) -> Iterator[dict]:
+  """Image records from one scene_graph_benchmark predictions.tsv with per-object features."""
+  def parse(text):
+    prediction, region_features = parse_sgb_row(text, options)
+    return ((prediction.image_h, prediction.image_w), region_features, prediction.rects,
+            _tags(prediction, report, options))
+  return _single_file_records(path, captions, phrases_for, report, options, parse)
+
+
+def _pt_labels(value: Any, num_regions: int) -> list:
+  """Tags of one image of Oscar's `{split}_{type}_labels.pt`: a list of {"class"} (one per
+  region) or a space-separated string of one class per region."""
+  if isinstance(value, str):
+    tags = value.split()
+  elif isinstance(value, list) and all(isinstance(v, dict) and isinstance(v.get('class'), str)
+                                       for v in value):
+    tags = [v['class'] for v in value]
+  else:
+    raise RowError('bad_prediction', 'labels must be a list of {"class"} or a string')
+  if len(tags) != num_regions:
+    raise RowError('box_count_mismatch', f'{len(tags)} labels for {num_regions} regions')
+  return tags
+
+
+def iter_pt_records(path: str, labels_path: Optional[str], captions: dict[str, list],
+                    phrases_for: PhrasesFor, report: ImportReport,
+                    options: VinvlOptions) -> Iterator[dict]:
+  """Image records from Oscar's Flickr `{split}_img_frcnn_feats.pt`, {image_id: float [N, D]}
+  with the normalised box in the last 6 dims (image_size (1, 1), unit boxes), tags from the
+  `{split}_{type}_labels.pt` beside it when given (else empty tags)."""
+  table = jsonio.load_container(path, VinvlImportError)
+  if not isinstance(table, dict):
+    raise VinvlImportError(f'{path}: a {type(table).__name__}; expected Oscar\'s '
+                           '{split}_img_frcnn_feats.pt, a dict {image_id: float tensor [N, D]}')
+  labels = jsonio.load_container(labels_path, VinvlImportError) if labels_path else None
+  if labels is not None and not isinstance(labels, dict):
+    raise VinvlImportError(f'{labels_path}: expected a dict {{image_id: labels}}')
+  by_id = {}
+  for raw_id, value in table.items():
+    try:
+      by_id.setdefault(options.image_id(raw_id), (raw_id, value))
+    except RowError as e:
+      report.problem(e.kind, f'{path}: image {raw_id!r}', e.detail)
+  label_ids = {options.image_id(k): v for k, v in labels.items()} if labels else {}
+  for image_id in captions:
+    if image_id not in by_id:
+      report.problem('missing_features', path, f'no entry for captioned image {image_id!r}')
+      continue
+    raw_id, value = by_id[image_id]
+    where = f'{path}: image {raw_id!r}'
+    try:
+      features = np.asarray(value.numpy() if hasattr(value, 'numpy') else value, np.float32)
+      if features.ndim != 2 or features.shape[1] != options.feature_dim:
+        raise RowError('bad_length', f'features of shape {list(features.shape)}; expected '
+                       f'[N, {options.feature_dim}] with the box in the last {BOX_DIMS} dims')
+      if not np.isfinite(features).all():
+        raise RowError('non_finite', 'NaN/Inf in the features')
+      check_magnitude(features)
+      with_box_features(features, box_features(features[:, -BOX_DIMS:-2], 1.0, 1.0), options)
+      tags = ([''] * len(features) if labels is None
+              else _pt_labels(label_ids.get(image_id, ''), len(features)))
+    except RowError as e:
+      report.problem(e.kind, where, e.detail)
+      continue
+    report.stats['records'] += 1
+    yield make_record(image_id, (1, 1), features.copy(), features[:, -BOX_DIMS:-2], tags,
+                      captions[image_id], _phrases(image_id, captions[image_id], phrases_for))

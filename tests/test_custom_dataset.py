@@ -7,8 +7,11 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from input_pipeline import concepts
+from input_pipeline import ops
 from input_pipeline import region_features
 from input_pipeline import storage
+from input_pipeline import train_vocab
 from input_pipeline.tasks import custom
 from input_pipeline.tasks import examples as examples_lib
 from input_pipeline.tasks import iterators as task_iterators
@@ -53,11 +56,12 @@ def test_plain_images_without_boxes_become_batches(built):
   assert info.splits['val']['num_images'] == 1
   iterator = task_iterators.create_task_iterator(
       out, 've', 'train', lengths=LENGTHS, batch_size=4, seed=0, shuffle=False, repeat=False,
-      pad_final_batch=True, process_index=0, process_count=1)
+      pad_final_batch=True, process_index=0, process_count=1, preprocess=ops.PRESETS['ve'],
+      batch_keys=('label',))
   batches = list(iterator)
   assert len(batches) == 1
   batch = batches[0]
-  assert set(batch) == set(task_iterators.batch_keys('ve'))
+  assert set(batch) == set(task_iterators.batch_keys(('label',)))
   np.testing.assert_array_equal(batch['label'], [2, 1, 0, 2])
   np.testing.assert_array_equal(batch['image_index'], [0, 0, 1, 2])
   la, n = LENGTHS.text_length, 2 * 2 + 1  # a 2x2 grid and the whole image
@@ -117,3 +121,51 @@ def test_features_files_vqa_answers_re_boxes_and_errors(built, tmp_path):
                                 feature_dim=FEATURE_DIM, vocab=vocab)
   with pytest.raises(FileExistsError):
     custom.build_custom_dataset(task='ve', splits={'train': train}, out_dir=out, vocab=vocab)
+
+
+def test_vocab_dir_reuses_the_word_and_concept_vocabularies_unchanged(built, tmp_path):
+  """A dataset built for fine-tuning keeps the checkpoint's word ids AND concept rows."""
+  root, out = built
+  pretraining = tmp_path / 'pretraining'
+  pretraining.mkdir()
+  words = ['a', 'red', 'circle', 'square', 'blue', 'what', 'shape', 'green']
+  train_vocab.write_vocab(words, str(pretraining / 'words.txt'))
+  # Concept rows chosen by the pre-training data, not by this dataset's phrases.
+  storage.save_vocabularies(str(pretraining), str(pretraining / 'words.txt'),
+                            concepts.ConceptVocab({20: ('square',), 21: ('circle', 'red')},
+                                                  word_vocab_size=13))
+  (pretraining / 'words.txt').unlink()
+  train = _write_lines(tmp_path / 'train.jsonl', [
+      {'image': str(root / 'img0.png'), 'text': 'a blue circle', 'label': 'entailment',
+       'phrases': [['circle', 'blue'], ['circle']]}])
+  dataset = str(tmp_path / 've')
+  assert custom.main(['--task=ve', f'--train={train}', f'--out_dir={dataset}',
+                      f'--vocab_dir={pretraining}', f'--feature_dim={FEATURE_DIM}',
+                      '--grid=2']) == 0
+  for name in ('vocab.txt', storage.CONCEPTS_FILE):
+    with open(pretraining / name, 'rb') as a, open(os.path.join(dataset, name), 'rb') as b:
+      assert a.read() == b.read(), name
+  _, concept_vocab = storage.load_vocabularies(dataset)
+  assert concept_vocab.num_rows == 22  # not rebuilt from ('circle', 'blue'), ('circle')
+  with pytest.raises(ValueError, match='vocab_dir .* or vocab'):
+    custom.build_custom_dataset(task='ve', splits={'train': train}, out_dir=str(tmp_path / 'x'),
+                                vocab_dir=str(pretraining), vocab=str(pretraining / 'vocab.txt'))
+
+
+def test_vqa_with_fewer_than_three_answers_everywhere_warns(built, tmp_path, capsys):
+  root, out = built
+  lines = [{'image': str(root / 'img0.png'), 'question': f'what shape {k}?',
+            'answers': ['circle']} for k in range(3)]
+  train = _write_lines(tmp_path / 'vqa.jsonl', lines)
+  custom.build_custom_dataset(task='vqa', splits={'train': train}, out_dir=str(tmp_path / 'a'),
+                              feature_dim=FEATURE_DIM, vocab=os.path.join(out, 'vocab.txt'),
+                              grid=2)
+  err = capsys.readouterr().err
+  assert "VQA split 'train': every example lists fewer than 3 annotator answers" in err
+  assert 'at most 1/3' in err and '"answer": "yes"' in err
+  lines[0]['answers'] = ['circle', 'circle', 'square']  # one example with 3 annotators: fine
+  train = _write_lines(tmp_path / 'vqa3.jsonl', lines)
+  custom.build_custom_dataset(task='vqa', splits={'train': train}, out_dir=str(tmp_path / 'b'),
+                              feature_dim=FEATURE_DIM, vocab=os.path.join(out, 'vocab.txt'),
+                              grid=2)
+  assert 'annotator answers' not in capsys.readouterr().err

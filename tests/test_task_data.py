@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from input_pipeline import concepts
+from input_pipeline import ops
 from input_pipeline import storage
 from input_pipeline import train_vocab
 from input_pipeline.tasks import examples as examples_lib
+from input_pipeline.tasks import importing
 from input_pipeline.tasks import iterators as task_iterators
 
 WORDS = ['a', 'dog', 'man', 'red', 'ball', 'on', 'grass', 'what', 'is', 'tree', 'the', 'big']
@@ -17,6 +19,11 @@ LENGTHS = task_iterators.Lengths(max_seq_length=8, max_phrases=2, max_tag_length
                                  max_img_seq_length=3)
 TAGS = ['dog', 'tree', 'dog', 'man', 'ball']
 D = 10
+# The op strings and batch keys of each task's layout (what the trainer's task registry passes).
+PIPELINES = {'retrieval': (ops.PRESETS['retrieval'], ()),
+             'vqa': (ops.PRESETS['vqa'], ('answer_targets', 'question_id')),
+             've': (ops.PRESETS['ve'], ('label',)),
+             're': (ops.PRESETS['re'], ('region_iou', 'target_box'))}
 SPLIT_SIZES = {'retrieval': 4, 'vqa': 13, 've': 12, 're': 12}  # Examples per task split.
 
 
@@ -65,7 +72,7 @@ def datasets(tmp_path_factory):
     _write_vocab(directory)
     if task == 'vqa':
       examples_lib.write_answers(directory, ['yes', 'no', 'red', 'two'])
-    examples = (list(examples_lib.retrieval_examples(_records())) if task == 'retrieval'
+    examples = (list(importing.retrieval_examples(_records())) if task == 'retrieval'
                 else _examples(task))
     if task == 'vqa':  # A short question on the image with four tags.
       examples.append({'example_id': 'short', 'image_id': 'img2', 'text': 'is', 'phrases': [],
@@ -84,8 +91,10 @@ def epochs(datasets):
 
 
 def _iterator(directory, task, **kwargs):
+  preprocess, keys = PIPELINES[task]
   settings = dict(lengths=LENGTHS, batch_size=4, seed=5, shuffle=False, repeat=False,
-                  pad_final_batch=False, process_index=0, process_count=1)
+                  pad_final_batch=False, process_index=0, process_count=1,
+                  preprocess=preprocess, batch_keys=keys)
   return task_iterators.create_task_iterator(directory, task, 'train', **{**settings, **kwargs})
 
 
@@ -110,7 +119,7 @@ def test_batches_have_exactly_the_contract_keys_dtypes_and_shapes(epochs, task):
       've': {'label': ('int32', (b,))},
       're': {'region_iou': ('float32', (b, r)), 'target_box': ('float32', (b, 4))},
   }[task])
-  assert set(batch) == set(expected) == set(task_iterators.batch_keys(task))
+  assert set(batch) == set(expected) == set(task_iterators.batch_keys(PIPELINES[task][1]))
   for key, (dtype, shape) in expected.items():
     assert (str(batch[key].dtype), batch[key].shape) == (dtype, shape), key
   assert (batch['mlm_labels_a'] == -1).all() and (batch['mlm_labels_b'] == -1).all()

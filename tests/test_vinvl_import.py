@@ -6,10 +6,11 @@ import os
 import numpy as np
 import pytest
 
+from input_pipeline import captions as captions_lib
 from input_pipeline import import_vinvl
 from input_pipeline import storage
 from input_pipeline import vinvl
-from input_pipeline.vinvl import ImportReport, VinvlImportError, VinvlOptions
+from input_pipeline.vinvl_rows import VinvlImportError, VinvlOptions, new_report
 import vinvl_fixtures as fx
 
 
@@ -31,7 +32,7 @@ def _records(tmp_path, feature_lines, prediction_lines, captions, options=VinvlO
              on_error='skip', phrases_for=_no_phrases, **tsv_kwargs):
   features = fx.write_tsv(tmp_path / 'features.tsv', feature_lines, **tsv_kwargs)
   predictions = fx.write_tsv(tmp_path / 'predictions.tsv', prediction_lines)
-  report = ImportReport(on_error=on_error, max_messages=100)
+  report = new_report(on_error=on_error, max_messages=100)
   records = list(vinvl.iter_vinvl_records(features, predictions, captions, phrases_for, report,
                                           options))
   return records, report, features, predictions
@@ -177,7 +178,7 @@ def test_unreadable_index_falls_back_to_file_order(tmp_path):
   with open(tmp_path / 'imageid2idx.json', 'w') as f:
     f.write('{"5": 0, "5": 0}')
   predictions = fx.write_tsv(tmp_path / 'predictions.tsv', [fx.prediction_line(images['5'])])
-  report = ImportReport()
+  report = new_report()
   records = list(vinvl.iter_vinvl_records(features, predictions, {'5': ['a']}, _no_phrases,
                                           report, VinvlOptions()))
   assert [r['image_id'] for r in records] == ['5']
@@ -214,7 +215,7 @@ def test_extract_variant(tmp_path):
   bad = fx.make_image(rng, 'photo2', num_boxes=2)
   bad_line = fx.extract_line(bad).replace('"predictions": [', '"predictions": ["extra", ')
   path = fx.write_tsv(tmp_path / 'predictions.tsv', [fx.extract_line(image), bad_line])
-  report = ImportReport()
+  report = new_report()
   captions = {'photo1': ['a'], 'photo2': ['b']}
   records = list(vinvl.iter_extract_records(path, captions, _no_phrases, report, VinvlOptions()))
   assert import_vinvl.detect_source_format(path) == 'extract'
@@ -231,14 +232,19 @@ def test_extract_variant(tmp_path):
 def test_phrases_are_attached_per_caption(tmp_path):
   images = _images(['1'])
   table = {('1', 0): [('dog',)], ('1', 1): [('man', 'ride', 'horse')]}
-  report = ImportReport()
-  phrases_for = import_vinvl.make_phrases_for({}, table, 'sg.json', None, report)
+  report = new_report()
+  phrases_for = import_vinvl.make_phrases_for(None, table, 'sg.json', None, report)
   records, _, _, _ = _records(tmp_path, [fx.feature_line('1', images['1'].features())],
                               [fx.prediction_line(images['1'])], {'1': ['a', 'b', 'c']},
                               phrases_for=phrases_for)
   assert records[0]['phrases'] == [[('dog',)], [('man', 'ride', 'horse')], []]
   assert records[0]['phrase_regions'] == [[-1], [-1], []]
   assert dict(report.warnings) == {'missing_phrases': 1}
+
+
+def _load(*args, **kwargs):
+  caption_set = captions_lib.load_captions(*args, **kwargs)
+  return caption_set.captions, caption_set.embedded
 
 
 def test_caption_formats(tmp_path):
@@ -250,9 +256,8 @@ def test_caption_formats(tmp_path):
       {'cocoid': 6, 'split': 'train', 'sentences': [{'tokens': ['no', 'raw']}]},
       {'filename': '1000092795.jpg', 'split': 'train', 'sentences': [{'raw': 'flickr'}]}]}
   path = fx.write_json(tmp_path / 'karpathy.json', karpathy)
-  report = ImportReport()
-  captions, embedded = import_vinvl.load_captions(path, report, VinvlOptions(),
-                                                  karpathy_splits=['train', 'restval'])
+  report = new_report()
+  captions, embedded = _load(path, report, VinvlOptions(), karpathy_splits=['train', 'restval'])
   assert captions == {'9': ['A dog.', 'a cat'], '7': ['rest'], '1000092795': ['flickr']}
   assert embedded == {}
   assert dict(report.problems) == {'bad_caption': 1}
@@ -263,15 +268,15 @@ def test_caption_formats(tmp_path):
   entries[0]['phrases'] = [['dog'], ['dog', 'brown']]
   entries.append({'image_id': 5})
   path = fx.write_json(tmp_path / 'list.json', {'annotations': entries})
-  report = ImportReport()
-  captions, embedded = import_vinvl.load_captions(path, report, VinvlOptions())
+  report = new_report()
+  captions, embedded = _load(path, report, VinvlOptions())
   assert captions == {'3': ['a', 'b'], '4': ['c']}
   assert embedded == {('3', 0): [('dog',), ('dog', 'brown')]}
   assert dict(report.problems) == {'bad_caption': 1}
 
   path = fx.write_json(tmp_path / 'dict.json', {'img_1': ['x'], '2': json.dumps(['y', 'z'])})
-  report = ImportReport()
-  captions, _ = import_vinvl.load_captions(path, report, VinvlOptions(normalize_ids=True))
+  report = new_report()
+  captions, _ = _load(path, report, VinvlOptions(normalize_ids=True))
   assert captions == {'1': ['x'], '2': ['y', 'z']}
 
 
@@ -345,7 +350,7 @@ def test_cli_success_and_raise_policy(tmp_path, capsys):
   assert 'features.tsv:4: bad_base64' in capsys.readouterr().err
   _assert_no_split(str(tmp_path / 'out'))  # three records were written before the failure
   assert import_vinvl.main(flags + ['--split=train', '--max_error_fraction=0.3']) == 0
-  assert '3 records from 4 captioned images (25.00% dropped)' in capsys.readouterr().out
+  assert '3 records from 4 caption_images (25.00% left out)' in capsys.readouterr().out
   assert not os.path.exists(import_vinvl.report_path(str(tmp_path / 'out'), 'train', True))
   assert import_vinvl.main(flags + ['--split=train']) == 1  # exists, no --overwrite
   assert 'already written' in capsys.readouterr().err

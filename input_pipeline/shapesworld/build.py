@@ -12,19 +12,21 @@ in the same directory is an error rather than a silent mix.
 import dataclasses
 import json
 import os
+import sys
 from typing import Any, Mapping, Optional, Sequence
 
-from absl import app
 from absl import flags
 from absl import logging
 
+from input_pipeline import cli
 from input_pipeline import concepts
+from input_pipeline import ownership
 from input_pipeline import storage
 from input_pipeline import tokenizers
 from input_pipeline import train_vocab
 from input_pipeline.shapesworld import generate
 
-BUILD_FILE = 'shapesworld_build.json'
+BUILD_FILE = ownership.SHAPESWORLD_BUILD_FILE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +66,7 @@ def build_dataset(directory: str, config: BuildConfig) -> str:
       raise ValueError(f'{directory} holds ShapesWorld built with {existing}, not {wanted}; '
                        'use another data.directory or delete it.')
     return directory
-  os.makedirs(directory, exist_ok=True)
+  ownership.claim(directory, 'shapesworld')  # Refuses a folder it did not write, unchanged.
   vocab_path = os.path.join(directory, 'vocab.txt')
   train_vocab.write_vocab(generate.word_list(), vocab_path)
   tokenizer = tokenizers.load_tokenizer(vocab_path)
@@ -82,7 +84,9 @@ def build_dataset(directory: str, config: BuildConfig) -> str:
           (phrases for r in records for phrases in r['phrases']), tokenizer,
           config.min_concept_count)
       storage.save_vocabularies(directory, vocab_path, concept_vocab)
-    storage.write_dataset(records, directory, split, metadata={'source': 'shapesworld'})
+    # A split left by an interrupted build of this folder is replaced.
+    storage.write_dataset(records, directory, split, metadata={'source': 'shapesworld'},
+                          overwrite=True)
   if concept_vocab is None:
     raise ValueError('ShapesWorld needs num_train_images > 0 to build its concept vocabulary.')
   with open(marker + '.tmp', 'w', encoding='utf-8') as f:
@@ -91,23 +95,29 @@ def build_dataset(directory: str, config: BuildConfig) -> str:
   return directory
 
 
-_OUT_DIR = flags.DEFINE_string('out_dir', None, 'Output dataset directory.')
-_NUM_TRAIN = flags.DEFINE_integer('num_train', 8000, 'Training images.')
-_NUM_VAL = flags.DEFINE_integer('num_val', 200, 'Validation images.')
-_NUM_TEST = flags.DEFINE_integer('num_test', 200, 'Test images.')
-_FEATURE_DIM = flags.DEFINE_integer('feature_dim', 134, 'Region feature width (2054 = VinVL).')
-_SEED = flags.DEFINE_integer('seed', 0, 'Generation seed.')
+def _define(v: flags.FlagValues) -> None:
+  flags.DEFINE_string('out_dir', None, 'Output dataset directory.', flag_values=v)
+  flags.DEFINE_integer('num_train', 8000, 'Training images.', flag_values=v)
+  flags.DEFINE_integer('num_val', 200, 'Validation images.', flag_values=v)
+  flags.DEFINE_integer('num_test', 200, 'Test images.', flag_values=v)
+  flags.DEFINE_integer('feature_dim', 134, 'Region feature width (2054 = VinVL).', flag_values=v)
+  flags.DEFINE_integer('seed', 0, 'Generation seed.', flag_values=v)
 
 
-def main(argv: Sequence[str]) -> None:
-  del argv
-  config = BuildConfig(world=generate.ShapesWorldConfig(feature_dim=_FEATURE_DIM.value,
-                                                        seed=_SEED.value),
-                       num_train_images=_NUM_TRAIN.value, num_val_images=_NUM_VAL.value,
-                       num_test_images=_NUM_TEST.value)
-  print(build_dataset(_OUT_DIR.value, config))
+def _run(a: flags.FlagValues) -> int:
+  config = BuildConfig(world=generate.ShapesWorldConfig(feature_dim=a.feature_dim, seed=a.seed),
+                       num_train_images=a.num_train, num_val_images=a.num_val,
+                       num_test_images=a.num_test)
+  print(build_dataset(a.out_dir, config))
+  return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  # Flags live on their own FlagValues: importing this module defines none (a user's --seed
+  # never clashes with ours).
+  return cli.run('python -m input_pipeline.shapesworld.build', argv, _define, _run,
+                 required=('out_dir',), what='build')
 
 
 if __name__ == '__main__':
-  flags.mark_flag_as_required('out_dir')
-  app.run(main)
+  sys.exit(main())

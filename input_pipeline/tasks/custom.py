@@ -27,14 +27,17 @@ Format: one JSON object per line, one task example per line. Paths are relative 
                [["yes", 1.0], ...] (explicit scores), or "answer": "yes" (score 1)
     ve         "label": "entailment" | "neutral" | "contradiction" (or 2 | 1 | 0)
     re         "box": [x1, y1, x2, y2], the referred object in pixels of the image
-Vocabularies: `--vocab` (vocab.txt or a SentencePiece .model) when given, else a WordPiece
-vocabulary trained on the training texts and tags (`input_pipeline.train_vocab`); the concept
-vocabulary keeps the phrases of at least `--min_concept_count` training texts. VQA's answer
+Vocabularies: `--vocab_dir=DIR` reuses DIR's word AND concept vocabularies unchanged (the
+pre-training dataset of the checkpoint to fine-tune: its embedding rows keep their meaning);
+else `--vocab` (vocab.txt or a SentencePiece .model, with `--id2phrase` kept as it is) when
+given, else a WordPiece vocabulary trained on the training texts and tags
+(`input_pipeline.train_vocab`); a built concept vocabulary keeps the phrases of at least
+`--min_concept_count` training texts. VQA warns when every example of a split lists fewer than
+3 annotator answers (each correct answer would then score at most 1/3). VQA's answer
 vocabulary holds the answers given in at least `--min_answer_count` training examples.
 Any malformed line stops the build with an error naming the file and line.
 """
 
-import argparse
 import collections
 import io
 import json
@@ -43,16 +46,21 @@ import sys
 import tempfile
 from typing import Any, Mapping, Optional, Sequence
 
+from absl import flags
+from absl import logging
 import numpy as np
 from PIL import Image
 
+from input_pipeline import cli
 from input_pipeline import concepts
+from input_pipeline import ownership
 from input_pipeline import phrase_extractor
 from input_pipeline import region_features
 from input_pipeline import storage
 from input_pipeline import tokenizers
 from input_pipeline import train_vocab
 from input_pipeline.tasks import examples as examples_lib
+from input_pipeline.tasks import importing
 
 TaskDataError = examples_lib.TaskDataError
 VE_LABELS = {name: i for i, name in enumerate(examples_lib.VE_LABELS)}
@@ -60,36 +68,45 @@ VE_LABELS = {name: i for i, name in enumerate(examples_lib.VE_LABELS)}
 
 def build_custom_dataset(*, task: str, splits: Mapping[str, str], out_dir: str,
                          image_root: Optional[str] = None, feature_dim: int = 2054,
-                         grid: int = 4, vocab: Optional[str] = None, vocab_size: int = 2000,
+                         grid: int = 4, vocab: Optional[str] = None,
+                         id2phrase: Optional[str] = None, vocab_dir: Optional[str] = None,
+                         vocab_size: int = 2000,
                          min_concept_count: int = 1, min_answer_count: int = 1,
                          image_records: Optional[str] = None,
                          image_records_split: Optional[str] = None,
                          overwrite: bool = False) -> examples_lib.TaskInfo:
   """Builds `out_dir` from {split: JSON-lines path} (see the module docstring); needs 'train'
-  unless `vocab` is given and the task is not VQA. Returns the TaskInfo."""
+  unless the vocabularies are given and the task is not VQA. Returns the TaskInfo.
+
+  Vocabularies: `vocab_dir` (a folder with vocab.txt or *.model and id2phrase.json, e.g. the
+  pre-training dataset of the checkpoint to fine-tune) is copied unchanged, words and concept
+  rows alike, so a fine-tuned checkpoint's embedding rows keep their meaning; `vocab` (+
+  `id2phrase`, kept as it is) gives them as files; otherwise both are built from 'train'.
+  """
   if task not in examples_lib.TASKS:
     raise ValueError(f'Unknown task {task!r}; expected one of {examples_lib.TASKS}.')
   if os.path.exists(os.path.join(out_dir, examples_lib.TASK_FILE)) and not overwrite:
     raise FileExistsError(f'{out_dir}: already holds a task dataset (pass overwrite=True).')
+  if vocab_dir is not None and (vocab is not None or id2phrase is not None):
+    raise ValueError('give vocab_dir (both vocabularies of a folder) or vocab (+ id2phrase), '
+                     'not both.')
+  if id2phrase is not None and vocab is None:
+    raise ValueError('id2phrase needs the word vocabulary it extends (vocab).')
   parsed = {split: _read_lines(path, task, image_root) for split, path in splits.items()}
-  if 'train' not in parsed and (vocab is None or task == 'vqa'):
+  if 'train' not in parsed and ((vocab is None and vocab_dir is None) or task == 'vqa'):
     raise ValueError('a train split is needed to build the vocabularies (or pass vocab, and for '
                      'VQA a train split for the answers).')
-  os.makedirs(out_dir, exist_ok=True)
+  ownership.claim(out_dir, 'task')
+  if task == 'vqa':
+    _warn_single_answers(parsed)
   records = {split: _records(lines, feature_dim, grid, image_records,
                              image_records_split or split) for split, lines in parsed.items()}
   train_lines = parsed.get('train', [])
-  with tempfile.TemporaryDirectory() as tmp:
-    if vocab is None:
-      corpus = [line['example']['text'] for line in train_lines] + [
-          ' '.join(t for t in r['tags'] if t) for r in records['train'].values()]
-      vocab = os.path.join(tmp, 'vocab.txt')
-      train_vocab.train_wordpiece([c for c in corpus if c.strip()], vocab_size, vocab)
-    tokenizer = tokenizers.load_tokenizer(vocab)
-    concept_vocab = concepts.ConceptVocab.build(
-        ([tuple(p) for p in line['example']['phrases']] for line in train_lines), tokenizer,
-        min_concept_count)
-    storage.save_vocabularies(out_dir, vocab, concept_vocab)
+  if vocab_dir is not None:
+    examples_lib.copy_vocabularies(vocab_dir, out_dir)
+  else:
+    _build_vocabularies(out_dir, train_lines, records.get('train', {}), vocab, id2phrase,
+                        vocab_size, min_concept_count)
   answers = None
   if task == 'vqa':
     counts = collections.Counter(a for line in train_lines for a in line['answers'])
@@ -112,6 +129,40 @@ def build_custom_dataset(*, task: str, splits: Mapping[str, str], out_dir: str,
                                          examples=split_examples, source=splits[split],
                                          overwrite=overwrite)
   return info
+
+
+def _build_vocabularies(out_dir, train_lines, train_records, vocab, id2phrase, vocab_size,
+                        min_concept_count) -> None:
+  """Stores the tokenizer (given, or trained on the training texts and tags) and the concept
+  vocabulary (given, or the training phrases of at least `min_concept_count` texts)."""
+  with tempfile.TemporaryDirectory() as tmp:
+    if vocab is None:
+      corpus = [line['example']['text'] for line in train_lines] + [
+          ' '.join(t for t in r['tags'] if t) for r in train_records.values()]
+      vocab = os.path.join(tmp, 'vocab.txt')
+      train_vocab.train_wordpiece([c for c in corpus if c.strip()], vocab_size, vocab)
+    tokenizer = tokenizers.load_tokenizer(vocab)
+    if id2phrase is not None:
+      concept_vocab = concepts.ConceptVocab.load(id2phrase, tokenizer.vocab_size)
+    else:
+      concept_vocab = concepts.ConceptVocab.build(
+          ([tuple(p) for p in line['example']['phrases']] for line in train_lines), tokenizer,
+          min_concept_count)
+    storage.save_vocabularies(out_dir, vocab, concept_vocab)
+
+
+def _warn_single_answers(parsed: Mapping[str, list]) -> None:
+  """Warns for each split where every example lists fewer than 3 annotator answers: VQA's soft
+  score min(1, count / 3) then caps a correct single answer at 1/3."""
+  for split, lines in parsed.items():
+    counts = [line['num_annotators'] for line in lines if line['num_annotators'] is not None]
+    if counts and len(counts) == len(lines) and max(counts) < 3:
+      message = (f'VQA split {split!r}: every example lists fewer than 3 annotator answers '
+                 f'(at most {max(counts)}), so a correct answer scores at most '
+                 f'{max(counts)}/3 (min(1, count / 3)). For one answer per question write '
+                 '"answer": "yes" (score 1) or "answers": [["yes", 1.0]].')
+      logging.warning(message)
+      print(f'warning: {message}', file=sys.stderr)
 
 
 def _read_lines(path: str, task: str, image_root: Optional[str]) -> list[dict[str, Any]]:
@@ -154,9 +205,12 @@ def _parse_line(text: str, where: str, task: str, root: str, index: int) -> dict
     phrases = [list(p) for p in phrase_extractor.extract_phrases(sentence)]
   example = {'example_id': str(entry.get('id', index)), 'image_id': image_id,
              'text': sentence, 'phrases': [] if task == 're' else phrases}
-  answers = {}
+  answers, num_annotators = {}, None
   if task == 'vqa':
     answers = _answers(entry, fail)
+    if isinstance(entry.get('answers'), list) and all(isinstance(a, str)
+                                                       for a in entry['answers']):
+      num_annotators = len(entry['answers'])
     example['question_id'] = int(entry.get('question_id', index))
   elif task == 've':
     label = entry.get('label')
@@ -170,7 +224,8 @@ def _parse_line(text: str, where: str, task: str, root: str, index: int) -> dict
     example['target_box'] = entry['box']
   examples_lib.validate_example(  # VQA targets are set once the answer vocabulary is known.
       {**example, **({'labels': [], 'scores': []} if task == 'vqa' else {})}, task, where)
-  return {'example': example, 'image': spec, 'answers': answers}
+  return {'example': example, 'image': spec, 'answers': answers,
+          'num_annotators': num_annotators}
 
 
 def _answers(entry: Mapping[str, Any], fail) -> dict[str, float]:
@@ -205,7 +260,7 @@ def _records(lines, feature_dim, grid, image_records, image_records_split) -> di
     if image_records is None:
       raise TaskDataError(f'{specs[external[0]]["where"]}: "image_id" {external[0]!r} without '
                           '"image" or "features" needs --image_records.')
-    found = examples_lib.load_image_records([(image_records, image_records_split)], external,
+    found = importing.load_image_records([(image_records, image_records_split)], external,
                                             normalize_ids=False)
   records = {}
   for image_id, spec in specs.items():
@@ -279,37 +334,48 @@ def _load_npz(path: str, where: str) -> tuple:
   return feats, boxes, tags, size
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m input_pipeline.tasks.custom',
-                                   description=__doc__.split('\n', 1)[0])
-  parser.add_argument('--task', required=True, choices=examples_lib.TASKS)
+def _define(v: flags.FlagValues) -> None:
+  flags.DEFINE_enum('task', None, list(examples_lib.TASKS), 'task of the dataset', flag_values=v)
   for split in ('train', 'val', 'test'):
-    parser.add_argument(f'--{split}', help=f'{split} JSON lines')
-  parser.add_argument('--image_root', help='folder the paths are relative to')
-  parser.add_argument('--out_dir', required=True)
-  parser.add_argument('--feature_dim', type=int, default=2054)
-  parser.add_argument('--grid', type=int, default=4, help='grid boxes per side without boxes')
-  parser.add_argument('--vocab', help='vocab.txt or SentencePiece .model (default: trained)')
-  parser.add_argument('--vocab_size', type=int, default=2000)
-  parser.add_argument('--min_concept_count', type=int, default=1)
-  parser.add_argument('--min_answer_count', type=int, default=1)
-  parser.add_argument('--image_records', help='image-record dataset for "image_id" lines')
-  parser.add_argument('--image_records_split')
-  parser.add_argument('--overwrite', action='store_true')
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  splits = {s: getattr(args, s) for s in ('train', 'val', 'test') if getattr(args, s)}
-  try:
-    info = build_custom_dataset(
-        task=args.task, splits=splits, out_dir=args.out_dir, image_root=args.image_root,
-        feature_dim=args.feature_dim, grid=args.grid, vocab=args.vocab,
-        vocab_size=args.vocab_size, min_concept_count=args.min_concept_count,
-        min_answer_count=args.min_answer_count, image_records=args.image_records,
-        image_records_split=args.image_records_split, overwrite=args.overwrite)
-  except (TaskDataError, ValueError, FileExistsError, FileNotFoundError) as e:
-    print(f'build failed: {e}', file=sys.stderr)
-    return 1
+    flags.DEFINE_string(split, None, f'{split} JSON lines', flag_values=v)
+  flags.DEFINE_string('image_root', None, 'folder the paths are relative to', flag_values=v)
+  flags.DEFINE_string('out_dir', None, 'task dataset directory', flag_values=v)
+  flags.DEFINE_integer('feature_dim', 2054, 'region feature width', flag_values=v)
+  flags.DEFINE_integer('grid', 4, 'grid boxes per side without boxes', flag_values=v)
+  flags.DEFINE_string('vocab', None, 'vocab.txt or SentencePiece .model (default: trained)',
+                      flag_values=v)
+  flags.DEFINE_string('id2phrase', None, 'concept vocabulary to keep as it is (with --vocab)',
+                      flag_values=v)
+  flags.DEFINE_string('vocab_dir', None, 'reuse the word AND concept vocabularies of this '
+                      'folder (the pre-training dataset of the checkpoint to fine-tune)',
+                      flag_values=v)
+  flags.DEFINE_integer('vocab_size', 2000, 'size of a trained vocabulary', flag_values=v)
+  flags.DEFINE_integer('min_concept_count', 1, 'concepts of at least this many texts',
+                       flag_values=v)
+  flags.DEFINE_integer('min_answer_count', 1, 'VQA answers of at least this many examples',
+                       flag_values=v)
+  flags.DEFINE_string('image_records', None, 'image-record dataset for "image_id" lines',
+                      flag_values=v)
+  flags.DEFINE_string('image_records_split', None, 'its split (default: the split built)',
+                      flag_values=v)
+  flags.DEFINE_bool('overwrite', False, 'replace complete splits', flag_values=v)
+
+
+def _run(a: flags.FlagValues) -> int:
+  splits = {s: a[s].value for s in ('train', 'val', 'test') if a[s].value}
+  info = build_custom_dataset(
+      task=a.task, splits=splits, out_dir=a.out_dir, image_root=a.image_root,
+      feature_dim=a.feature_dim, grid=a.grid, vocab=a.vocab, id2phrase=a.id2phrase,
+      vocab_dir=a.vocab_dir, vocab_size=a.vocab_size, min_concept_count=a.min_concept_count,
+      min_answer_count=a.min_answer_count, image_records=a.image_records,
+      image_records_split=a.image_records_split, overwrite=a.overwrite)
   print(json.dumps({'task': info.task, 'splits': info.splits}, indent=1))
   return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  return cli.run('python -m input_pipeline.tasks.custom', argv, _define, _run,
+                 required=('task', 'out_dir'), what='build')
 
 
 if __name__ == '__main__':

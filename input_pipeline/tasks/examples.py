@@ -32,11 +32,11 @@ import json
 import os
 import shutil
 import uuid
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
 
+from input_pipeline import jsonio
 from input_pipeline import storage
 
 TASKS = ('retrieval', 'vqa', 've', 're')
@@ -126,7 +126,7 @@ def write_answers(directory: str, answers: Sequence[str]) -> None:
                           'share it (use another directory).')
     return
   os.makedirs(directory, exist_ok=True)
-  _write_json_atomically(answers, path)
+  jsonio.write_json_atomically(answers, path)
 
 
 def copy_vocabularies(source_dir: str, directory: str) -> None:
@@ -254,7 +254,7 @@ def write_task_split(directory: str, split: str, *, task: str,
   # Un-complete the split before touching it (and fix the dataset's task on its first split).
   info['splits'] = {k: v for k, v in info['splits'].items() if k != split}
   os.makedirs(directory, exist_ok=True)
-  _write_json_atomically(info, info_path)
+  jsonio.write_json_atomically(info, info_path)
   image_ids = []
 
   def tracked():
@@ -281,7 +281,7 @@ def write_task_split(directory: str, split: str, *, task: str,
   os.replace(tmp, path)
   info['splits'] = {**info['splits'], split: {'num_examples': len(checked),
                                               'num_images': num_images, 'source': source}}
-  _write_json_atomically(info, info_path)
+  jsonio.write_json_atomically(info, info_path)
   return load_task_info(directory)
 
 
@@ -307,189 +307,6 @@ def read_examples(directory: str, split: str) -> tuple[TaskInfo, list[dict[str, 
   return info, examples
 
 
-# ----------------------------------------------------------------------------------------------
-# Importing: reports, image ids, and the image records of an existing image-record dataset.
-
-
-@dataclasses.dataclass
-class ImportReport:
-  """Counts and first messages of problems met while importing a split.
-
-  With on_error='raise' the first problem raises TaskDataError; with 'skip' the entry is left
-  out, counted by kind and (up to `max_messages`) described with its file and line or index.
-  """
-  on_error: str = 'skip'
-  max_messages: int = 20
-  problems: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-  stats: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-  messages: list = dataclasses.field(default_factory=list)
-
-  def __post_init__(self):
-    if self.on_error not in ('skip', 'raise'):
-      raise ValueError(f"on_error must be 'skip' or 'raise', got {self.on_error!r}.")
-
-  def problem(self, kind: str, where: str, detail: str) -> None:
-    self.problems[kind] += 1
-    message = f'{where}: {kind}: {detail}'
-    if len(self.messages) < self.max_messages:
-      self.messages.append(message)
-    if self.on_error == 'raise':
-      raise TaskDataError(message)
-
-  def summary(self) -> str:
-    lines = [', '.join(f'{k}={v}' for k, v in sorted(self.stats.items()))]
-    if self.problems:
-      lines.append('problems: ' + ', '.join(f'{k}={v}' for k, v in sorted(self.problems.items())))
-    return '\n'.join(lines + ['  ' + m for m in self.messages])
-
-  def to_dict(self) -> dict:
-    return {'problems': dict(self.problems), 'stats': dict(self.stats),
-            'messages': list(self.messages)}
-
-
-def normalize_image_id(raw: Any, normalize: bool) -> str:
-  """`str(raw)`, or with `normalize` the authors' `str(int(k.split('_')[-1]))`."""
-  raw = str(raw).strip()
-  if not normalize:
-    return raw
-  try:
-    return str(int(raw.split('_')[-1]))
-  except ValueError:
-    raise TaskDataError(f'cannot normalise image id {raw!r} with str(int(id.split("_")[-1]))'
-                        ) from None
-
-
-def load_image_records(sources: Sequence[tuple[str, str]], wanted: Iterable[str], *,
-                       normalize_ids: bool, keep_captions: bool = False
-                       ) -> dict[str, dict[str, Any]]:
-  """The image records (features.py) of the `wanted` images, keyed by (normalised) id.
-
-  Args:
-    sources: (directory, split) of image-record datasets (storage.py), searched in order; the
-      first record of an id wins.
-    wanted: image ids to find, already normalised like `normalize_ids` does.
-    normalize_ids: compare record ids after `normalize_image_id` (ids it cannot parse are kept).
-    keep_captions: keep the records' captions and phrases (retrieval), else drop them.
-
-  Returns:
-    {id: record} with `image_id` set to the (normalised) id; ids not found are absent.
-  """
-  wanted, found = set(wanted), {}
-  for directory, split in sources:
-    source = storage.RecordSource(directory, split)
-    for start in range(0, source.num_images, 256):
-      serialized = source.read(np.arange(start, min(start + 256, source.num_images)))
-      ids = tf.io.parse_example(  # Only the id is decoded for records that are not wanted.
-          serialized.tolist(), {'image_id': tf.io.FixedLenFeature([], tf.string)})['image_id']
-      for data, raw in zip(serialized, ids.numpy()):
-        raw = raw.decode('utf-8')
-        try:
-          key = normalize_image_id(raw, normalize_ids)
-        except TaskDataError:
-          key = raw
-        if key in wanted and key not in found:
-          found[key] = _decoded_record(source.features.deserialize_example_np(data), key,
-                                       keep_captions)
-  return found
-
-
-def _decoded_record(values: Mapping[str, Any], image_id: str,
-                    keep_captions: bool) -> dict[str, Any]:
-  text = lambda v: v.decode('utf-8') if isinstance(v, bytes) else str(v)
-  captions = [text(c) for c in values['captions']] if keep_captions else []
-  phrases = ([[tuple(text(w) for w in p) for p in caption] for caption in values['phrases']]
-             if keep_captions else [])
-  links = ([[int(r) for r in caption] for caption in values['phrase_regions']]
-           if keep_captions else [])
-  return {
-      'image_id': image_id, 'image_png': bytes(values['image_png']),
-      'image_size': np.asarray(values['image_size'], np.int32),
-      'region_features': np.asarray(values['region_features'], np.float32),
-      'boxes': np.asarray(values['boxes'], np.float32).reshape(-1, 4),
-      'tags': [text(t) for t in values['tags']], 'captions': captions, 'phrases': phrases,
-      'phrase_regions': links,
-  }
-
-
-@dataclasses.dataclass
-class Candidate:
-  """An imported example before its image is found: the example and where it was read."""
-  example: dict[str, Any]
-  where: str
-
-
-def write_imported_split(directory: str, split: str, *, task: str,
-                         candidates: Sequence[Candidate], image_sources: Sequence[tuple[str, str]],
-                         normalize_ids: bool, report: ImportReport,
-                         max_error_fraction: float = 0.01, source: str = '',
-                         overwrite: bool = False) -> TaskInfo:
-  """Joins imported examples to their image records, reports missing images, writes the split.
-
-  Every example whose image is in no source is reported as 'missing_image' (its file and
-  line/index) and left out; the import fails when more than `max_error_fraction` of the examples
-  read were lost to any problem. The report is written to `{split}_import_report.json`.
-  """
-  wanted = {c.example['image_id'] for c in candidates}
-  images = load_image_records(image_sources, wanted, normalize_ids=normalize_ids)
-  kept = []
-  for candidate in candidates:
-    if candidate.example['image_id'] in images:
-      kept.append(candidate.example)
-    else:
-      report.problem('missing_image', candidate.where,
-                     f'image {candidate.example["image_id"]!r} is in none of the image '
-                     f'sources {[f"{d}/{s}" for d, s in image_sources]}')
-  used = list(dict.fromkeys(e['image_id'] for e in kept))
-  report.stats.update(examples=len(kept), images=len(used))
-  read = report.stats['examples_read']
-  lost = (read - len(kept)) / read if read else 1.0
-  report_path = os.path.join(directory, f'{split}_import_report.json')
-  os.makedirs(directory, exist_ok=True)
-  _write_json_atomically({'split': split, 'task': task, 'lost_fraction': lost,
-                          **report.to_dict()}, report_path)
-  if not kept or lost > max_error_fraction:
-    raise TaskDataError(f'{split}: {lost:.2%} of {read} examples were left out (more than '
-                        f'max_error_fraction={max_error_fraction:.2%}); see {report_path}:\n'
-                        f'{report.summary()}')
-  return write_task_split(directory, split, task=task, records=(images[i] for i in used),
-                          examples=kept, source=source, overwrite=overwrite)
-
-
-def phrases_or_extracted(table: Optional[Mapping[tuple[str, int], list]], key: str, text: str,
-                         extract: bool) -> list:
-  """Phrases of `text`: from `table[(key, 0)]` when given, else extracted, else none."""
-  if table is not None and (key, 0) in table:
-    return [list(p) for p in table[(key, 0)]]
-  if extract:
-    from input_pipeline import phrase_extractor  # pylint: disable=import-outside-toplevel
-    return [list(p) for p in phrase_extractor.extract_phrases(text)]
-  return []
-
-
-def retrieval_examples(records: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
-  """One retrieval example per caption of each record, in record then caption order."""
-  for record in records:
-    for k, caption in enumerate(record['captions']):
-      yield {'example_id': f'{record["image_id"]}#{k}', 'image_id': record['image_id'],
-             'text': caption, 'phrases': [list(p) for p in record['phrases'][k]],
-             'phrase_regions': [int(r) for r in record['phrase_regions'][k]]}
-
-
-def retrieval_from_dataset(image_dir: str, split: str, out_dir: str, *,
-                           overwrite: bool = False) -> TaskInfo:
-  """A retrieval task split from an image-record dataset with captions (e.g. a VinVL import)."""
-  source = storage.RecordSource(image_dir, split)
-  records = []
-  for start in range(0, source.num_images, 256):
-    for data in source.read(np.arange(start, min(start + 256, source.num_images))):
-      values = source.features.deserialize_example_np(data)
-      records.append(_decoded_record(values, values['image_id'].decode('utf-8'), True))
-  copy_vocabularies(image_dir, out_dir)
-  return write_task_split(out_dir, split, task='retrieval', records=records,
-                          examples=list(retrieval_examples(records)), source=image_dir,
-                          overwrite=overwrite)
-
-
 def vqa_soft_scores(answers: Iterable[str]) -> dict[str, float]:
   """VQA soft score of each distinct answer: min(1, annotators who gave it / 3)."""
   counts = collections.Counter(answers)
@@ -497,28 +314,4 @@ def vqa_soft_scores(answers: Iterable[str]) -> dict[str, float]:
 
 
 def _read_json(path: str) -> Any:
-  try:
-    with open(path, encoding='utf-8') as f:
-      return json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise TaskDataError(f'{path}: not valid JSON ({e}).') from None
-
-
-def _write_json_atomically(value: Any, path: str) -> None:
-  tmp = f'{path}.tmp-{uuid.uuid4().hex}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(value, f, indent=1)
-  os.replace(tmp, path)
-
-
-
-def parse_image_sources(values: Sequence[str]) -> list[tuple[str, str]]:
-  """Command-line image sources 'DIR:SPLIT' -> [(DIR, SPLIT)]."""
-  sources = []
-  for value in values:
-    directory, sep, split = value.rpartition(':')
-    if not sep or not directory or not split:
-      raise ValueError(f'image source {value!r} must look like DIR:SPLIT (an image-record '
-                       'dataset written by input_pipeline.storage, e.g. a VinVL import).')
-    sources.append((directory, split))
-  return sources
+  return jsonio.read_json(path, TaskDataError)

@@ -14,13 +14,17 @@ Bad refs, unknown annotations and missing images are reported (file and index) a
 Pickle runs code from the file: load trusted files only.
 """
 
-import argparse
 import json
 import pickle
 import sys
 from typing import Any, Optional, Sequence
 
+from absl import flags
+
+from input_pipeline import cli
+from input_pipeline import ownership
 from input_pipeline.tasks import examples as examples_lib
+from input_pipeline.tasks import importing
 
 
 def xywh_to_xyxy(bbox: Sequence[float]) -> list[float]:
@@ -73,7 +77,8 @@ def import_refcoco(*, refs: str, instances: str, ref_split: str, out_dir: str, s
                    max_error_fraction: float = 0.01,
                    overwrite: bool = False) -> examples_lib.TaskInfo:
   """Imports the refs of `ref_split` as split `split` of `out_dir`; returns the TaskInfo."""
-  report = examples_lib.ImportReport(on_error=on_error)
+  ownership.claim(out_dir, 'task')
+  report = importing.new_report(on_error=on_error)
   boxes = load_boxes(instances)
   candidates = []
   for i, ref in enumerate(load_refs(refs)):
@@ -101,48 +106,36 @@ def import_refcoco(*, refs: str, instances: str, ref_split: str, out_dir: str, s
                        f'in {instances}')
         continue
       try:
-        image_id = examples_lib.normalize_image_id(ref['image_id'], normalize_ids)
+        image_id = importing.normalize_image_id(ref['image_id'], normalize_ids)
       except examples_lib.TaskDataError as e:
         report.problem('bad_image_id', sentence_where, str(e))
         continue
-      candidates.append(examples_lib.Candidate(example={
+      candidates.append(importing.Candidate(example={
           'example_id': f'{ref.get("ref_id", i)}_{sentence.get("sent_id", k)}',
           'image_id': image_id, 'text': text, 'phrases': [],
           'target_box': boxes[ref['ann_id']]}, where=sentence_where))
   examples_lib.copy_vocabularies(vocab_dir or image_sources[0][0], out_dir)
-  return examples_lib.write_imported_split(
+  return importing.write_imported_split(
       out_dir, split, task='re', candidates=candidates, image_sources=image_sources,
       normalize_ids=normalize_ids, report=report, max_error_fraction=max_error_fraction,
       source=refs, overwrite=overwrite)
 
 
+def _define(v: flags.FlagValues) -> None:
+  flags.DEFINE_string('refs', None, 'refs(unc).p (pickle) or a JSON list', flag_values=v)
+  flags.DEFINE_string('instances', None, 'instances.json', flag_values=v)
+  flags.DEFINE_string('ref_split', None, 'train, val, testA, testB, test (and the default '
+                      '--split)', flag_values=v)
+
+
+def _import(a: flags.FlagValues) -> examples_lib.TaskInfo:
+  return import_refcoco(refs=a.refs, instances=a.instances, ref_split=a.ref_split,
+                        **cli.importer_args(a, split=a.split or a.ref_split))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m input_pipeline.tasks.refcoco',
-                                   description=__doc__.split('\n', 1)[0])
-  parser.add_argument('--refs', required=True, help='refs(unc).p (pickle) or a JSON list')
-  parser.add_argument('--instances', required=True, help='instances.json')
-  parser.add_argument('--ref_split', required=True, help='train, val, testA, testB, test')
-  parser.add_argument('--images', action='append', required=True, help='DIR:SPLIT (repeatable)')
-  parser.add_argument('--vocab_dir', help='vocabularies (default: the first --images DIR)')
-  parser.add_argument('--out_dir', required=True)
-  parser.add_argument('--split', help='stored split name (default: --ref_split)')
-  parser.add_argument('--normalize_ids', action=argparse.BooleanOptionalAction, default=True)
-  parser.add_argument('--on_error', default='skip', choices=('skip', 'raise'))
-  parser.add_argument('--max_error_fraction', type=float, default=0.01)
-  parser.add_argument('--overwrite', action='store_true')
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  split = args.split or args.ref_split
-  try:
-    info = import_refcoco(
-        refs=args.refs, instances=args.instances, ref_split=args.ref_split, out_dir=args.out_dir,
-        split=split, image_sources=examples_lib.parse_image_sources(args.images),
-        vocab_dir=args.vocab_dir, normalize_ids=args.normalize_ids, on_error=args.on_error,
-        max_error_fraction=args.max_error_fraction, overwrite=args.overwrite)
-  except (examples_lib.TaskDataError, ValueError, FileExistsError, FileNotFoundError) as e:
-    print(f'import failed: {e}', file=sys.stderr)
-    return 1
-  print(f'{args.out_dir}/{split}: {info.splits[split]}')
-  return 0
+  return cli.run_importer('python -m input_pipeline.tasks.refcoco', argv, _define, _import,
+                          required=('refs', 'instances', 'ref_split'), split_required=False)
 
 
 if __name__ == '__main__':

@@ -14,19 +14,23 @@ the built-in extractor; RE has none (spec §1.2). VQA's answer vocabulary is gen
 A task directory already complete with the same settings is left untouched.
 """
 
-import argparse
 import dataclasses
 import json
 import os
 import sys
 from typing import Optional, Sequence
 
+from absl import flags
+
+from input_pipeline import cli
+from input_pipeline import ownership
 from input_pipeline import phrase_extractor
 from input_pipeline.shapesworld import build
 from input_pipeline.shapesworld import generate
 from input_pipeline.tasks import examples as examples_lib
+from input_pipeline.tasks import importing
 
-MARKER_FILE = 'shapesworld_tasks.json'
+MARKER_FILE = ownership.SHAPESWORLD_TASKS_FILE
 
 
 def _phrases(text: str) -> list:
@@ -37,7 +41,7 @@ def _task_examples(world: generate.ShapesWorldConfig, task: str, split: str, ind
                    record: dict, ans2label: dict) -> list[dict]:
   """The task examples on image `index` of `split` (whose record is `record`)."""
   if task == 'retrieval':
-    return list(examples_lib.retrieval_examples([record]))
+    return list(importing.retrieval_examples([record]))
   out = []
   for k, item in enumerate(generate.generate_downstream(world, split, index, task)):
     example = {'example_id': f'{item["image_id"]}#{k}', 'image_id': item['image_id']}
@@ -96,6 +100,7 @@ def build_task_dataset(task: str, out_dir: str, pretraining_dir: Optional[str] =
       raise ValueError(f'{out_dir} holds ShapesWorld {existing}, not {wanted}; use another '
                        'out_dir or delete it.')
     return examples_lib.load_task_info(out_dir)
+  ownership.claim(out_dir, 'shapesworld_tasks')
   examples_lib.copy_vocabularies(pretraining_dir, out_dir)
   ans2label = {}
   if task == 'vqa':
@@ -125,25 +130,30 @@ def build_task_dataset(task: str, out_dir: str, pretraining_dir: Optional[str] =
   return info
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m input_pipeline.tasks.shapesworld_tasks',
-                                   description=__doc__.split('\n', 1)[0])
-  parser.add_argument('--out_dir', required=True, help='one task dataset per task under it')
-  parser.add_argument('--pretraining_dir', help='ShapesWorld pre-training dataset (default: '
-                      'build one in out_dir/pretraining)')
-  parser.add_argument('--tasks', default=','.join(examples_lib.TASKS))
-  parser.add_argument('--num_train', type=int, default=2000, help='training images per task')
-  parser.add_argument('--num_val', type=int, default=200)
-  parser.add_argument('--num_test', type=int, default=200)
-  parser.add_argument('--feature_dim', type=int, help='region feature width (checked against '
-                      'the pre-training data; 134 when building it)')
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  for task in args.tasks.split(','):
-    info = build_task_dataset(task, os.path.join(args.out_dir, task), args.pretraining_dir,
-                              num_train=args.num_train, num_val=args.num_val,
-                              num_test=args.num_test, feature_dim=args.feature_dim)
+def _define(v: flags.FlagValues) -> None:
+  flags.DEFINE_string('out_dir', None, 'one task dataset per task under it', flag_values=v)
+  flags.DEFINE_string('pretraining_dir', None, 'ShapesWorld pre-training dataset (default: build '
+                      'one in out_dir/pretraining)', flag_values=v)
+  flags.DEFINE_list('tasks', list(examples_lib.TASKS), 'tasks to build', flag_values=v)
+  flags.DEFINE_integer('num_train', 2000, 'training images per task', flag_values=v)
+  flags.DEFINE_integer('num_val', 200, 'validation images per task', flag_values=v)
+  flags.DEFINE_integer('num_test', 200, 'test images per task', flag_values=v)
+  flags.DEFINE_integer('feature_dim', None, 'region feature width (checked against the '
+                       'pre-training data; 134 when building it)', flag_values=v)
+
+
+def _run(a: flags.FlagValues) -> int:
+  for task in a.tasks:
+    info = build_task_dataset(task, os.path.join(a.out_dir, task), a.pretraining_dir,
+                              num_train=a.num_train, num_val=a.num_val, num_test=a.num_test,
+                              feature_dim=a.feature_dim)
     print(f'{task}: {json.dumps(info.splits)}')
   return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  return cli.run('python -m input_pipeline.tasks.shapesworld_tasks', argv, _define, _run,
+                 required=('out_dir',), what='build')
 
 
 if __name__ == '__main__':

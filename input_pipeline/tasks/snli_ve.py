@@ -13,13 +13,17 @@ Phrases: the authors' `{split}_sgs.json` ([[tuples, pairID]], `--phrases`), else
 extractor unless `--nobuiltin_phrases`.
 """
 
-import argparse
 import json
 import sys
 from typing import Optional, Sequence
 
 from input_pipeline import phrase_files
+from absl import flags
+
+from input_pipeline import cli
+from input_pipeline import ownership
 from input_pipeline.tasks import examples as examples_lib
+from input_pipeline.tasks import importing
 
 LABELS = {name: i for i, name in enumerate(examples_lib.VE_LABELS)}
 
@@ -31,7 +35,8 @@ def import_snli_ve(*, jsonl: str, out_dir: str, split: str,
                    max_error_fraction: float = 0.01,
                    overwrite: bool = False) -> examples_lib.TaskInfo:
   """Imports one SNLI-VE split into `out_dir`; returns the TaskInfo."""
-  report = examples_lib.ImportReport(on_error=on_error)
+  ownership.claim(out_dir, 'task')
+  report = importing.new_report(on_error=on_error)
   table = phrase_files.load_phrase_file(phrases, 've') if phrases else None
   candidates = []
   with open(jsonl, encoding='utf-8') as f:
@@ -55,51 +60,38 @@ def import_snli_ve(*, jsonl: str, out_dir: str, split: str,
                        f'of {list(LABELS)}')
         continue
       try:
-        image_id = examples_lib.normalize_image_id(entry['Flickr30K_ID'], normalize_ids)
+        image_id = importing.normalize_image_id(entry['Flickr30K_ID'], normalize_ids)
       except examples_lib.TaskDataError as e:
         report.problem('bad_image_id', where, str(e))
         continue
       pair_id = str(entry.get('pairID', f'line{line_no}'))
-      candidates.append(examples_lib.Candidate(example={
+      candidates.append(importing.Candidate(example={
           'example_id': pair_id, 'image_id': image_id, 'text': entry['sentence2'],
           'label': LABELS[entry['gold_label']],
-          'phrases': examples_lib.phrases_or_extracted(table, pair_id, entry['sentence2'],
+          'phrases': importing.phrases_or_extracted(table, pair_id, entry['sentence2'],
                                                        builtin_phrases)}, where=where))
   examples_lib.copy_vocabularies(vocab_dir or image_sources[0][0], out_dir)
-  return examples_lib.write_imported_split(
+  return importing.write_imported_split(
       out_dir, split, task='ve', candidates=candidates, image_sources=image_sources,
       normalize_ids=normalize_ids, report=report, max_error_fraction=max_error_fraction,
       source=jsonl, overwrite=overwrite)
 
 
+def _define(v: flags.FlagValues) -> None:
+  flags.DEFINE_string('jsonl', None, 'snli_ve_{split}.jsonl', flag_values=v)
+  flags.DEFINE_string('phrases', None, '{split}_sgs.json ([[tuples, pairID]])', flag_values=v)
+  flags.DEFINE_bool('builtin_phrases', True, 'phrases from the built-in extractor',
+                    flag_values=v)
+
+
+def _import(a: flags.FlagValues) -> examples_lib.TaskInfo:
+  return import_snli_ve(jsonl=a.jsonl, phrases=a.phrases, builtin_phrases=a.builtin_phrases,
+                        **cli.importer_args(a))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m input_pipeline.tasks.snli_ve',
-                                   description=__doc__.split('\n', 1)[0])
-  parser.add_argument('--jsonl', required=True, help='snli_ve_{split}.jsonl')
-  parser.add_argument('--phrases', help='{split}_sgs.json ([[tuples, pairID]])')
-  parser.add_argument('--images', action='append', required=True, help='DIR:SPLIT (repeatable)')
-  parser.add_argument('--vocab_dir', help='vocabularies (default: the first --images DIR)')
-  parser.add_argument('--out_dir', required=True)
-  parser.add_argument('--split', required=True)
-  parser.add_argument('--normalize_ids', action=argparse.BooleanOptionalAction, default=True)
-  parser.add_argument('--builtin_phrases', action=argparse.BooleanOptionalAction, default=True)
-  parser.add_argument('--on_error', default='skip', choices=('skip', 'raise'))
-  parser.add_argument('--max_error_fraction', type=float, default=0.01)
-  parser.add_argument('--overwrite', action='store_true')
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  try:
-    info = import_snli_ve(
-        jsonl=args.jsonl, out_dir=args.out_dir, split=args.split,
-        image_sources=examples_lib.parse_image_sources(args.images), phrases=args.phrases,
-        vocab_dir=args.vocab_dir, normalize_ids=args.normalize_ids,
-        builtin_phrases=args.builtin_phrases, on_error=args.on_error,
-        max_error_fraction=args.max_error_fraction, overwrite=args.overwrite)
-  except (examples_lib.TaskDataError, phrase_files.PhraseFileError, ValueError,
-          FileExistsError, FileNotFoundError) as e:
-    print(f'import failed: {e}', file=sys.stderr)
-    return 1
-  print(f'{args.out_dir}/{args.split}: {info.splits[args.split]}')
-  return 0
+  return cli.run_importer('python -m input_pipeline.tasks.snli_ve', argv, _define, _import,
+                          required=('jsonl',))
 
 
 if __name__ == '__main__':

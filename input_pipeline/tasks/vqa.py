@@ -23,9 +23,9 @@ joined by image id normalised as the authors' str(int(id.split('_')[-1])). Quest
 is missing are reported (file and index) and left out; questions without an in-vocabulary answer
 are skipped in training splits as the authors do (`--keep_unanswered` keeps them) and counted.
 Phrases come from the built-in extractor (phrase_extractor.py) unless `--nobuiltin_phrases`.
+Flags shared with the other importers: input_pipeline/cli.py (define_importer_flags).
 """
 
-import argparse
 import collections
 import json
 import os
@@ -33,9 +33,14 @@ import pickle
 import sys
 from typing import Any, Optional, Sequence
 
-from input_pipeline.tasks import examples as examples_lib
+from absl import flags
 
-Candidate = examples_lib.Candidate
+from input_pipeline import cli
+from input_pipeline import ownership
+from input_pipeline.tasks import examples as examples_lib
+from input_pipeline.tasks import importing
+
+Candidate = importing.Candidate
 TaskDataError = examples_lib.TaskDataError
 
 
@@ -71,7 +76,7 @@ def load_answer_vocab(path: str) -> list[str]:
 
 
 def read_vqa_v2(questions_path: str, annotations_path: Optional[str],
-                report: examples_lib.ImportReport) -> list[dict[str, Any]]:
+                report: importing.ImportReport) -> list[dict[str, Any]]:
   """[{question_id, image_id, question, answers: [str] or None, best: str or None, where}]."""
   questions = _load_json(questions_path)
   if not isinstance(questions, dict) or not isinstance(questions.get('questions'), list):
@@ -115,7 +120,7 @@ def read_vqa_v2(questions_path: str, annotations_path: Optional[str],
   return entries
 
 
-def read_qla(path: str, report: examples_lib.ImportReport) -> list[dict[str, Any]]:
+def read_qla(path: str, report: importing.ImportReport) -> list[dict[str, Any]]:
   """[{question_id, image_id, question, labels: [int | str], scores: [float], where}]."""
   data = _load_json(path)
   if not isinstance(data, list):
@@ -171,7 +176,8 @@ def import_vqa(*, out_dir: str, split: str, image_sources: Sequence[tuple[str, s
   """
   if (questions is None) == (qla is None):
     raise ValueError('pass either questions (+ annotations) or qla.')
-  report = examples_lib.ImportReport(on_error=on_error)
+  ownership.claim(out_dir, 'task')
+  report = importing.new_report(on_error=on_error)
   if qla is not None:
     entries = read_qla(qla, report)
   else:
@@ -191,7 +197,7 @@ def import_vqa(*, out_dir: str, split: str, image_sources: Sequence[tuple[str, s
   candidates = []
   for entry in entries:
     try:
-      image_id = examples_lib.normalize_image_id(entry['image_id'], normalize_ids)
+      image_id = importing.normalize_image_id(entry['image_id'], normalize_ids)
     except TaskDataError as e:
       report.problem('bad_image_id', entry['where'], str(e))
       continue
@@ -210,12 +216,12 @@ def import_vqa(*, out_dir: str, split: str, image_sources: Sequence[tuple[str, s
     candidates.append(Candidate(example={
         'example_id': str(entry['question_id']), 'image_id': image_id,
         'text': entry['question'], 'question_id': entry['question_id'],
-        'phrases': examples_lib.phrases_or_extracted(None, '', entry['question'],
+        'phrases': importing.phrases_or_extracted(None, '', entry['question'],
                                                      builtin_phrases),
         'labels': labels, 'scores': [targets[l] for l in labels]}, where=entry['where']))
   examples_lib.copy_vocabularies(vocab_dir or image_sources[0][0], out_dir)
   examples_lib.write_answers(out_dir, answers)
-  return examples_lib.write_imported_split(
+  return importing.write_imported_split(
       out_dir, split, task='vqa', candidates=candidates, image_sources=image_sources,
       normalize_ids=normalize_ids, report=report, max_error_fraction=max_error_fraction,
       source=qla or questions, overwrite=overwrite)
@@ -243,39 +249,31 @@ def _load_json(path: str) -> Any:
     raise TaskDataError(f'{path}: cannot read JSON ({e}).') from None
 
 
+def _define(v: flags.FlagValues) -> None:
+  flags.DEFINE_string('questions', None, 'v2_OpenEnded_mscoco_*_questions.json', flag_values=v)
+  flags.DEFINE_string('annotations', None, 'v2_mscoco_*_annotations.json', flag_values=v)
+  flags.DEFINE_string('qla', None, 'VinVL *_qla_mrcnn.json (instead of questions)',
+                      flag_values=v)
+  flags.DEFINE_string('answer_vocab', None, 'trainval_ans2label.pkl or a JSON list/dict',
+                      flag_values=v)
+  flags.DEFINE_integer('min_answer_count', 9, 'answers kept when building the vocabulary',
+                       flag_values=v)
+  flags.DEFINE_bool('builtin_phrases', True, 'phrases from the built-in extractor',
+                    flag_values=v)
+  flags.DEFINE_enum('keep_unanswered', 'auto', ['auto', 'true', 'false'], 'keep questions '
+                    'without an in-vocabulary answer (auto: not in train splits)', flag_values=v)
+
+
+def _import(a: flags.FlagValues) -> examples_lib.TaskInfo:
+  keep = {'auto': None, 'true': True, 'false': False}[a.keep_unanswered]
+  return import_vqa(questions=a.questions, annotations=a.annotations, qla=a.qla,
+                    answer_vocab=a.answer_vocab, min_answer_count=a.min_answer_count,
+                    builtin_phrases=a.builtin_phrases, keep_unanswered=keep,
+                    **cli.importer_args(a))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m input_pipeline.tasks.vqa',
-                                   description=__doc__.split('\n', 1)[0])
-  parser.add_argument('--questions', help='v2_OpenEnded_mscoco_*_questions.json')
-  parser.add_argument('--annotations', help='v2_mscoco_*_annotations.json')
-  parser.add_argument('--qla', help='VinVL *_qla_mrcnn.json (instead of questions)')
-  parser.add_argument('--answer_vocab', help='trainval_ans2label.pkl or a JSON list/dict')
-  parser.add_argument('--min_answer_count', type=int, default=9)
-  parser.add_argument('--images', action='append', required=True, help='DIR:SPLIT (repeatable)')
-  parser.add_argument('--vocab_dir', help='vocabularies (default: the first --images DIR)')
-  parser.add_argument('--out_dir', required=True)
-  parser.add_argument('--split', required=True)
-  parser.add_argument('--normalize_ids', action=argparse.BooleanOptionalAction, default=True)
-  parser.add_argument('--builtin_phrases', action=argparse.BooleanOptionalAction, default=True)
-  parser.add_argument('--keep_unanswered', action=argparse.BooleanOptionalAction, default=None)
-  parser.add_argument('--on_error', default='skip', choices=('skip', 'raise'))
-  parser.add_argument('--max_error_fraction', type=float, default=0.01)
-  parser.add_argument('--overwrite', action='store_true')
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  try:
-    info = import_vqa(
-        out_dir=args.out_dir, split=args.split,
-        image_sources=examples_lib.parse_image_sources(args.images), questions=args.questions,
-        annotations=args.annotations, qla=args.qla, answer_vocab=args.answer_vocab,
-        min_answer_count=args.min_answer_count, vocab_dir=args.vocab_dir,
-        normalize_ids=args.normalize_ids, builtin_phrases=args.builtin_phrases,
-        keep_unanswered=args.keep_unanswered, on_error=args.on_error,
-        max_error_fraction=args.max_error_fraction, overwrite=args.overwrite)
-  except (TaskDataError, ValueError, FileExistsError, FileNotFoundError) as e:
-    print(f'import failed: {e}', file=sys.stderr)
-    return 1
-  print(f'{args.out_dir}/{args.split}: {info.splits[args.split]}')
-  return 0
+  return cli.run_importer('python -m input_pipeline.tasks.vqa', argv, _define, _import)
 
 
 if __name__ == '__main__':

@@ -1,24 +1,17 @@
 """Two-stage retrieval evaluation (spec §4.1): rank rules, equality with brute force, an exact
 R@1 = 1.0 case, and uneven per-host shares (simulated hosts, tests/fake_hosts.py)."""
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
-from mvp_jax import config as config_lib
 from mvp_jax import data
-from mvp_jax import evaluators
-from mvp_jax import model as model_lib
 from mvp_jax import sharding
-from mvp_jax.downstream import models
 from mvp_jax.evaluators import retrieval
 from mvp_jax.evaluators import retrieval_metrics
 import fake_hosts
-
-CFG = config_lib.tiny(num_text_layers=1, num_visual_layers=1, num_cross_layers=1,
-                      region_feature_dim=16)
-IMAGES, CAPTIONS_PER_IMAGE, TEXT, TAGS, REGIONS, ROWS = 5, 2, 5, 3, 4, 4
+from retrieval_fixtures import (CAPTIONS_PER_IMAGE, IMAGES, REGIONS, TEXT, as_batches,
+                                make_evaluator, make_model, make_rows, uneven_host_batches)
 
 
 def test_ranks_on_hand_built_scores():
@@ -33,36 +26,6 @@ def test_ranks_on_hand_built_scores():
   assert retrieval_metrics.recall_at_k(ranks, (1, 2, 5)) == {1: 0.25, 2: 0.75, 5: 1.0}
   np.testing.assert_array_equal(
       retrieval_metrics.top_k_candidates(scores, 2), [[0, 1], [3, 2], [3, 2], [0, 2]])
-
-
-def make_rows(images=IMAGES, captions=CAPTIONS_PER_IMAGE, seed=0, tags=TAGS):
-  """`images` images with `captions` captions each, rows in a shuffled order (unpadded)."""
-  rng = np.random.default_rng(seed)
-  n = images * captions
-  image_of_row = np.repeat(np.arange(images), captions)
-  rows = dict(
-      input_ids_a=rng.integers(1, CFG.vocab_size, (n, TEXT)).astype(np.int32),
-      attention_mask_a=(np.arange(TEXT)[None] < rng.integers(3, TEXT + 1, (n, 1))).astype(
-          np.int32),
-      token_type_ids_a=np.zeros((n, TEXT), np.int32),
-      input_ids_b=rng.integers(1, CFG.vocab_size, (images, tags)).astype(np.int32)[image_of_row],
-      token_type_ids_b=np.ones((n, tags), np.int32),
-      attention_mask_b=np.ones((n, tags + REGIONS), np.int32),
-      img_feats=rng.normal(size=(images, REGIONS, CFG.region_feature_dim)).astype(
-          np.float32)[image_of_row],
-      image_index=image_of_row.astype(np.int32), example_valid=np.ones(n, np.int32),
-      example_index=np.arange(n, dtype=np.int64))
-  order = rng.permutation(n)  # captions of an image are spread over batches
-  return {k: v[order] for k, v in rows.items()}
-
-
-def as_batches(rows, size=ROWS):
-  """Padded host batches of `size` rows (the trainer's cached batches)."""
-  n = len(rows['example_valid'])
-  padded = -(-n // size) * size
-  rows = {k: np.concatenate([v, np.repeat(v[:1], padded - n, 0)]) for k, v in rows.items()}
-  rows['example_valid'][n:] = 0
-  return [{k: v[i:i + size] for k, v in rows.items()} for i in range(0, padded, size)]
 
 
 def brute_force(model, params, batches, prob_fn):
@@ -81,28 +44,6 @@ def brute_force(model, params, batches, prob_fn):
   prob = np.asarray(prob).reshape(captions.shape)
   is_match = rows['image_index'][:, None] == np.arange(IMAGES)[None, :]
   return prob, is_match
-
-
-def make_model(task, seed=1):
-  if task == 'pretrain':
-    model = model_lib.MVPPretrainingModel(CFG)
-    return model, nn.unbox(model_lib.init_params(CFG, jax.random.PRNGKey(seed)))
-  model = models.RetrievalModel(CFG)
-  params = nn.unbox(model.init(jax.random.PRNGKey(seed), model_lib.dummy_batch(CFG))['params'])
-  params['classifier']['kernel'] = params['classifier']['kernel'] * 50  # spread the scores
-  return model, params
-
-
-def make_evaluator(model, task, batches, to_device, calls=None, **options):
-  def get_batches(split, corrupt):
-    if calls is not None:
-      calls.append((split, corrupt))
-    return batches
-  context = evaluators.EvalContext(model=model, task=task, batches=get_batches,
-                                   to_device=to_device, workdir='/nonexistent')
-  (evaluator,) = evaluators.from_config(
-      {'ret': dict(type='retrieval', split='val', score_batch_size=8, **options)}, context)
-  return evaluator
 
 
 @pytest.fixture(scope='module')
@@ -190,14 +131,8 @@ def test_uneven_host_shares_match_one_host(monkeypatch):
   visual rows to stack."). Both hosts must run the same number of steps, each image must be
   encoded once over the hosts, and the ranks must equal one host's over the union of rows."""
   model, params = make_model('retrieval', seed=4)
-  rows = make_rows(images=8, captions=1, seed=5)
-  extra = make_rows(images=8, captions=1, seed=6)  # more captions of images 0 and 1
-  extra = {k: v[np.isin(extra['image_index'], [0, 1])] for k, v in extra.items()}
-  host_rows = [rows, {k: np.concatenate([extra[k]] * 3)[:5] for k in extra}]
-  host_batches = [as_batches(r) for r in host_rows]
-  assert [len(b) for b in host_batches] == [2, 2]
-  host_batches[0] += as_batches({k: v[:3] for k, v in rows.items()})  # 3rd batch on host 0
-  host_batches[0][2]['example_valid'][:] = 0  # ... of padding only (rows seen already)
+  host_batches = uneven_host_batches()
+  assert [len(b) for b in host_batches] == [3, 2]
   options = dict(top_k_images=3, top_k_texts=4)
 
   hosts = fake_hosts.FakeHosts(2, monkeypatch)

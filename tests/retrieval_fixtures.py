@@ -38,7 +38,8 @@ def make_rows(images=IMAGES, captions=CAPTIONS_PER_IMAGE, seed=0, tags=TAGS):
 
 
 def as_batches(rows, size=ROWS):
-  """Padded host batches of `size` rows (the trainer's cached batches)."""
+  """Host batches of `size` rows, as the trainer caches them: the last is padded with copies of
+  row 0 whose example_valid is 0."""
   n = len(rows['example_valid'])
   padded = -(-n // size) * size
   rows = {k: np.concatenate([v, np.repeat(v[:1], padded - n, 0)]) for k, v in rows.items()}

@@ -25,6 +25,7 @@ from mvp_jax import sharding
 from mvp_jax.downstream import losses as task_losses
 from mvp_jax.downstream import models
 import fake_hosts
+from retrieval_fixtures import as_batches
 
 TEXT, TAGS, REGIONS, ROWS, FEATURES = 6, 3, 4, 4, 16
 ANSWERS = ['yes', 'no', 'circle', 'red']
@@ -169,15 +170,6 @@ def task_rows(n, seed):
       example_valid=np.ones(n, np.int32))
 
 
-def split_batches(rows, size=ROWS):
-  """Host batches; the last is padded with copies of row 0 (example_valid 0)."""
-  n = len(rows['example_valid'])
-  padded = -(-n // size) * size
-  rows = {k: np.concatenate([v, np.repeat(v[:1], padded - n, 0)]) for k, v in rows.items()}
-  rows['example_valid'][n:] = 0
-  return [{k: v[i:i + size] for k, v in rows.items()} for i in range(0, padded, size)]
-
-
 CFG = config_lib.tiny(num_text_layers=1, num_visual_layers=1, num_cross_layers=1,
                       region_feature_dim=FEATURES)
 
@@ -202,9 +194,9 @@ def test_vqa_accuracy_loss_and_predictions(tmp_path, mesh_and_to_device):
   targets[np.arange(n), predicted] = soft
   targets[np.arange(n), (predicted + 1) % len(ANSWERS)] = 1.0  # a missed answer scores nothing
   rows.update(answer_targets=targets, question_id=np.arange(n, dtype=np.int64) * 10 + 5)
-  val = split_batches(rows)
+  val = as_batches(rows)
   assert val[-1]['example_valid'].tolist() == [1, 1, 1, 0]  # row 0 repeated as padding
-  test = split_batches(dict(rows, answer_targets=np.zeros_like(targets)))
+  test = as_batches(dict(rows, answer_targets=np.zeros_like(targets)))
   ctx = context(model, 'vqa', {'val': val, 'test': test}, to_device, tmp_path, answers=ANSWERS)
   vqa_val, vqa_test = evaluators.from_config(
       {'vqa': dict(type='vqa', split='val'),
@@ -232,7 +224,7 @@ def test_ve_accuracy_per_class(mesh_and_to_device):
   right = np.array([1, 1, 0, 1, 0, 1, 1, 0, 1], bool)
   rows['label'] = np.where(right, predicted, (predicted + 1) % 3).astype(np.int32)
   (ve,) = evaluators.from_config({'ve': dict(type='ve', split='val')},
-                                 context(model, 've', split_batches(rows), to_device))
+                                 context(model, 've', as_batches(rows), to_device))
   with jax.set_mesh(mesh):
     results = dict(ve.run(params))
   assert results['val/ve/accuracy'] == pytest.approx(6 / 9)
@@ -259,7 +251,7 @@ def test_re_accuracy_upper_bound_and_chance(mesh_and_to_device):
   iou[1, (predicted[1] + 1) % (REGIONS - 1)] = 0.6  # reachable but missed
   rows['region_iou'] = iou
   (evaluator,) = evaluators.from_config({'re': dict(type='re', split='testA')},
-                                        context(model, 're', split_batches(rows), to_device))
+                                        context(model, 're', as_batches(rows), to_device))
   with jax.set_mesh(mesh):
     results = dict(evaluator.run(params))
   assert results['testA/re/accuracy'] == pytest.approx(4 / 6)
@@ -276,8 +268,8 @@ def test_uneven_host_shares_and_progress_log(monkeypatch, caplog):
   model, params, out = task_model('ve', rows)
   rows['label'] = ((np.asarray(out['class_logits']).argmax(-1) + np.arange(13) % 2) % 3
                    ).astype(np.int32)
-  host_batches = [split_batches({k: v[:10] for k, v in rows.items()}),
-                  split_batches({k: v[10:] for k, v in rows.items()})]
+  host_batches = [as_batches({k: v[:10] for k, v in rows.items()}),
+                  as_batches({k: v[10:] for k, v in rows.items()})]
   assert [len(b) for b in host_batches] == [3, 1]
   hosts = fake_hosts.FakeHosts(2, monkeypatch)
   evals = [evaluators.from_config({'ve': dict(type='ve', split='val')},

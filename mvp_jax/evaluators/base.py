@@ -71,6 +71,7 @@ class Evaluator:
       raise ValueError(f'evals.{name}: every must be >= 0 (0 = only at the end), got {every}.')
     self.name, self.context, self.split, self.every = name, context, split, int(every)
     self.prefix = f'{split}/{name}' if prefix is None else prefix
+    self._jit_cache: Dict[tuple, Callable] = {}
 
   def metric(self, name: str) -> str:
     return f'{self.prefix}/{name}'
@@ -99,11 +100,11 @@ class Evaluator:
     """`jax.jit(fn)` whose outputs keep the batch's row sharding (cached per sharding), so
     `hosts.local_rows` finds this host's rows of every output."""
     sharding = getattr(device_batch['example_valid'], 'sharding', None)
-    cache = self.__dict__.setdefault('_jit_cache', {})
     key = (fn, sharding)
-    if key not in cache:
-      cache[key] = jax.jit(fn) if sharding is None else jax.jit(fn, out_shardings=sharding)
-    return cache[key]
+    if key not in self._jit_cache:
+      self._jit_cache[key] = (jax.jit(fn) if sharding is None
+                              else jax.jit(fn, out_shardings=sharding))
+    return self._jit_cache[key]
 
 
 def dummy_batch(batch: Batch) -> Dict[str, np.ndarray]:

@@ -175,7 +175,10 @@ class RetrievalEvaluator(base.Evaluator):
     if not sum(counts):
       raise ValueError(f'evals.{self.name}: split {self.split!r} has no valid row.')
     keys = VISUAL_INPUTS + ('image_index',)
-    blank = {k: np.zeros_like(np.asarray(batches[0][k][0])) for k in keys}  # the dummy row
+    # The fixed dummy row: pad ids and zero features, attending to every slot (a fully masked
+    # row would give a softmax over nothing).
+    blank = {k: np.zeros_like(np.asarray(batches[0][k][0])) for k in keys}
+    blank['attention_mask_b'] = np.ones_like(blank['attention_mask_b'])
 
     def image_batch(step: int) -> Columns:
       chunk = pointers[step * rows:(step + 1) * rows]

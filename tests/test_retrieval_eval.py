@@ -1,22 +1,17 @@
-"""Two-stage retrieval evaluation (spec §4.1): rank rules, and equality with brute force."""
+"""Two-stage retrieval evaluation (spec §4.1): rank rules, equality with brute force, an exact
+R@1 = 1.0 case, and uneven per-host shares (simulated hosts, tests/fake_hosts.py)."""
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
-from mvp_jax import config as config_lib
 from mvp_jax import data
-from mvp_jax import model as model_lib
 from mvp_jax import sharding
-from mvp_jax.downstream import models
-from mvp_jax.evaluators import pretraining
 from mvp_jax.evaluators import retrieval
 from mvp_jax.evaluators import retrieval_metrics
-
-CFG = config_lib.tiny(num_text_layers=1, num_visual_layers=1, num_cross_layers=1,
-                      region_feature_dim=16)
-IMAGES, CAPTIONS_PER_IMAGE, TEXT, TAGS, REGIONS, ROWS = 5, 2, 5, 3, 4, 4
+import fake_hosts
+from retrieval_fixtures import (CAPTIONS_PER_IMAGE, IMAGES, REGIONS, TEXT, as_batches,
+                                make_evaluator, make_model, make_rows, uneven_host_batches)
 
 
 def test_ranks_on_hand_built_scores():
@@ -33,30 +28,6 @@ def test_ranks_on_hand_built_scores():
       retrieval_metrics.top_k_candidates(scores, 2), [[0, 1], [3, 2], [3, 2], [0, 2]])
 
 
-def make_split():
-  """IMAGES images with CAPTIONS_PER_IMAGE captions each, as padded host batches of ROWS."""
-  rng = np.random.default_rng(0)
-  n = IMAGES * CAPTIONS_PER_IMAGE
-  image_of_row = np.repeat(np.arange(IMAGES), CAPTIONS_PER_IMAGE)
-  rows = dict(
-      input_ids_a=rng.integers(1, CFG.vocab_size, (n, TEXT)).astype(np.int32),
-      attention_mask_a=(np.arange(TEXT)[None] < rng.integers(3, TEXT + 1, (n, 1))).astype(
-          np.int32),
-      token_type_ids_a=np.zeros((n, TEXT), np.int32),
-      input_ids_b=rng.integers(1, CFG.vocab_size, (IMAGES, TAGS)).astype(np.int32)[image_of_row],
-      token_type_ids_b=np.ones((n, TAGS), np.int32),
-      attention_mask_b=np.ones((n, TAGS + REGIONS), np.int32),
-      img_feats=rng.normal(size=(IMAGES, REGIONS, CFG.region_feature_dim)).astype(
-          np.float32)[image_of_row],
-      image_index=image_of_row.astype(np.int32), example_valid=np.ones(n, np.int32))
-  order = rng.permutation(n)  # captions of an image are spread over batches
-  rows = {k: v[order] for k, v in rows.items()}
-  padded = -(-n // ROWS) * ROWS
-  rows = {k: np.concatenate([v, np.repeat(v[:1], padded - n, 0)]) for k, v in rows.items()}
-  rows['example_valid'][n:] = 0
-  return [{k: v[i:i + ROWS] for k, v in rows.items()} for i in range(0, padded, ROWS)]
-
-
 def brute_force(model, params, batches, prob_fn):
   """p(matched) of every (caption, image) pair by running the full model on each pair."""
   rows = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
@@ -65,8 +36,7 @@ def brute_force(model, params, batches, prob_fn):
   first = {int(i): int(np.flatnonzero(rows['image_index'] == i)[0]) for i in range(IMAGES)}
   captions, images = np.meshgrid(np.arange(len(valid[valid])), np.arange(IMAGES), indexing='ij')
   text_rows, image_rows = captions.reshape(-1), np.array([first[i] for i in images.reshape(-1)])
-  pairs = {k: rows[k][text_rows] for k in ('input_ids_a', 'attention_mask_a',
-                                           'token_type_ids_a')}
+  pairs = {k: rows[k][text_rows] for k in retrieval.TEXT_INPUTS}
   pairs.update({k: rows[k][image_rows] for k in retrieval.VISUAL_INPUTS})
   pooled = model.apply({'params': params}, pairs,
                        method=lambda m, b: m.backbone(b)['pooled_output'])
@@ -80,30 +50,22 @@ def brute_force(model, params, batches, prob_fn):
 def setup():
   mesh = sharding.create_mesh((2, 1, 1))  # rerank chunks are split over 2 data shards
   to_device = lambda b: data.to_global(b, sharding.batch_sharding(mesh))
-  return mesh, to_device, make_split()
+  return mesh, to_device, as_batches(make_rows())
 
 
-@pytest.mark.parametrize('pretrained', [False, True])
-def test_two_stage_with_k_all_equals_brute_force_itm_ranking(setup, pretrained):
+@pytest.mark.parametrize('task', ['retrieval', 'pretrain'])
+def test_two_stage_with_k_all_equals_brute_force_itm_ranking(setup, task):
   mesh, to_device, batches = setup
-  if pretrained:
-    model = model_lib.MVPPretrainingModel(CFG)
-    params = nn.unbox(model_lib.init_params(CFG, jax.random.PRNGKey(1)))
-    evaluator = pretraining.RetrievalEvaluator(model, lambda: batches, to_device,
-                                               top_k=IMAGES * CAPTIONS_PER_IMAGE,
-                                               score_batch_size=8)
-    prob_fn = retrieval.pretraining_match_probability
-  else:
-    model = models.RetrievalModel(CFG)
-    params = nn.unbox(model.init(jax.random.PRNGKey(1), model_lib.dummy_batch(CFG))['params'])
-    params['classifier']['kernel'] = params['classifier']['kernel'] * 50  # spread the scores
-    evaluator = retrieval.TwoStageRetrievalEvaluator(
-        model, lambda: batches, to_device, top_k_images=IMAGES,
-        top_k_texts=IMAGES * CAPTIONS_PER_IMAGE, score_batch_size=8)
-    prob_fn = retrieval.finetuned_match_probability
+  model, params = make_model(task)
+  calls = []
+  evaluator = make_evaluator(model, task, batches, to_device, calls,
+                             top_k_images=IMAGES, top_k_texts=IMAGES * CAPTIONS_PER_IMAGE)
   with jax.set_mesh(mesh):
     ranks = evaluator.ranks(params)
     texts, images = evaluator.encode(params)
+  assert calls[0] == ('val', False)  # retrieval reads clean batches
+  prob_fn = (retrieval.pretraining_match_probability if task == 'pretrain'
+             else retrieval.finetuned_match_probability)
   prob, is_match = brute_force(model, params, batches, prob_fn)
   # Evaluation order of captions is the batches' order of valid rows, as in brute_force.
   np.testing.assert_array_equal(images['image_index'], np.arange(IMAGES))
@@ -115,15 +77,14 @@ def test_two_stage_with_k_all_equals_brute_force_itm_ranking(setup, pretrained):
 
 def test_ground_truth_outside_the_top_k_gets_rank_k(setup):
   mesh, to_device, batches = setup
-  model = models.RetrievalModel(CFG)
-  params = nn.unbox(model.init(jax.random.PRNGKey(2), model_lib.dummy_batch(CFG))['params'])
+  model, params = make_model('retrieval', seed=2)
   k = 2
-  evaluator = retrieval.TwoStageRetrievalEvaluator(
-      model, lambda: batches, to_device, top_k_images=k, top_k_texts=k, score_batch_size=8,
-      add_contrastive=True)
+  evaluator = make_evaluator(model, 'retrieval', batches, to_device, top_k_images=k,
+                             top_k_texts=k, add_contrastive=True)
   with jax.set_mesh(mesh):
     ranks = evaluator.ranks(params)
     texts, images = evaluator.encode(params)
+    results = dict(evaluator.run(params))
   prob, is_match = brute_force(model, params, batches, retrieval.finetuned_match_probability)
   similarity = texts['embedding'] @ images['embedding'].T
   candidates = retrieval_metrics.top_k_candidates(similarity, k)
@@ -134,7 +95,59 @@ def test_ground_truth_outside_the_top_k_gets_rank_k(setup):
   np.testing.assert_array_equal(ranks['t2i'], expected)
   np.testing.assert_array_equal(ranks['coarse_t2i'],
                                 retrieval_metrics.full_ranks(similarity, is_match))
+  assert results['val/ret/num_images'] == IMAGES
+  assert results['val/ret/num_captions'] == IMAGES * CAPTIONS_PER_IMAGE
+  assert results['val/ret/t2i_R@1'] == np.mean(np.asarray(expected) < 1)
+  assert set(results) == {f'val/ret/{d}_R@{k}' for d in ('t2i', 'i2t', 'coarse_t2i',
+                                                         'coarse_i2t') for k in (1, 5, 10)} | {
+                                                             'val/ret/num_images',
+                                                             'val/ret/num_captions'}
+
+
+def test_recall_at_1_is_exactly_one_when_images_mirror_their_caption(setup):
+  """The visual encoder is tied to the text encoder and each image's tags are its caption's
+  words (regions masked out), so an image's embedding is its caption's: R@1 must be 1.0."""
+  mesh, to_device, _ = setup
+  model, params = make_model('pretrain')
+  backbone = params['backbone']
+  backbone['visual_encoder'] = backbone['text_encoder']
+  backbone['visual_projection'] = backbone['text_projection']
+  rows = make_rows(images=6, captions=1, seed=3, tags=TEXT)
+  rows.update(input_ids_b=rows['input_ids_a'], token_type_ids_b=rows['token_type_ids_a'],
+              attention_mask_b=np.concatenate(
+                  [rows['attention_mask_a'], np.zeros((6, REGIONS), np.int32)], 1))
+  evaluator = make_evaluator(model, 'pretrain', as_batches(rows), to_device, top_k_images=1,
+                             top_k_texts=1, prefix='retrieval')
   with jax.set_mesh(mesh):
-    results = evaluator.run(params)
-  assert results['retrieval/num_images'] == IMAGES
-  assert results['retrieval/t2i_R@1'] == np.mean(np.asarray(expected) < 1)
+    results = dict(evaluator.run(params))
+  for direction in ('t2i', 'i2t', 'coarse_t2i', 'coarse_i2t'):
+    assert results[f'retrieval/{direction}_R@1'] == 1.0, (direction, results)
+  assert results['retrieval/num_images'] == 6
+
+
+def test_uneven_host_shares_match_one_host(monkeypatch):
+  """Host 0 holds captions of every image over 3 batches, host 1 two batches of captions of two
+  images only: host 1's new images run out first (today's code passed `[]` to `_stack`: "No
+  visual rows to stack."). Both hosts must run the same number of steps, each image must be
+  encoded once over the hosts, and the ranks must equal one host's over the union of rows."""
+  model, params = make_model('retrieval', seed=4)
+  host_batches = uneven_host_batches()
+  assert [len(b) for b in host_batches] == [3, 2]
+  options = dict(top_k_images=3, top_k_texts=4)
+
+  hosts = fake_hosts.FakeHosts(2, monkeypatch)
+  evals = [make_evaluator(model, 'retrieval', b, hosts.to_device, **options)
+           for b in host_batches]
+  per_host = hosts.run([lambda e=e: e.ranks(params) for e in evals])
+  assert [[s[:2] for s in h] for h in hosts.steps] == [[s[:2] for s in hosts.steps[0]]] * 2
+  image_rows = sum(s[2] for h in hosts.steps for s in h if 'img_feats' in s[0])
+  assert image_rows == 8  # every image encoded once over the two hosts
+  monkeypatch.undo()
+
+  one_host = make_evaluator(model, 'retrieval', host_batches[0] + host_batches[1],
+                            lambda b: {k: jax.numpy.asarray(v) for k, v in b.items()}, **options)
+  expected = one_host.ranks(params)
+  for ranks in per_host:
+    for name in expected:
+      np.testing.assert_array_equal(ranks[name], expected[name], err_msg=name)
+  assert len(expected['t2i']) == 8 + 5 and len(expected['i2t']) == 8

@@ -1,177 +1,197 @@
-"""Two-stage image-text retrieval evaluation (spec §4.1), for pre-trained and fine-tuned models.
+"""Two-stage image-text retrieval (spec §4.1) of the pre-training and the fine-tuned model.
 
-1. **Coarse.** One pass over (image, caption) batches: the text encoder runs on every caption and
-   the visual encoder on every *image once* (rows are grouped by `image_index`; new images are
-   collected and encoded in full batches). All caption-image pairs are ranked by the cosine of
-   their contrastive embeddings.
+`type='retrieval'` on clean batches of (caption, image) rows grouped by `image_index`:
+
+1. **Coarse.** Two streams are read from the split's rows. The text stream is every caption,
+   encoded by the text encoder where it lies. The image stream is every *distinct image once over
+   all hosts*: the hosts agree on which of them owns each image (the lowest host holding one of
+   its captions), and each encodes only its own, gathering the visual inputs row by row from its
+   batches (no per-caption copy of image features is made). All caption-image pairs are ranked by
+   the cosine of their contrastive embeddings.
 2. **Fine.** For every caption its top `top_k_images` images, and for every image its top
    `top_k_texts` captions, are re-scored by the cross-modal encoder and the matching head
-   (`match_probability`; ITM alone, or ITM + the coarse cosine with `add_contrastive`).
+   (ITM alone, or ITM + the coarse cosine with `add_contrastive`). The head is chosen from
+   `context.task`: the pre-training ITM head, where label 0 = matched, for 'pretrain'; the
+   retrieval `classifier`, where label 1 = matched, for 'retrieval'.
 3. **Ranks.** The rank of a query is the position of its first ground truth among the re-scored
    candidates, and k when the coarse stage lost every ground truth (the authors' rule);
    R@K = mean(rank < K).
 
-The rerank runs in fixed-size chunks of `score_batch_size` pairs under one jitted function (static
-shapes), placed with `to_device` so the chunks are sharded over the mesh's data axes. Every host
-computes the same candidate lists (embeddings are all-gathered), so every host runs the same number
-of chunks; the encoding pass agrees on the number of visual-encoder steps across hosts and pads
-with dummy rows.
+Every phase runs a number of steps agreed by all hosts, padding with dummy rows (`example_valid`
+0), and gathers its results once. Every host computes the same candidate lists, and each feeds
+its slice of every rerank chunk of `score_batch_size` pairs.
+
+Metrics: {t2i, i2t, coarse_t2i, coarse_i2t}_R@{k} for k in `ks`, num_captions, num_images.
 """
 
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
+from mvp_jax.evaluators import base
+from mvp_jax.evaluators import hosts
+from mvp_jax.evaluators import progress as progress_lib
 from mvp_jax.evaluators import retrieval_metrics
 
-Batch = Mapping[str, np.ndarray]
-MatchProbability = Callable[[nn.Module, jax.Array], jax.Array]
-
+Array = jax.Array
+Columns = Dict[str, np.ndarray]
+TEXT_INPUTS = ('input_ids_a', 'token_type_ids_a', 'attention_mask_a')
 VISUAL_INPUTS = ('input_ids_b', 'token_type_ids_b', 'attention_mask_b', 'img_feats')
 
 
-def to_host(x) -> np.ndarray:
-  """A (possibly globally sharded) array as numpy on every host."""
-  if jax.process_count() > 1:
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(jax.device_get(x))
-
-
-def agree_max(value: int) -> int:
-  """The maximum of a per-host integer over all hosts (the value itself on one host)."""
-  if jax.process_count() == 1:
-    return int(value)
-  return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int64))))
-
-
-def pretraining_match_probability(module: nn.Module, pooled: jax.Array) -> jax.Array:
+def pretraining_match_probability(module: nn.Module, pooled: Array) -> Array:
   """p(matched) from the pre-training ITM head, where label 0 = matched: [N, H] -> [N]."""
   logits = module.itm_head(pooled).astype(jnp.float32)
   return jax.nn.softmax(logits, axis=-1)[:, 0]
 
 
-def finetuned_match_probability(module: nn.Module, pooled: jax.Array) -> jax.Array:
+def finetuned_match_probability(module: nn.Module, pooled: Array) -> Array:
   """p(matched) from the retrieval `classifier`, where label 1 = matched: [N, H] -> [N]."""
   return module.match_probability(pooled)
 
 
-class TwoStageRetrievalEvaluator:
-  """Coarse contrastive ranking + matching-head rerank of the top k; `run(params) -> dict`.
+def image_owners(batches: Sequence[base.Batch]) -> Tuple[List[Tuple[int, int]], List[int]]:
+  """This host's images to encode and every host's count of them.
 
-  Args:
-    model: a model with a `backbone` (`MVPPretrainingModel`, `RetrievalModel`).
-    batches: callable returning the evaluation batches (host-local numpy dicts with
-      `image_index` and `example_valid`; rows with example_valid 0 are ignored).
-    to_device: places a host-local dict of [rows, ...] arrays on the mesh (batch-sharded).
-    match_probability: (module, pooled [N, H]) -> [N] p(matched) of the model's head.
-    top_k_images: candidates re-scored per caption (authors: 64).
-    top_k_texts: candidates re-scored per image (authors: 128).
-    add_contrastive: score = p(matched) + coarse cosine instead of p(matched) alone.
-    score_batch_size: global pairs per rerank chunk (a multiple of the data shards).
-    ks: the recall cut-offs.
-    prefix: metric-name prefix.
+  Returns:
+    (pointers, counts): pointers (batch, row) to the first valid row of each image this host
+    owns, by increasing image_index; counts[h] = the number of images host h owns. A host owns
+    an image when it holds one of its captions and no lower host does.
   """
+  first: Dict[int, Tuple[int, int]] = {}
+  for b, batch in enumerate(batches):
+    for row in np.flatnonzero(np.asarray(batch['example_valid'])):
+      first.setdefault(int(batch['image_index'][row]), (b, int(row)))
+  ids = np.asarray(sorted(first), np.int64)
+  width = int(hosts.agree([len(ids)]).max())
+  table = hosts.gather(np.pad(ids, (0, width - len(ids)), constant_values=-1)[None])
+  seen, counts, host = set(), [], jax.process_index()
+  mine: List[Tuple[int, int]] = []
+  for h, row in enumerate(table):
+    new = [int(i) for i in row if i >= 0 and int(i) not in seen]
+    if h == host:
+      mine = [first[i] for i in new]
+    seen.update(new)
+    counts.append(len(new))
+  return mine, counts
 
-  def __init__(self, model: nn.Module, batches: Callable[[], Iterable[Batch]],
-               to_device: Callable[[Batch], Batch] = lambda b: b, *,
-               match_probability: MatchProbability = finetuned_match_probability,
-               top_k_images: int = 64, top_k_texts: int = 128, add_contrastive: bool = False,
-               score_batch_size: int = 64, ks=(1, 5, 10), prefix: str = 'retrieval'):
-    self.model, self.batches, self.to_device = model, batches, to_device
-    self.top_k_images, self.top_k_texts = top_k_images, top_k_texts
-    self.add_contrastive, self.score_batch_size = add_contrastive, score_batch_size
-    self.ks, self.prefix = ks, prefix
 
-    def encode_text(params, batch):
-      def fn(m):
-        sequence = m.backbone.encode_text(batch)
-        embedding, _ = m.backbone.contrastive_embeddings(sequence, sequence)
-        return dict(embedding=embedding, sequence=sequence, mask=batch['attention_mask_a'],
-                    image_index=batch['image_index'], valid=batch['example_valid'])
-      return model.apply({'params': params}, method=fn)
+def _valid(columns: Columns) -> Columns:
+  valid = columns.pop('example_valid').astype(bool)
+  return {k: v[valid] for k, v in columns.items()}
 
-    def encode_visual(params, batch):
-      def fn(m):
-        sequence = m.backbone.encode_visual(batch)
-        _, embedding = m.backbone.contrastive_embeddings(sequence, sequence)
-        regions, region_mask = m.backbone.region_slots(sequence, batch['attention_mask_b'],
-                                                       batch['input_ids_b'].shape[1])
-        return dict(embedding=embedding, regions=regions, region_mask=region_mask,
-                    image_index=batch['image_index'], valid=batch['example_valid'])
-      return model.apply({'params': params}, method=fn)
 
-    def score(params, text_sequence, text_mask, regions, region_mask):
-      def fn(m):
-        _, pooled, _ = m.backbone.encode_cross(text_sequence, text_mask, regions, region_mask)
-        return match_probability(m, pooled)
-      return model.apply({'params': params}, method=fn)
+class RetrievalEvaluator(base.Evaluator):
+  """`type='retrieval'`: two-stage retrieval R@K, coarse (contrastive) and fine (reranked).
 
-    self._encode_text = jax.jit(encode_text)
-    self._encode_visual = jax.jit(encode_visual)
-    self._score = jax.jit(score)
+  Options:
+    top_k_images: images re-scored per caption (authors: 64).
+    top_k_texts: captions re-scored per image (authors: 128).
+    add_contrastive: fine score = p(matched) + coarse cosine instead of p(matched) alone.
+    score_batch_size: global pairs per rerank step (a multiple of the hosts and data shards).
+    ks: the recall cut-offs.
+  """
+  tasks = ('pretrain', 'retrieval')
+  corrupt = False
 
-  # --- Coarse stage: every caption and every image encoded once ---------------------------------
-  def encode(self, params) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
-    """(texts, images): per valid caption `embedding`, `sequence`, `mask`, `image_index`; per
-    distinct image (sorted by image_index) `embedding`, `regions`, `region_mask`, `image_index`."""
-    texts: Dict[str, List[np.ndarray]] = {}
-    images: Dict[int, Dict[str, np.ndarray]] = {}
-    pending: List[Dict[str, np.ndarray]] = []  # host-local visual inputs of unseen images
-    queued = set()
-    rows_per_step = None
+  def __init__(self, name, context, *, top_k_images: int = 64, top_k_texts: int = 128,
+               add_contrastive: bool = False, score_batch_size: int = 64,
+               ks: Sequence[int] = (1, 5, 10), **kwargs):
+    super().__init__(name, context, **kwargs)
+    if min(top_k_images, top_k_texts, score_batch_size) < 1:
+      raise ValueError(f'evals.{name}: top_k_images, top_k_texts and score_batch_size must be '
+                       f'>= 1, got {top_k_images}, {top_k_texts}, {score_batch_size}.')
+    self.top_k_images, self.top_k_texts = int(top_k_images), int(top_k_texts)
+    self.add_contrastive, self.score_batch_size = bool(add_contrastive), int(score_batch_size)
+    self.ks = tuple(int(k) for k in ks)
+    self.match_probability = (pretraining_match_probability if context.task == 'pretrain'
+                              else finetuned_match_probability)
 
-    def keep(store, out):
-      valid = out['valid'].astype(bool)
+  # --- Jitted pieces (per-row outputs) -----------------------------------------------------------
+  def _encode_text(self, params, batch) -> Dict[str, Array]:
+    def fn(m):
+      sequence = m.backbone.encode_text(batch)
+      embedding, _ = m.backbone.contrastive_embeddings(sequence, sequence)
+      return dict(embedding=embedding, sequence=sequence)
+    return self.context.model.apply({'params': params}, method=fn)
+
+  def _encode_visual(self, params, batch) -> Dict[str, Array]:
+    def fn(m):
+      sequence = m.backbone.encode_visual(batch)
+      _, embedding = m.backbone.contrastive_embeddings(sequence, sequence)
+      regions, region_mask = m.backbone.region_slots(sequence, batch['attention_mask_b'],
+                                                     batch['input_ids_b'].shape[1])
+      return dict(embedding=embedding, regions=regions, region_mask=region_mask)
+    return self.context.model.apply({'params': params}, method=fn)
+
+  def _score(self, params, chunk) -> Dict[str, Array]:
+    def fn(m):
+      _, pooled, _ = m.backbone.encode_cross(chunk['text_sequence'], chunk['text_mask'],
+                                             chunk['regions'], chunk['region_mask'])
+      return dict(score=self.match_probability(m, pooled))
+    return self.context.model.apply({'params': params}, method=fn)
+
+  def _stream(self, params, fn, phase: str, steps: int, batch_at, keep=()) -> Columns:
+    """Runs `fn` on `batch_at(0..steps-1)` (host batches, the same count on every host).
+
+    Returns the outputs of `fn` and the host columns `keep` + ('example_valid',) of every row
+    of every host, host 0's rows first ([hosts * steps * rows, ...]).
+    """
+    progress = progress_lib.Progress(self.name, phase, steps)
+    local: Dict[str, List[np.ndarray]] = {}
+    for step in range(steps):
+      host_batch = batch_at(step)
+      device_batch = self.context.to_device(host_batch)
+      out = {k: hosts.local_rows(v)
+             for k, v in self.jitted(fn, device_batch)(params, device_batch).items()}
+      out.update({k: np.asarray(host_batch[k]) for k in tuple(keep) + ('example_valid',)})
       for key, value in out.items():
-        if key != 'valid':
-          store.setdefault(key, []).append(value[valid])
+        local.setdefault(key, []).append(value)
+      progress.step()
+    return hosts.gather_columns({k: np.concatenate(v) for k, v in local.items()})
 
-    def run_visual_steps(steps: int):
-      for _ in range(steps):
-        chunk, pending[:] = pending[:rows_per_step], pending[rows_per_step:]
-        out = {k: to_host(v) for k, v in
-               self._encode_visual(params, self.to_device(self._stack(chunk, rows_per_step)))
-               .items()}
-        for row in np.flatnonzero(out['valid']):
-          images[int(out['image_index'][row])] = {k: out[k][row] for k in
-                                                  ('embedding', 'regions', 'region_mask')}
+  # --- Coarse stage: every caption and every image encoded once --------------------------------
+  def encode(self, params) -> Tuple[Columns, Columns]:
+    """(texts, images) of the split over all hosts: per valid caption `embedding` [C, H],
+    `sequence` [C, La, H], `mask` [C, La], `image_index` [C]; per distinct image, by increasing
+    image_index, `embedding` [I, H], `regions` [I, R', H], `region_mask` [I, R'],
+    `image_index` [I]."""
+    batches, text_steps, rows = self.read()
+    padding = base.dummy_batch(batches[0])
+    text_keys = TEXT_INPUTS + ('image_index', 'example_valid')
 
-    for batch in self.batches():
-      rows_per_step = len(batch['example_valid'])
-      out = {k: to_host(v) for k, v in self._encode_text(params, self.to_device(
-          {k: batch[k] for k in ('input_ids_a', 'token_type_ids_a', 'attention_mask_a',
-                                 'image_index', 'example_valid')})).items()}
-      keep(texts, out)
-      for row in np.flatnonzero(np.asarray(batch['example_valid'])):
-        image = int(batch['image_index'][row])
-        if image not in queued:
-          queued.add(image)
-          pending.append({k: np.asarray(batch[k][row]) for k in VISUAL_INPUTS + ('image_index',)})
-      run_visual_steps(agree_max(len(pending) // rows_per_step))
-    if rows_per_step is None:
-      raise ValueError('The retrieval evaluation split yielded no batch.')
-    run_visual_steps(agree_max(-(-len(pending) // rows_per_step)))
-    texts_np = {k: np.concatenate(v) for k, v in texts.items()}
-    ids = sorted(images)
-    images_np = {k: np.stack([images[i][k] for i in ids]) for k in
-                 ('embedding', 'regions', 'region_mask')}
-    images_np['image_index'] = np.asarray(ids)
-    return texts_np, images_np
+    def text_batch(step: int) -> Columns:
+      batch = batches[step] if step < len(batches) else padding
+      return {k: batch[k] for k in text_keys}
 
-  @staticmethod
-  def _stack(rows: List[Dict[str, np.ndarray]], size: int) -> Dict[str, np.ndarray]:
-    """`size` rows of visual inputs; missing rows repeat the first (or zeros) with valid 0."""
-    if not rows:
-      raise ValueError('No visual rows to stack.')
-    template = rows[0]
-    padded = rows + [template] * (size - len(rows))
-    out = {k: np.stack([r[k] for r in padded]) for k in template}
-    out['example_valid'] = (np.arange(size) < len(rows)).astype(np.int32)
-    return out
+    texts = _valid(self._stream(params, self._encode_text, 'encode texts', text_steps,
+                                text_batch, keep=('attention_mask_a', 'image_index')))
+    texts['mask'] = texts.pop('attention_mask_a')
+
+    pointers, counts = image_owners(batches)
+    if not sum(counts):
+      raise ValueError(f'evals.{self.name}: split {self.split!r} has no valid row.')
+    keys = VISUAL_INPUTS + ('image_index',)
+    # The fixed dummy row: pad ids and zero features, attending to every slot (a fully masked
+    # row would give a softmax over nothing).
+    blank = {k: np.zeros_like(np.asarray(batches[0][k][0])) for k in keys}
+    blank['attention_mask_b'] = np.ones_like(blank['attention_mask_b'])
+
+    def image_batch(step: int) -> Columns:
+      chunk = pointers[step * rows:(step + 1) * rows]
+      picked = [{k: batches[b][k][r] for k in keys} for b, r in chunk]
+      picked += [blank] * (rows - len(chunk))
+      out = {k: np.stack([p[k] for p in picked]) for k in keys}
+      out['example_valid'] = (np.arange(rows) < len(chunk)).astype(np.int32)
+      return out
+
+    images = _valid(self._stream(params, self._encode_visual, 'encode images',
+                                 -(-max(counts) // rows), image_batch, keep=('image_index',)))
+    order = np.argsort(images['image_index'], kind='stable')
+    return texts, {k: v[order] for k, v in images.items()}
 
   # --- Fine stage: rerank the candidates -------------------------------------------------------
   def score_pairs(self, params, text_rows: np.ndarray, image_rows: np.ndarray,
@@ -182,70 +202,67 @@ class TwoStageRetrievalEvaluator:
     The pair list is padded to whole chunks of `score_batch_size`; each host feeds its slice of
     every chunk, so all hosts run the same number of identically shaped steps.
     """
-    size = self.score_batch_size
-    hosts, host = jax.process_count(), jax.process_index()
-    if size % hosts:
-      raise ValueError(f'score_batch_size {size} is not divisible by {hosts} hosts.')
-    local = size // hosts
-    total = len(text_rows)
-    padded = -(-total // size) * size
-    text_rows = np.concatenate([text_rows, np.zeros(padded - total, text_rows.dtype)])
-    image_rows = np.concatenate([image_rows, np.zeros(padded - total, image_rows.dtype)])
-    scores = []
-    for start in range(0, padded, size):
-      mine = slice(start + host * local, start + (host + 1) * local)
+    size, num_hosts, host = self.score_batch_size, jax.process_count(), jax.process_index()
+    if size % num_hosts:
+      raise ValueError(f'evals.{self.name}: score_batch_size {size} is not divisible by '
+                       f'{num_hosts} hosts.')
+    local, total = size // num_hosts, len(text_rows)
+    chunks = -(-total // size)
+    pad = chunks * size - total
+    text_rows = np.concatenate([text_rows, np.zeros(pad, np.int64)]).astype(np.int64)
+    image_rows = np.concatenate([image_rows, np.zeros(pad, np.int64)]).astype(np.int64)
+    valid = (np.arange(chunks * size) < total).astype(np.int32)
+
+    def chunk(c: int) -> Columns:
+      mine = slice(c * size + host * local, c * size + (host + 1) * local)
       t, v = text_rows[mine], image_rows[mine]
-      chunk = self.to_device(dict(text_sequence=texts['sequence'][t], text_mask=texts['mask'][t],
-                                  regions=images['regions'][v],
-                                  region_mask=images['region_mask'][v]))
-      scores.append(to_host(self._score(params, chunk['text_sequence'], chunk['text_mask'],
-                                        chunk['regions'], chunk['region_mask'])))
-    return np.concatenate(scores)[:total].astype(np.float32)
+      return dict(text_sequence=texts['sequence'][t], text_mask=texts['mask'][t],
+                  regions=images['regions'][v], region_mask=images['region_mask'][v],
+                  example_valid=valid[mine])
+
+    # `_stream` returns every row host-major, [hosts, chunks, local]: make it chunk-major.
+    scores = self._stream(params, self._score, 'rerank', chunks, chunk)['score']
+    scores = scores.reshape(num_hosts, chunks, local).transpose(1, 0, 2).reshape(-1)
+    return scores[:total].astype(np.float32)
 
   def ranks(self, params) -> Dict[str, np.ndarray]:
     """Fine and coarse ranks: {'t2i', 'i2t', 'coarse_t2i', 'coarse_i2t'} -> [queries] int."""
     texts, images = self.encode(params)
+    missing = ~np.isin(texts['image_index'], images['image_index'])
+    if missing.any():
+      raise ValueError(f'evals.{self.name}: captions of images {texts["image_index"][missing]} '
+                       f'have no encoded image.')
     caption_image = np.searchsorted(images['image_index'], texts['image_index'])
     similarity = texts['embedding'] @ images['embedding'].T  # [captions, images]
     is_match = caption_image[:, None] == np.arange(len(images['image_index']))[None, :]
+    t2i = retrieval_metrics.top_k_candidates(similarity, self.top_k_images)  # [C, k]
+    i2t = retrieval_metrics.top_k_candidates(similarity.T, self.top_k_texts)  # [I, k]
+    scores = self.score_pairs(
+        params,
+        np.concatenate([np.repeat(np.arange(len(t2i)), t2i.shape[1]), i2t.reshape(-1)]),
+        np.concatenate([t2i.reshape(-1), np.repeat(np.arange(len(i2t)), i2t.shape[1])]),
+        texts, images)
 
-    def fine(query_similarity, query_is_match, k, texts_are_queries):
-      candidates = retrieval_metrics.top_k_candidates(query_similarity, k)
-      queries = np.repeat(np.arange(len(candidates)), candidates.shape[1])
-      items = candidates.reshape(-1)
-      text_rows, image_rows = (queries, items) if texts_are_queries else (items, queries)
-      scores = self.score_pairs(params, text_rows, image_rows, texts, images)
-      scores = scores.reshape(candidates.shape)
+    def fine(candidates, candidate_scores, query_similarity, query_is_match):
+      candidate_scores = candidate_scores.reshape(candidates.shape)
       if self.add_contrastive:
-        scores = scores + np.take_along_axis(query_similarity, candidates, 1)
-      return retrieval_metrics.rerank_ranks(scores,
+        candidate_scores = candidate_scores + np.take_along_axis(query_similarity, candidates, 1)
+      return retrieval_metrics.rerank_ranks(candidate_scores,
                                             np.take_along_axis(query_is_match, candidates, 1))
 
     return {
-        't2i': fine(similarity, is_match, self.top_k_images, True),
-        'i2t': fine(similarity.T, is_match.T, self.top_k_texts, False),
+        't2i': fine(t2i, scores[:t2i.size], similarity, is_match),
+        'i2t': fine(i2t, scores[t2i.size:], similarity.T, is_match.T),
         'coarse_t2i': retrieval_metrics.full_ranks(similarity, is_match),
         'coarse_i2t': retrieval_metrics.full_ranks(similarity.T, is_match.T),
     }
 
-  def run(self, params) -> Dict[str, float]:
+  def run(self, params: Any) -> base.Metrics:
     ranks = self.ranks(params)
-    results = {}
+    results = []
     for name, values in ranks.items():
       for k, value in retrieval_metrics.recall_at_k(values, self.ks).items():
-        results[f'{self.prefix}/{name}_R@{k}'] = value
-    results[f'{self.prefix}/num_captions'] = float(len(ranks['t2i']))
-    results[f'{self.prefix}/num_images'] = float(len(ranks['i2t']))
-    return results
-
-
-def make_evaluator(model: nn.Module, batches, to_device, *, pretraining: bool,
-                   top_k_images: int, top_k_texts: Optional[int] = None, **kwargs
-                   ) -> TwoStageRetrievalEvaluator:
-  """A two-stage evaluator with the right matching-head convention for `model`."""
-  return TwoStageRetrievalEvaluator(
-      model, batches, to_device,
-      match_probability=(pretraining_match_probability if pretraining
-                         else finetuned_match_probability),
-      top_k_images=top_k_images,
-      top_k_texts=top_k_images if top_k_texts is None else top_k_texts, **kwargs)
+        results.append((self.metric(f'{name}_R@{k}'), value))
+    results.append((self.metric('num_captions'), float(len(ranks['t2i']))))
+    results.append((self.metric('num_images'), float(len(ranks['i2t']))))
+    return iter(results)

@@ -1,6 +1,6 @@
 r"""Inference with a trained MVPTR: masked words, image-text matching, retrieval, phrase grounding.
 
-  predictor = Predictor.load('/tmp/mvp_tiny')          # a run workdir or an exported folder
+  predictor = Predictor.load('/tmp/mvp_tiny')   # a run, an exported folder, any weights source
   image = predictor.shapesworld_record(3)             # or an image record, or an RGB image
   predictor.fill_mask(image, 'a red [MASK] left of a blue square')
   predictor.match_score(image, 'a red circle left of a blue square')   # P(matched)
@@ -34,7 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mvp_jax import api
 from mvp_jax import model as model_lib
+from mvp_jax import run_dir
+from mvp_jax import weights
 from mvp_jax.config import ModelConfig
 
 Params = Dict[str, Any]
@@ -128,39 +131,27 @@ class Predictor:
   # --- Construction ---------------------------------------------------------------------------
 
   @classmethod
-  def from_workdir(cls, workdir: str, step: Optional[int] = None,
-                   dataset_dir: Optional[str] = None, **kwargs) -> 'Predictor':
-    """From a training run (its latest checkpoint unless `step`)."""
-    from input_pipeline import storage  # pylint: disable=g-import-not-at-top
-    from mvp_jax import checkpointing  # pylint: disable=g-import-not-at-top
-    from mvp_jax import export_hf  # pylint: disable=g-import-not-at-top
-    config, params, _ = checkpointing.load_trained(workdir, step)
-    data = export_hf.read_run_config(workdir).get('data', {})
-    tokenizer, concept_vocab = storage.load_vocabularies(
-        export_hf.find_dataset_dir(workdir, dataset_dir))
-    return cls(config, params, tokenizer, concept_vocab, _lengths(data), data, **kwargs)
+  def load(cls, path: str, *, step: Optional[int] = None, dataset_dir: Optional[str] = None,
+           **kwargs) -> 'Predictor':
+    """From a run directory (its latest checkpoint unless `step`), an exported folder, or any
+    pre-training checkpoint `mvp_jax.weights` reads with its vocabularies beside it.
 
-  @classmethod
-  def from_exported(cls, directory: str, **kwargs) -> 'Predictor':
-    """From a folder written by `mvp_jax.export_hf` (or an authors' folder + id2phrase.json)."""
-    from input_pipeline import storage  # pylint: disable=g-import-not-at-top
-    from mvp_jax import export_hf  # pylint: disable=g-import-not-at-top
-    config, params = export_hf.load_exported(directory)
-    section = export_hf.read_exported_config(directory).get('mvp_jax', {})
-    tokenizer, concept_vocab = storage.load_vocabularies(directory)
-    data = section.get('data', {})
-    lengths = _lengths(section.get('lengths') or data or PIPELINE_LENGTHS)
+    Vocabularies: `dataset_dir`, else the source's (the run's dataset, the folder's files).
+    Lengths: the run's / exported folder's, else the MLM pipeline's (`PIPELINE_LENGTHS`).
+    """
+    from input_pipeline import storage  # pylint: disable=g-import-not-at-top  (TensorFlow)
+    if step is not None:
+      path = os.path.join(path, run_dir.CHECKPOINTS_DIR, str(step))
+    source = weights.read(path)
+    config, params = api.load_checkpoint(source)
+    vocab_dir = dataset_dir or source.vocab_dir
+    if not vocab_dir:
+      raise FileNotFoundError(f'{path} carries no vocabularies: pass dataset_dir (the folder '
+                              'with vocab.txt or *.model and id2phrase.json).')
+    tokenizer, concept_vocab = storage.load_vocabularies(vocab_dir)
+    data = source.info.get('data') or {}
+    lengths = _lengths(source.info.get('lengths') or data or PIPELINE_LENGTHS)
     return cls(config, params, tokenizer, concept_vocab, lengths, data, **kwargs)
-
-  @classmethod
-  def load(cls, path: str, **kwargs) -> 'Predictor':
-    """A run workdir (holds model_config.json) or an exported folder (holds config.json)."""
-    if os.path.exists(os.path.join(path, 'model_config.json')):
-      return cls.from_workdir(path, **kwargs)
-    if os.path.exists(os.path.join(path, 'config.json')):
-      return cls.from_exported(path, **kwargs)
-    raise FileNotFoundError(f'{path} is neither an mvp-jax run (model_config.json) nor an '
-                            'exported folder (config.json).')
 
   # --- Examples -------------------------------------------------------------------------------
 

@@ -18,12 +18,12 @@ from clu import periodic_actions
 
 from mvp_jax import checkpointing
 from mvp_jax import data
-from mvp_jax import init_from as init_from_lib
 from mvp_jax import metrics as metrics_lib
 from mvp_jax import model as model_lib
 from mvp_jax import optim
 from mvp_jax import train_step as train_step_lib
 from mvp_jax import trainer_lib
+from mvp_jax import weights
 from mvp_jax.config import ModelConfig
 from mvp_jax.evaluators import pretraining as evaluators
 
@@ -139,8 +139,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   if resumed:
     first_batch = None
   elif config.get('init_from'):
-    state = state.replace(params=init_from_lib.load_into(
-        state.params, config.init_from, model_cfg, skip=tuple(config.get('init_skip', ()))))
+    loaded, report = weights.load(config.init_from, state.params, model_config=model_cfg,
+                                  skip=tuple(config.get('init_skip', ())))
+    logging.info('init_from: %s', report.summary())
+    # The state is still boxed here (the trainer unboxes it in the redesign).
+    state = state.replace(params=jax.tree_util.tree_map(
+        lambda box, new: box.replace_boxed(new) if isinstance(box, nn.Partitioned) else new,
+        state.params, loaded, is_leaf=lambda x: isinstance(x, nn.Partitioned)))
   start_step = int(jax.device_get(state.step))
 
   # --- Evaluators ----------------------------------------------------------------------------

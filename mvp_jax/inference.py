@@ -16,16 +16,12 @@ Captions are laid out exactly as in training (`input_pipeline.assembly.ExampleAs
 the concept vocabulary are dropped, as the authors do. Every method takes one (example, text) pair
 or lists of them (equal lengths, or one side single) and returns one result or a list.
 
-Command line:
-
-  python -m mvp_jax.inference --workdir=/tmp/mvp_tiny --shapesworld_index=3 \
-      --text="a red [MASK] left of a blue square" --task=fill_mask|match|ground
+The command line is `mvp_jax/inference_cli.py`.
 """
 
 import dataclasses
 import functools
 import io
-import json
 import os
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -58,23 +54,14 @@ def _mlm_and_match(config: ModelConfig, params: Params, batch: Mapping[str, jax.
   return model_lib.MVPPretrainingModel(config).apply({'params': params}, batch, method=apply)
 
 
-@functools.partial(jax.jit, static_argnames=('config',))
-def _text_embeddings(config: ModelConfig, params: Params, batch: Mapping[str, jax.Array]):
-  """L2-normalised ITC text embeddings [B, H] (text encoder [CLS] @ txt_proj)."""
+@functools.partial(jax.jit, static_argnames=('config', 'side'))
+def _embeddings(config: ModelConfig, params: Params, batch: Mapping[str, jax.Array], side: str):
+  """L2-normalised ITC embeddings [B, H]: text ([CLS] @ txt_proj) or image ([CLS] @ vis_proj)."""
   def apply(module, batch):
-    sequence = module.encode_text(batch)
+    sequence = (module.encode_text if side == 'text' else module.encode_visual)(batch)
+    projection = module.text_projection if side == 'text' else module.visual_projection
     return model_lib.l2_normalize(
-        (sequence[:, 0] @ module.text_projection.astype(sequence.dtype)).astype(jnp.float32))
-  return model_lib.MVPBackbone(config).apply({'params': params['backbone']}, batch, method=apply)
-
-
-@functools.partial(jax.jit, static_argnames=('config',))
-def _image_embeddings(config: ModelConfig, params: Params, batch: Mapping[str, jax.Array]):
-  """L2-normalised ITC image embeddings [B, H] (visual encoder [CLS] @ vis_proj)."""
-  def apply(module, batch):
-    sequence = module.encode_visual(batch)
-    return model_lib.l2_normalize(
-        (sequence[:, 0] @ module.visual_projection.astype(sequence.dtype)).astype(jnp.float32))
+        (sequence[:, 0] @ projection.astype(sequence.dtype)).astype(jnp.float32))
   return model_lib.MVPBackbone(config).apply({'params': params['backbone']}, batch, method=apply)
 
 
@@ -288,7 +275,7 @@ class Predictor:
       phrases = [phrases]
     blank = self._blank_record()
     batch, _, _ = self.encode([blank] * len(texts), texts, phrases)
-    out = self._run(_text_embeddings, batch)
+    out = self._run(functools.partial(_embeddings, side='text'), batch)
     return out[0] if single else out
 
   def embed_images(self, examples) -> np.ndarray:
@@ -296,7 +283,7 @@ class Predictor:
     single = _is_single_example(examples)
     examples = [examples] if single else list(examples)
     batch, _, _ = self.encode(examples, [''] * len(examples), [[]] * len(examples))
-    out = self._run(_image_embeddings, batch)
+    out = self._run(functools.partial(_embeddings, side='image'), batch)
     return out[0] if single else out
 
   def retrieve(self, text: str, examples, top_k: int = 5) -> List[Tuple[int, float]]:
@@ -394,68 +381,3 @@ def draw_boxes(record: Mapping[str, Any], boxes, labels: Sequence[str], scale: i
     draw.rectangle([x1, y1, x2 - 1, y2 - 1], outline=colour, width=2)
     draw.text((x1 + 3, y1 + 2 + 10 * (i % 3)), label, fill=colour)
   return image
-
-
-def _format(task: str, result) -> str:
-  if task == 'fill_mask':
-    lines = [result['text']]
-    for i, candidates in enumerate(result['masks']):
-      lines.append(f'[MASK] {i}: ' + ', '.join(f'{w} ({p:.3f})' for w, p in candidates))
-    return '\n'.join(lines)
-  if task == 'match':
-    return f'P(matched) = {result:.4f}'
-  lines = []
-  for phrase, region, box in zip(result['phrases'], result['region'], result['phrase_boxes']):
-    tag = result['tags'][region] if region < len(result['tags']) else ''
-    lines.append(f'{" ".join(phrase)!r} -> region {region} {tag} box '
-                 f'{[round(float(v), 1) for v in box]}')
-  return '\n'.join(lines) or 'No phrase of the text is in the concept vocabulary.'
-
-
-def run_cli(path: str, text: str, task: str = 'fill_mask', shapesworld_index: int = 0,
-            split: str = 'val', image: Optional[str] = None, top_k: int = 5) -> str:
-  """What `python -m mvp_jax.inference` prints (see the module docstring)."""
-  predictor = Predictor.load(path)
-  lines = []
-  if image:
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-    example = Image.open(image)
-  else:
-    example = predictor.shapesworld_record(shapesworld_index, split)
-    lines.append(f'ShapesWorld {split} image {shapesworld_index}: captions '
-                 f'{json.dumps(example["captions"])}')
-  if task == 'fill_mask':
-    result = predictor.fill_mask(example, text, top_k=top_k)
-  elif task == 'match':
-    result = predictor.match_score(example, text)
-  elif task == 'ground':
-    result = predictor.ground(example, text)
-  else:
-    raise ValueError(f"task must be 'fill_mask', 'match' or 'ground', got {task!r}.")
-  lines.append(_format(task, result))
-  return '\n'.join(lines)
-
-
-def _main(argv):
-  del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  values = flags.FLAGS
-  path = values.workdir or values.exported
-  if not path:
-    raise ValueError('Pass --workdir (a training run) or --exported (an exported folder).')
-  print(run_cli(path, values.text, values.task, values.shapesworld_index, values.split,
-                values.image, values.top_k))
-
-
-if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
-  absl_flags.DEFINE_string('workdir', None, 'A training run.')
-  absl_flags.DEFINE_string('exported', None, 'A folder written by mvp_jax.export_hf.')
-  absl_flags.DEFINE_integer('shapesworld_index', 0, 'ShapesWorld image of the run\'s config.')
-  absl_flags.DEFINE_string('split', 'val', 'ShapesWorld split.')
-  absl_flags.DEFINE_string('image', None, 'An image file instead of ShapesWorld (grid regions).')
-  absl_flags.DEFINE_string('text', 'a red [MASK] left of a blue square', 'The text.')
-  absl_flags.DEFINE_enum('task', 'fill_mask', ['fill_mask', 'match', 'ground'], 'What to do.')
-  absl_flags.DEFINE_integer('top_k', 5, 'fill_mask: candidates per [MASK].')
-  app.run(_main)

@@ -79,7 +79,7 @@ class LoadReport:
     if self.fresh:
       lines.append(f'Not from the source ({len(self.fresh)}): {_short(self.fresh)}.')
     if self.skipped:
-      lines.append(f'Source tensors not used ({len(self.skipped)}): {_short(self.skipped)}.')
+      lines.append(f'Source tensors not used: {len(self.skipped)} (why below).')
     return '\n'.join(lines + [f'- {note}' for note in self.notes])
 
 
@@ -297,9 +297,10 @@ def load(source, target: Any, *, model_config: ModelConfig, task: str = 'pretrai
       report.fresh.append(name)
       reasons[candidate.name] = f'another shape than the model\'s {name} ({problem})'
   if missing or mismatched:
-    raise WeightsError(f'{src.name} does not fit the {task} model\'s backbone: '
-                       + '; '.join(([f'shape mismatch {mismatched[:6]}'] if mismatched else [])
-                                   + ([f'missing {missing[:8]}'] if missing else [])))
+    raise WeightsError(
+        f'{src.name} does not fit the {task} model\'s backbone: ' + '; '.join(
+            ([f'{len(mismatched)} parameters of another shape: ' + '; '.join(mismatched[:6])]
+             if mismatched else []) + ([f'missing {missing[:8]}'] if missing else [])))
   all_names = [c.name for c in candidates.values()] + list(reasons)
   for source_name in dict.fromkeys(all_names):
     if source_name not in used:

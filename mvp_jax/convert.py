@@ -6,8 +6,8 @@ q/k/v kernels are reshaped to `[hidden, heads, head_dim]` (head h owns outputs 6
 attention output kernel to `[heads, head_dim, hidden]`, LayerNorm `weight` becomes `scale`, and
 embeddings, decoders and the `txt_proj`/`vis_proj` matrices are copied as they are.
 
-`load_state_dict` reads `.safetensors` (no torch needed), `.npz` and `.bin`/`.pt` (torch is
-imported only then). Weights are cast to float32 (released checkpoints may be fp16, spec §1.9).
+`load_state_dict` reads `.safetensors` (no torch needed), `.npz` and `.bin`/`.pt` (torch, an
+optional dependency, is imported only then). Weights are cast to float32 (released checkpoints may be fp16, spec §1.9).
 """
 
 import dataclasses
@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 from flax import traverse_util
+from safetensors import numpy as safetensors_numpy
 
 from mvp_jax import model as model_lib
 from mvp_jax.config import ModelConfig
@@ -244,8 +245,7 @@ def load_state_dict(path: Union[str, os.PathLike]) -> Dict[str, np.ndarray]:
   if not os.path.exists(path):
     raise FileNotFoundError(f'Checkpoint {path} does not exist.')
   if path.endswith('.safetensors'):
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    raw = load_file(path)
+    raw = safetensors_numpy.load_file(path)
   elif path.endswith('.npz'):
     with np.load(path) as data:
       raw = {k[len('param/'):] if k.startswith('param/') else k: data[k] for k in data.files
@@ -272,8 +272,8 @@ def strip_module_prefix(state: Mapping[str, Any]) -> Dict[str, Any]:
 
 def save_safetensors(state: Mapping[str, np.ndarray], path: str) -> None:
   """Writes a torch-named state dict as safetensors (float32, contiguous)."""
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  save_file({k: np.array(v, np.float32, order='C') for k, v in state.items()}, path)
+  safetensors_numpy.save_file({k: np.array(v, np.float32, order='C') for k, v in state.items()},
+                              path)
 
 
 def infer_config(state_dict: Mapping[str, Any], **overrides) -> ModelConfig:

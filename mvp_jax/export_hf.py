@@ -25,6 +25,9 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from absl import app
+from absl import flags
+
 from mvp_jax import api
 from mvp_jax import hf_bert
 from mvp_jax import run_dir
@@ -205,7 +208,6 @@ def upload(out_dir: str, repo_id: str, private: bool = False, hub_api=None) -> A
 
 
 def main(argv) -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top  (flags only under __main__)
   del argv
   values = flags.FLAGS
   if values.text_encoder_only:
@@ -222,16 +224,14 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
-  absl_flags.DEFINE_string('workdir', None, 'The training run to export.')
-  absl_flags.DEFINE_string('out', None, 'Output folder.')
-  absl_flags.DEFINE_string('dataset_dir', None, 'Dataset folder with the vocabularies.')
-  absl_flags.DEFINE_integer('step', None, 'Checkpoint step (default: latest).')
-  absl_flags.DEFINE_string('push_to_hub', None, 'Hub repo id to upload to (user/name).')
-  absl_flags.DEFINE_bool('private', False, 'Create the Hub repo private.')
-  absl_flags.DEFINE_bool('text_encoder', True, 'Also export text_encoder/ as a BertModel.')
-  absl_flags.DEFINE_bool('text_encoder_only', False,
+  flags.DEFINE_string('workdir', None, 'The training run to export.')
+  flags.DEFINE_string('out', None, 'Output folder.')
+  flags.DEFINE_string('dataset_dir', None, 'Dataset folder with the vocabularies.')
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: latest).')
+  flags.DEFINE_string('push_to_hub', None, 'Hub repo id to upload to (user/name).')
+  flags.DEFINE_bool('private', False, 'Create the Hub repo private.')
+  flags.DEFINE_bool('text_encoder', True, 'Also export text_encoder/ as a BertModel.')
+  flags.DEFINE_bool('text_encoder_only', False,
                          'Write only the text encoder (a transformers BertModel folder) to --out.')
-  absl_flags.mark_flags_as_required(['workdir', 'out'])
+  flags.mark_flags_as_required(['workdir', 'out'])
   app.run(main)

@@ -38,6 +38,7 @@ import shutil
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from safetensors.numpy import save_file
 
 from mvp_jax import convert
 from mvp_jax.config import ModelConfig
@@ -377,7 +378,6 @@ def export_text_encoder(params: Params, config: ModelConfig, out_dir: str,
   Load it with `transformers.BertModel.from_pretrained(out_dir)`; see the module docstring for
   what the pooler means. Returns out_dir.
   """
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   os.makedirs(out_dir, exist_ok=True)
   save_file(text_encoder_state(params, config), os.path.join(out_dir, 'model.safetensors'),
             metadata={'format': 'pt'})

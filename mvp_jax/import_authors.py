@@ -25,6 +25,10 @@ are copied.
 import os
 from typing import Any, Dict, List, Optional
 
+from absl import app
+from absl import flags
+from safetensors import safe_open
+
 from mvp_jax import api
 from mvp_jax import run_dir
 from mvp_jax import weights
@@ -33,7 +37,6 @@ from mvp_jax import weights
 def _source_dtypes(path: str) -> List[str]:
   """The tensor dtypes stored in a checkpoint file (to report fp16 weights)."""
   if path.endswith('.safetensors'):
-    from safetensors import safe_open  # pylint: disable=g-import-not-at-top  (optional dep)
     with safe_open(path, 'np') as f:
       return sorted({str(f.get_slice(k).get_dtype()).lower() for k in f.keys()})
   if path.endswith(('.bin', '.pt', '.pth')):
@@ -116,7 +119,6 @@ def describe(report: Dict[str, Any], out_dir: str) -> str:
 
 
 def main(argv) -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top  (flags only under __main__)
   del argv
   values = flags.FLAGS
   report = import_checkpoint(values.checkpoint, values.out, num_heads=values.num_heads,
@@ -126,13 +128,11 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
-  absl_flags.DEFINE_string('checkpoint', None, 'pytorch_model.bin / .safetensors or a folder.')
-  absl_flags.DEFINE_string('out', None, 'Output folder.')
-  absl_flags.DEFINE_integer('num_heads', None, 'Attention heads (default: config.json or H/64).')
-  absl_flags.DEFINE_integer('word_vocab_size', None, 'MLM output size (default: inferred).')
-  absl_flags.DEFINE_enum('img_layernorm', 'auto', ['auto', 'add', 'drop'],
+  flags.DEFINE_string('checkpoint', None, 'pytorch_model.bin / .safetensors or a folder.')
+  flags.DEFINE_string('out', None, 'Output folder.')
+  flags.DEFINE_integer('num_heads', None, 'Attention heads (default: config.json or H/64).')
+  flags.DEFINE_integer('word_vocab_size', None, 'MLM output size (default: inferred).')
+  flags.DEFINE_enum('img_layernorm', 'auto', ['auto', 'add', 'drop'],
                          'Image LayerNorm: keep as found, add an identity one, or drop it.')
-  absl_flags.mark_flags_as_required(['checkpoint', 'out'])
+  flags.mark_flags_as_required(['checkpoint', 'out'])
   app.run(main)

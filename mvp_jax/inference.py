@@ -29,6 +29,16 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tensorflow as tf
+
+from input_pipeline import assembly
+from input_pipeline import features
+from input_pipeline import phrase_extractor
+from input_pipeline import region_features
+from input_pipeline import storage
+from input_pipeline.shapesworld import build
+from input_pipeline.shapesworld import generate
+from input_pipeline.shapesworld import render
 
 from mvp_jax import api
 from mvp_jax import model as model_lib
@@ -89,7 +99,6 @@ class Predictor:
   def __init__(self, config: ModelConfig, params: Params, tokenizer, concept_vocab, lengths,
                data_config: Optional[Mapping[str, Any]] = None, batch_size: int = 32,
                grid: int = 3):
-    from input_pipeline import assembly  # pylint: disable=g-import-not-at-top
     missing = [k for k in ('backbone', 'mlm_head', 'itm_head') if k not in params]
     if missing:
       raise ValueError(f'The parameters lack {missing}: inference needs a pre-training model '
@@ -126,7 +135,6 @@ class Predictor:
     Vocabularies: `dataset_dir`, else the source's (the run's dataset, the folder's files).
     Lengths: the run's / exported folder's, else the MLM pipeline's (`PIPELINE_LENGTHS`).
     """
-    from input_pipeline import storage  # pylint: disable=g-import-not-at-top  (TensorFlow)
     if step is not None:
       path = os.path.join(path, run_dir.CHECKPOINTS_DIR, str(step))
     source = weights.read(path)
@@ -144,8 +152,6 @@ class Predictor:
 
   def shapesworld_record(self, index: int, split: str = 'val') -> Dict[str, Any]:
     """Image record `index` of `split` of the run's ShapesWorld configuration."""
-    from input_pipeline.shapesworld import build  # pylint: disable=g-import-not-at-top
-    from input_pipeline.shapesworld import generate  # pylint: disable=g-import-not-at-top
     options = dict(self.data_config.get('shapesworld') or {})
     options.setdefault('feature_dim', self.config.region_feature_dim)
     return generate.generate_record(build.config_from_dict(options).world, split, int(index))
@@ -162,8 +168,6 @@ class Predictor:
     return self._image_record(example)
 
   def _image_record(self, image) -> Dict[str, Any]:
-    from input_pipeline import region_features  # pylint: disable=g-import-not-at-top
-    from input_pipeline.shapesworld import render  # pylint: disable=g-import-not-at-top
     if hasattr(image, 'convert'):  # a PIL image
       image = np.asarray(image.convert('RGB'))
     image = np.asarray(image)
@@ -180,7 +184,6 @@ class Predictor:
 
   def phrases_of(self, text: str) -> List[Phrase]:
     """Phrase tuples of a caption (rule-based extractor), before the concept-vocab filter."""
-    from input_pipeline import phrase_extractor  # pylint: disable=g-import-not-at-top
     return [tuple(p) for p in phrase_extractor.extract_phrases(text)]
 
   def encode(self, examples: Sequence[Any], texts: Sequence[str],
@@ -191,8 +194,6 @@ class Predictor:
       (batch of `features.MODEL_INPUT_KEYS` numpy arrays with leading dim N, records [N], the
       phrases kept in each text stream [N][P_i]).
     """
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from input_pipeline import features  # pylint: disable=g-import-not-at-top
     phrases = [None] * len(texts) if phrases is None else list(phrases)
     rows, records, kept = [], [], []
     for example, text, given in zip(examples, texts, phrases):
@@ -324,7 +325,6 @@ class Predictor:
 
 
 def _lengths(values: Mapping[str, Any]):
-  from input_pipeline import assembly  # pylint: disable=g-import-not-at-top
   names = [f.name for f in dataclasses.fields(assembly.Lengths)]
   return assembly.Lengths(**{k: int(values[k]) for k in names if k in values})
 

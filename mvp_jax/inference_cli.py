@@ -8,6 +8,9 @@ r"""Command line of `mvp_jax.inference`: one prediction on a ShapesWorld image o
 import json
 from typing import Optional
 
+from absl import app
+from absl import flags
+
 from mvp_jax import inference
 
 
@@ -52,7 +55,6 @@ def run_cli(path: str, text: str, task: str = 'fill_mask', shapesworld_index: in
 
 
 def main(argv) -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top  (flags only under __main__)
   del argv
   values = flags.FLAGS
   path = values.workdir or values.exported
@@ -63,14 +65,12 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
-  absl_flags.DEFINE_string('workdir', None, 'A training run.')
-  absl_flags.DEFINE_string('exported', None, 'A folder written by mvp_jax.export_hf.')
-  absl_flags.DEFINE_integer('shapesworld_index', 0, 'ShapesWorld image of the run\'s config.')
-  absl_flags.DEFINE_string('split', 'val', 'ShapesWorld split.')
-  absl_flags.DEFINE_string('image', None, 'An image file instead of ShapesWorld (grid regions).')
-  absl_flags.DEFINE_string('text', 'a red [MASK] left of a blue square', 'The text.')
-  absl_flags.DEFINE_enum('task', 'fill_mask', ['fill_mask', 'match', 'ground'], 'What to do.')
-  absl_flags.DEFINE_integer('top_k', 5, 'fill_mask: candidates per [MASK].')
+  flags.DEFINE_string('workdir', None, 'A training run.')
+  flags.DEFINE_string('exported', None, 'A folder written by mvp_jax.export_hf.')
+  flags.DEFINE_integer('shapesworld_index', 0, 'ShapesWorld image of the run\'s config.')
+  flags.DEFINE_string('split', 'val', 'ShapesWorld split.')
+  flags.DEFINE_string('image', None, 'An image file instead of ShapesWorld (grid regions).')
+  flags.DEFINE_string('text', 'a red [MASK] left of a blue square', 'The text.')
+  flags.DEFINE_enum('task', 'fill_mask', ['fill_mask', 'match', 'ground'], 'What to do.')
+  flags.DEFINE_integer('top_k', 5, 'fill_mask: candidates per [MASK].')
   app.run(main)

@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+from safetensors.numpy import save_file
 
 from mvp_jax import checkpointing
 from mvp_jax import convert
@@ -378,7 +379,6 @@ def export(params: Any, model_config: ModelConfig, out_dir: str, *, task: str = 
   model_config, task and `fields`), `model.safetensors` (float32, the authors' layout of the task)
   and, with `vocab_dir`, its tokenizer file and `id2phrase.json`.
   """
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top  (optional dep)
   os.makedirs(out_dir, exist_ok=True)
   save_file(to_state_dict(params, model_config, task),
             os.path.join(out_dir, run_dir.MODEL_FILE), metadata={'format': 'pt'})

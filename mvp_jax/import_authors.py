@@ -34,11 +34,15 @@ from mvp_jax import run_dir
 from mvp_jax import weights
 
 
+_SAFETENSORS_DTYPES = {'F32': 'float32', 'F16': 'float16', 'BF16': 'bfloat16', 'F64': 'float64'}
+
+
 def _source_dtypes(path: str) -> List[str]:
   """The tensor dtypes stored in a checkpoint file (to report fp16 weights)."""
   if path.endswith('.safetensors'):
     with safe_open(path, 'np') as f:
-      return sorted({str(f.get_slice(k).get_dtype()).lower() for k in f.keys()})
+      return sorted({_SAFETENSORS_DTYPES.get(f.get_slice(k).get_dtype(), 'other')
+                     for k in f.keys()})
   if path.endswith(('.bin', '.pt', '.pth')):
     import torch  # pylint: disable=g-import-not-at-top  (only for torch files)
     raw = torch.load(path, map_location='cpu', weights_only=True, mmap=True)

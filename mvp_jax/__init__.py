@@ -5,7 +5,7 @@ The small public API (see the README):
   config = mvp_jax.ModelConfig(...)            # or mvp_jax.config.base() / .tiny()
   model = mvp_jax.MVPPretrainingModel(config)
   params = mvp_jax.init_params(config, jax.random.PRNGKey(0))
-  config, params = mvp_jax.load_checkpoint('pytorch_model.bin')   # the authors' weights
+  config, params = mvp_jax.load_checkpoint('pytorch_model.bin')   # any checkpoint, its model
   outputs = mvp_jax.run_backbone(config, params, batch)          # named outputs (dict)
 """
 

@@ -1,44 +1,108 @@
-"""User-facing helpers: load the authors' checkpoints and run the model on a batch of arrays."""
+"""User-facing helpers: load a checkpoint into its model, and run the model on arrays."""
 
 import functools
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
+from absl import logging
 
 from mvp_jax import convert
+from mvp_jax import model as model_lib
+from mvp_jax import weights
 from mvp_jax.config import ModelConfig
+from mvp_jax.downstream import models as task_models
 from mvp_jax.model import MVPPretrainingModel
 
 Params = Dict[str, Any]
 
 
-def load_checkpoint(source: Union[str, Mapping[str, Any]],
-                    config: Optional[ModelConfig] = None,
-                    **config_overrides) -> Tuple[ModelConfig, Params]:
-  """Loads an authors' PyTorch checkpoint (file, directory or state dict) into our params.
+def load_checkpoint(source, config: Optional[ModelConfig] = None, *, task: Optional[str] = None,
+                    **overrides) -> Tuple[ModelConfig, Params]:
+  """(config, params) of any checkpoint `mvp_jax.weights` reads, for the model it belongs to.
 
   Args:
-    source: path to `pytorch_model.bin` / `.safetensors` / golden-style `.npz`, a directory
-      holding one, or an in-memory {torch name: array} state dict.
-    config: the model config; inferred from the tensor shapes when None (heads default to
-      hidden/64, override with `num_heads=...`).
-    **config_overrides: fields to override in the inferred config.
+    source: our run directory, an exported folder, the authors' `pytorch_model.bin` /
+      `.safetensors` (pre-training, retrieval, VQA, SNLI-VE or RE layout) or golden-style `.npz`,
+      a folder holding one, or an in-memory {torch name: array} state dict.
+    config: the model config; by default the one the source records, else inferred from the
+      tensor shapes (heads from a config.json beside the file, else hidden/64).
+    task: the model to load into; default the source's own ('pretrain' for a backbone-only
+      checkpoint, which gives params with only the `backbone` entry). task='pretrain' with a task
+      checkpoint gives its backbone.
+    **overrides: ModelConfig fields to override (e.g. num_heads=4).
 
   Returns:
-    (config, params) with params a nested dict of float32 arrays for `MVPPretrainingModel`.
-    A backbone-only checkpoint (`BiImageBertRep`) gives params with only the `backbone` entry.
+    (config, params): params of `MVPPretrainingModel` or of the task model
+    (`mvp_jax.downstream.models`), unboxed jax float32 arrays; `model.apply` runs on them. The
+    authors' VQA / SNLI-VE / RE dicts lack `logit_scale`: it is set to `logit_scale_init`.
   """
-  state = convert.strip_module_prefix(
-      convert.load_state_dict(source) if isinstance(source, str) else dict(source))
-  if config is None:
-    config = convert.infer_config(state, **config_overrides)
-  elif config_overrides:
-    config = config.replace(**config_overrides)
-  has_heads = any(k.startswith(('cls.', 'half_mlm.')) for k in state)
-  entries = (convert.pretraining_entries(config) if has_heads
-             else convert.backbone_entries(config))
-  return config, convert.torch_to_params(state, config, entries)
+  config, params, report = load_checkpoint_with_report(source, config, task=task, **overrides)
+  logging.info('%s', report.summary())
+  return config, params
+
+
+def load_checkpoint_with_report(source, config: Optional[ModelConfig] = None, *,
+                                task: Optional[str] = None, **overrides):
+  """`load_checkpoint` plus its `weights.LoadReport`: (config, params, report)."""
+  src = weights.read(source)
+  config = _config_of(src, config, overrides)
+  own = 'pretrain' if src.task in ('backbone', 'bert') else src.task
+  task = task or own
+  if task != own and task != 'pretrain':
+    raise weights.WeightsError(
+        f'{src.name} is a {src.task} checkpoint, not a {task} one: its {task} head is unknown. '
+        f'Initialise the {task} model and call mvp_jax.weights.load(source, params, ...) to start '
+        'that head fresh.')
+  if src.kind == 'hf_bert':
+    target = nn.unbox(model_lib.init_params(config, jax.random.PRNGKey(0)))
+  else:
+    target = _abstract_params(src, config, task)
+  params, report = weights.load(src, target, model_config=config, task=task)
+  return config, params, report
+
+
+def _config_of(src, config: Optional[ModelConfig], overrides) -> ModelConfig:
+  if config is None and src.config is not None:
+    config = src.config
+  if config is not None:
+    return config.replace(**overrides) if overrides else config
+  if src.state is None:
+    raise weights.WeightsError(f'{src.name} records no model config: pass config=.')
+  values = {}
+  if 'num_attention_heads' in src.info:
+    values['num_heads'] = int(src.info['num_attention_heads'])
+  if src.task != 'pretrain':  # no MLM decoder to read the word count off
+    rows = src.state['bert.embeddings.word_embeddings.weight'].shape[0]
+    values['word_vocab_size'] = min(30522, rows)
+  values.update(overrides)
+  return convert.infer_config(src.state, **values)
+
+
+def _head_rows(src, torch_name: str, our_path: Tuple[str, ...], axis: int) -> int:
+  if src.state is not None:
+    return src.state[torch_name].shape[0]
+  return src.tree[our_path].shape[axis]
+
+
+def _abstract_params(src, config: ModelConfig, task: str) -> Params:
+  """ShapeDtypeStructs of the model the source is loaded into (sizes of its heads)."""
+  batch = model_lib.dummy_batch(config)
+  if task == 'pretrain':
+    model = MVPPretrainingModel(config)
+  elif task == 'retrieval':
+    model = task_models.RetrievalModel(config)
+  elif task == 'vqa':
+    model = task_models.VQAModel(config, _head_rows(
+        src, 'cls.predictions.decoder.weight', ('answer_head', 'decoder'), 0))
+  else:
+    rows = _head_rows(src, 'classifier.weight', ('classifier', 'kernel'), 1)
+    model = (task_models.VEModel(config, rows) if task == 've' else task_models.REModel(
+        config, min(2, config.num_cross_layers - 1), rows))
+  shapes = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch)['params']))
+  if task == 'pretrain' and src.task != 'pretrain':
+    shapes = {'backbone': shapes['backbone']}
+  return shapes
 
 
 @functools.partial(jax.jit, static_argnames=('config', 'run_cross', 'return_layer'))

@@ -6,8 +6,8 @@ q/k/v kernels are reshaped to `[hidden, heads, head_dim]` (head h owns outputs 6
 attention output kernel to `[heads, head_dim, hidden]`, LayerNorm `weight` becomes `scale`, and
 embeddings, decoders and the `txt_proj`/`vis_proj` matrices are copied as they are.
 
-`load_state_dict` reads `.safetensors` (no torch needed), `.npz` and `.bin`/`.pt` (torch is
-imported only then). Weights are cast to float32 (released checkpoints may be fp16, spec §1.9).
+`load_state_dict` reads `.safetensors` (no torch needed), `.npz` and `.bin`/`.pt` (torch, an
+optional dependency, is imported only then). Weights are cast to float32 (released checkpoints may be fp16, spec §1.9).
 """
 
 import dataclasses
@@ -15,8 +15,13 @@ import os
 import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+import flax.linen as nn
+import jax
 import numpy as np
+from flax import traverse_util
+from safetensors import numpy as safetensors_numpy
 
+from mvp_jax import model as model_lib
 from mvp_jax.config import ModelConfig
 
 Params = Dict[str, Any]
@@ -96,54 +101,6 @@ def pretraining_entries(config: ModelConfig) -> List[Entry]:
   return entries
 
 
-_BERT_LAYER = re.compile(r'^encoder\.layer\.(\d+)\.(.*)$')
-
-
-def bert_to_mvp_names(state: Mapping[str, Any],
-                      target: Union[str, Sequence[str]] = 'txt_encoder',
-                      layers: Optional[Sequence[int]] = None) -> Dict[str, Any]:
-  """Renames a Hugging Face BERT state dict to the authors' MVPTR names (values untouched).
-
-  `embeddings.*` becomes `bert.embeddings.*`, `pooler.*` becomes `bert.pooler.*` and
-  `encoder.layer.{i}.*` becomes `bert.{target}.layer.{k}.*`. A `bert.` prefix on the input
-  (`BertForPreTraining`) is accepted, `cls.*` heads keep their names (MVPTR uses the same ones)
-  and everything else (`position_ids` / `token_type_ids` buffers) is dropped.
-
-  Args:
-    state: {HF name: tensor or array}.
-    target: `txt_encoder`, `vis_encoder` or `mul_encoder`, or several of them, each receiving a
-      copy of the selected layers.
-    layers: HF layer indices feeding target layers 0, 1, ... (default: every layer, in order).
-
-  Returns:
-    {MVPTR torch name: value}, ready for `torch_to_params` with a matching entry table.
-  """
-  targets = (target,) if isinstance(target, str) else tuple(target)
-  known = {torch_encoder for torch_encoder, _, _ in _ENCODERS}
-  if not targets or any(t not in known for t in targets):
-    raise ValueError(f'target must be among {sorted(known)}, got {target!r}.')
-  state = {k[len('bert.'):] if k.startswith('bert.') else k: v for k, v in state.items()}
-  present = sorted({int(m.group(1)) for k in state for m in [_BERT_LAYER.match(k)] if m})
-  layers = present if layers is None else list(layers)
-  absent = sorted(set(layers) - set(present))
-  if absent:
-    raise ConversionError(f'BERT layers {absent} are not in the state dict (it has {present}).')
-  source_to_target = {source: index for index, source in enumerate(layers)}
-  renamed = {}
-  for name, value in state.items():
-    match = _BERT_LAYER.match(name)
-    if match:
-      index = source_to_target.get(int(match.group(1)))
-      if index is not None:
-        for t in targets:
-          renamed[f'bert.{t}.layer.{index}.{match.group(2)}'] = value
-    elif name.startswith(('embeddings.', 'pooler.')) and not name.endswith('_ids'):
-      renamed[f'bert.{name}'] = value
-    elif name.startswith('cls.'):
-      renamed[name] = value
-  return renamed
-
-
 def _to_ours(array: np.ndarray, layout: str, config: ModelConfig, is_kernel: bool) -> np.ndarray:
   heads, head_dim = config.num_heads, config.head_dim
   if layout == COPY:
@@ -199,7 +156,7 @@ def torch_to_params(state_dict: Mapping[str, Any], config: ModelConfig,
   Raises:
     ConversionError naming every missing, unexpected or mis-shaped tensor.
   """
-  state = {re.sub(r'^module\.', '', k): np.asarray(_to_numpy(v), np.float32)
+  state = {re.sub(r'^module\.', '', k): np.asarray(to_numpy(v), np.float32)
            for k, v in state_dict.items()}
   entries = list(pretraining_entries(config) if entries is None else entries)
   missing = [e.torch_name for e in entries if e.torch_name not in state]
@@ -254,9 +211,6 @@ def _check_shapes(params: Params, config: ModelConfig, entries: List[Entry]) -> 
 
 def expected_shapes(config: ModelConfig, entries: List[Entry]) -> Dict[Tuple[str, ...], tuple]:
   """Parameter shapes of an abstract init of the model these entries describe."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from flax import traverse_util  # pylint: disable=g-import-not-at-top
-  from mvp_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   shapes = jax.eval_shape(lambda: model_lib.init_params(config, jax.random.PRNGKey(0)))
   flat = traverse_util.flatten_dict(_unbox(shapes))
   is_backbone_only = all(e.path[0] == 'backbone' for e in entries)
@@ -265,23 +219,23 @@ def expected_shapes(config: ModelConfig, entries: List[Entry]) -> Dict[Tuple[str
 
 
 def _unbox(tree):
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   return nn.unbox(tree)
 
 
-def _to_numpy(value) -> np.ndarray:
+def to_numpy(value) -> np.ndarray:
   if hasattr(value, 'detach'):  # a torch tensor; never import torch for this check
     return value.detach().cpu().float().numpy()
   return np.asarray(value)
 
 
-def load_state_dict(path: str) -> Dict[str, np.ndarray]:
+def load_state_dict(path: Union[str, os.PathLike]) -> Dict[str, np.ndarray]:
   """Reads a checkpoint file into {name: float32 numpy}.
 
   `.safetensors` and `.npz` need no torch; `.bin`/`.pt`/`.pth` import torch only here. A
   directory is searched for `model.safetensors` then `pytorch_model.bin`. A golden-style `.npz`
   with `param/<name>` keys is accepted too. A DataParallel `module.` prefix is dropped.
   """
+  path = os.fspath(path)
   if os.path.isdir(path):
     for name in ('model.safetensors', 'pytorch_model.bin'):
       candidate = os.path.join(path, name)
@@ -291,8 +245,7 @@ def load_state_dict(path: str) -> Dict[str, np.ndarray]:
   if not os.path.exists(path):
     raise FileNotFoundError(f'Checkpoint {path} does not exist.')
   if path.endswith('.safetensors'):
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    raw = load_file(path)
+    raw = safetensors_numpy.load_file(path)
   elif path.endswith('.npz'):
     with np.load(path) as data:
       raw = {k[len('param/'):] if k.startswith('param/') else k: data[k] for k in data.files
@@ -309,7 +262,7 @@ def load_state_dict(path: str) -> Dict[str, np.ndarray]:
   else:
     raise ValueError(f'Unknown checkpoint format {path!r}: expected .safetensors, .bin, .pt, '
                      f'.pth or .npz.')
-  return {k: np.asarray(_to_numpy(v), np.float32) for k, v in strip_module_prefix(raw).items()}
+  return {k: np.asarray(to_numpy(v), np.float32) for k, v in strip_module_prefix(raw).items()}
 
 
 def strip_module_prefix(state: Mapping[str, Any]) -> Dict[str, Any]:
@@ -319,8 +272,8 @@ def strip_module_prefix(state: Mapping[str, Any]) -> Dict[str, Any]:
 
 def save_safetensors(state: Mapping[str, np.ndarray], path: str) -> None:
   """Writes a torch-named state dict as safetensors (float32, contiguous)."""
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  save_file({k: np.array(v, np.float32, order='C') for k, v in state.items()}, path)
+  safetensors_numpy.save_file({k: np.array(v, np.float32, order='C') for k, v in state.items()},
+                              path)
 
 
 def infer_config(state_dict: Mapping[str, Any], **overrides) -> ModelConfig:
@@ -388,10 +341,52 @@ def re_entries(config: ModelConfig) -> List[Entry]:
   return _bert_only(backbone_entries(config)) + _dense('classifier', ('classifier',))
 
 
+TASKS = ('pretrain', 'retrieval', 'vqa', 've', 're')
+
+
 def task_entries(task: str, config: ModelConfig) -> List[Entry]:
-  """The entry table of a downstream task model: 'retrieval', 'vqa', 've' or 're'."""
-  tables = {'retrieval': retrieval_entries, 'vqa': vqa_entries, 've': ve_entries,
+  """The entry table of a model: 'pretrain', 'backbone' (`BiImageBertRep`) or a task's."""
+  tables = {'pretrain': pretraining_entries, 'backbone': backbone_entries,
+            'retrieval': retrieval_entries, 'vqa': vqa_entries, 've': ve_entries,
             're': re_entries}
   if task not in tables:
     raise ValueError(f'Unknown task {task!r}; choose from {sorted(tables)}.')
   return tables[task](config)
+
+
+def source_task(state: Mapping[str, Any]) -> str:
+  """Which model an authors'-layout state dict is of, read off its head tensors.
+
+  'pretrain' (`cls.seq_relationship` / `half_mlm`), 'vqa' (only `cls.predictions`, one decoder
+  row per answer), 've' (`classifier` [3, H]), 'retrieval' (`classifier` [2, H] with
+  `logit_scale`), 're' (another `classifier`) or 'backbone' (`bert.*` only).
+  """
+  if 'classifier.weight' in state:
+    rows = np.shape(state['classifier.weight'])[0]
+    if rows == 3:
+      return 've'
+    return 'retrieval' if rows == 2 and 'logit_scale' in state else 're'
+  if any(k.startswith(('cls.seq_relationship.', 'half_mlm.')) for k in state):
+    return 'pretrain'
+  if 'cls.predictions.decoder.weight' in state:
+    return 'vqa'
+  return 'backbone'
+
+
+def torch_shape(shape: Sequence[int], layout: str, is_kernel: bool) -> Tuple[int, ...]:
+  """The torch-side shape of a parameter of our `shape` (the inverse of `_to_ours`)."""
+  shape = tuple(shape)
+  if layout == COPY:
+    return shape
+  if layout == LINEAR:
+    return shape[::-1]
+  if layout == QKV:
+    return (shape[1] * shape[2], shape[0]) if is_kernel else (shape[0] * shape[1],)
+  if layout == ATTN_OUT:
+    return (shape[2], shape[0] * shape[1])
+  raise ValueError(f'Unknown layout {layout}.')
+
+
+def to_ours(array: np.ndarray, entry: Entry, config: ModelConfig) -> np.ndarray:
+  """One torch tensor in our layout (the heads of `config` split q/k/v and attention output)."""
+  return _to_ours(array, entry.layout, config, entry.path[-1] == 'kernel')

@@ -1,7 +1,8 @@
-r"""Hugging Face BERT <-> MVPTR: seed pre-training from a BERT checkpoint; export the text encoder.
+r"""Hugging Face BERT <-> MVPTR: seed a model from a BERT folder; export the text encoder.
 
-Import (`import_bert`): a HF BERT folder (`config.json` + `model.safetensors` or
-`pytorch_model.bin`, a `BertModel` or a `BertForPreTraining`) initialises a fresh MVPTR model:
+Seeding (`seed_from_bert`, what `mvp_jax.weights.load` does with a HF BERT folder, i.e.
+`--config.init_from=/path/bert-base-uncased`): a folder with `config.json` and `model.safetensors` /
+`pytorch_model.bin` of a `BertModel` or `BertForPreTraining` seeds a freshly initialised MVPTR:
 - Transformer layers: `layer_map` chooses which BERT layers seed the text, visual and cross-modal
   encoders (K = BERT depth; t, v, c = our depths):
     'split'  (default) text <- 0..t-1, visual <- 0..v-1, cross <- t..t+c-1. With BERT-base and the
@@ -11,22 +12,15 @@ Import (`import_bert`): a HF BERT folder (`config.json` + `model.safetensors` or
     explicit 'text=0-5;visual=0,1,2,3,4,5;cross=6-11' (or a dict {'text': [...], ...}).
 - Embeddings: BERT word rows are copied into our first rows (`word_rows='by_id'`, the authors'
   setting: our tokenizer is BERT's), or matched by token string with BERT's `vocab.txt`
-  (`word_rows='by_token'`, e.g. a compact ShapesWorld vocabulary). Position, segment and the
+  (`word_rows='by_token'`, e.g. a compact ShapesWorld vocabulary; `weights.load` uses it whenever
+  the run's vocabularies are given and the folder has a vocab.txt). Position, segment and the
   embedding LayerNorm are copied (positions beyond BERT's table stay fresh).
 - Concept rows (>= word_vocab_size, spec §5.3) start as the mean of the embeddings of their words'
-  pieces under the dataset tokenizer.
+  pieces under the dataset tokenizer (when the dataset's vocabularies are given).
 - The pooler is copied. Both MLM decoders start as the first word_vocab_size rows of the new table
   (as the authors' `tie_weights`, spec §1.7); with a `BertForPreTraining` checkpoint the MLM head's
   transform, LayerNorm and bias are copied too. The region projection, contrastive projections,
-  ITM and concept-head transform stay freshly initialised.
-
-The result is a complete parameter tree, saved as a torch-named safetensors file that the trainer
-loads with `--config.init_from` (nothing to skip: every parameter is in the file):
-
-  python -m mvp_jax.hf_bert --mode=import --bert=/path/bert-base-uncased \
-      --config=configs/mvp_base.py --dataset_dir=/data/mvp --out=/tmp/mvp_from_bert.safetensors
-  python main.py --config=configs/mvp_base.py --workdir=/tmp/run \
-      --config.init_from=/tmp/mvp_from_bert.safetensors
+  ITM and concept-head transform keep their fresh initialisation.
 
 Export (`export_text_encoder`): our embeddings + text encoder + pooler as a standard `transformers`
 `BertModel` folder (`config.json`, `model.safetensors`, and `vocab.txt` when the tokenizer is
@@ -34,10 +28,9 @@ WordPiece). Note: our pooler is trained on the *cross-modal* [CLS] (spec §1.5),
 `pooler_output` of a text-only input is not a trained sentence embedding; use `last_hidden_state`
 (or the ITC embedding of `mvp_jax.inference`). The embedding table includes the concept rows.
 
-  python -m mvp_jax.hf_bert --mode=export_text --workdir=/tmp/mvp_tiny --out=/tmp/text_bert
+  python -m mvp_jax.export_hf --workdir=/tmp/mvp_tiny --out=/tmp/text_bert --text_encoder_only
 """
 
-import functools
 import json
 import os
 import re
@@ -45,11 +38,13 @@ import shutil
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from safetensors.numpy import save_file
 
 from mvp_jax import convert
 from mvp_jax.config import ModelConfig
 
 Params = Dict[str, Any]
+Flat = Dict[Tuple[str, ...], np.ndarray]
 LayerMap = Union[str, Mapping[str, Sequence[int]]]
 
 # Our encoder names in layer maps -> (authors' torch encoder, ModelConfig depth field).
@@ -118,6 +113,60 @@ def _parse_layer_map(text: str) -> Dict[str, List[int]]:
   return out
 
 
+_BERT_LAYER = re.compile(r'^encoder\.layer\.(\d+)\.(.*)$')
+_TORCH_ENCODERS = tuple(torch_encoder for torch_encoder, _ in ENCODERS.values())
+
+
+def is_bert_state(state: Mapping[str, Any]) -> bool:
+  """Whether a state dict has Hugging Face BERT names (`[bert.]encoder.layer.N.*`)."""
+  return any(re.match(r'^(bert\.)?encoder\.layer\.\d+\.', k) for k in state)
+
+
+def bert_to_mvp_names(state: Mapping[str, Any],
+                      target: Union[str, Sequence[str]] = 'txt_encoder',
+                      layers: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+  """Renames a Hugging Face BERT state dict to the authors' MVPTR names (values untouched).
+
+  `embeddings.*` becomes `bert.embeddings.*`, `pooler.*` becomes `bert.pooler.*` and
+  `encoder.layer.{i}.*` becomes `bert.{target}.layer.{k}.*`. A `bert.` prefix on the input
+  (`BertForPreTraining`) is accepted, `cls.*` heads keep their names (MVPTR uses the same ones)
+  and everything else (`position_ids` / `token_type_ids` buffers) is dropped.
+
+  Args:
+    state: {HF name: tensor or array}.
+    target: `txt_encoder`, `vis_encoder` or `mul_encoder`, or several of them, each receiving a
+      copy of the selected layers.
+    layers: HF layer indices feeding target layers 0, 1, ... (default: every layer, in order).
+
+  Returns:
+    {MVPTR torch name: value}, ready for `convert.torch_to_params` with a matching entry table.
+  """
+  targets = (target,) if isinstance(target, str) else tuple(target)
+  if not targets or any(t not in _TORCH_ENCODERS for t in targets):
+    raise ValueError(f'target must be among {sorted(_TORCH_ENCODERS)}, got {target!r}.')
+  state = {k[len('bert.'):] if k.startswith('bert.') else k: v for k, v in state.items()}
+  present = sorted({int(m.group(1)) for k in state for m in [_BERT_LAYER.match(k)] if m})
+  layers = present if layers is None else list(layers)
+  absent = sorted(set(layers) - set(present))
+  if absent:
+    raise convert.ConversionError(
+        f'BERT layers {absent} are not in the state dict (it has {present}).')
+  source_to_target = {source: index for index, source in enumerate(layers)}
+  renamed = {}
+  for name, value in state.items():
+    match = _BERT_LAYER.match(name)
+    if match:
+      index = source_to_target.get(int(match.group(1)))
+      if index is not None:
+        for t in targets:
+          renamed[f'bert.{t}.layer.{index}.{match.group(2)}'] = value
+    elif name.startswith(('embeddings.', 'pooler.')) and not name.endswith('_ids'):
+      renamed[f'bert.{name}'] = value
+    elif name.startswith('cls.'):
+      renamed[name] = value
+  return renamed
+
+
 def read_bert(directory: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
   """(state dict without a `bert.` prefix, LayerNorm gamma/beta renamed; its config.json)."""
   config_path = os.path.join(directory, 'config.json')
@@ -144,28 +193,32 @@ def _bert_vocab(directory: str) -> Dict[str, int]:
     return {line.rstrip('\n'): i for i, line in enumerate(f)}
 
 
-def import_bert(bert_dir: str, config: ModelConfig, *, tokenizer=None, concept_vocab=None,
-                layer_map: LayerMap = 'split', word_rows: str = 'by_id',
-                seed: int = 0) -> Tuple[Params, Dict[str, Any]]:
-  """MVPTR pre-training params seeded from a HF BERT folder (see the module docstring).
+def seed_from_bert(bert_dir: str, values: Flat, config: ModelConfig, *, vocab_dir=None,
+                   layer_map: LayerMap = 'split', word_rows: Optional[str] = None
+                   ) -> Tuple[Flat, Dict[str, Any]]:
+  """The parameters a BERT folder seeds (see the module docstring) and a report.
 
   Args:
     bert_dir: folder with config.json and model.safetensors / pytorch_model.bin.
+    values: {our path: float32 numpy} current values of the model being initialised (its fresh
+      init): tables copied in part keep their other rows.
     config: the MVPTR model config (hidden size, heads and MLP width must equal BERT's).
-    tokenizer: the dataset tokenizer (`input_pipeline.tokenizers`); needed for concept rows and
-      for `word_rows='by_token'`.
-    concept_vocab: the dataset's `ConceptVocab`; None leaves concept rows fresh.
+    vocab_dir: the run's dataset folder (tokenizer + id2phrase.json): concept rows start as the
+      mean of their words, and with it `word_rows` defaults to 'by_token'.
     layer_map: which BERT layers seed which encoder (`resolve_layer_map`).
-    word_rows: 'by_id' (row i <- BERT row i) or 'by_token' (match token strings).
-    seed: seed of the fresh parts.
+    word_rows: 'by_id' (row i <- BERT row i) or 'by_token' (match token strings); default
+      'by_token' when vocab_dir is given and BERT has a vocab.txt, else 'by_id'.
 
   Returns:
-    (params of `MVPPretrainingModel` as float32 numpy, report dict of what was copied).
+    ({our path: array} of every parameter set from BERT, a subset of `values`' paths; report).
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from flax import traverse_util  # pylint: disable=g-import-not-at-top
-  from mvp_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-
+  tokenizer = concept_vocab = None
+  if vocab_dir:
+    from input_pipeline import storage  # pylint: disable=g-import-not-at-top  (TensorFlow)
+    tokenizer, concept_vocab = storage.load_vocabularies(vocab_dir)
+  if word_rows is None:
+    has_vocab = os.path.exists(os.path.join(bert_dir, 'vocab.txt'))
+    word_rows = 'by_token' if tokenizer is not None and has_vocab else 'by_id'
   state, bert_config = read_bert(bert_dir)
   words = state['embeddings.word_embeddings.weight']
   hidden = words.shape[1]
@@ -182,50 +235,42 @@ def import_bert(bert_dir: str, config: ModelConfig, *, tokenizer=None, concept_v
 
   renamed = {}
   for name, (torch_encoder, _) in ENCODERS.items():
-    renamed.update(convert.bert_to_mvp_names(state, torch_encoder, layers[name]))
+    renamed.update(bert_to_mvp_names(state, torch_encoder, layers[name]))
   # Tables copied in part (below); cls.* handled separately.
   tables = {k: renamed.pop(k) for k in (_WORDS, _POSITIONS, _SEGMENTS)}
   heads_state = {k: renamed.pop(k) for k in list(renamed) if k.startswith('cls.')}
-  entries = [e for e in convert.backbone_entries(config) if e.torch_name in renamed]
-  copied = convert.torch_to_params(renamed, config, entries)
-
-  init = jax.jit(functools.partial(model_lib.init_params, config))
-  fresh = jax.device_get(init(jax.random.PRNGKey(seed)))
-  flat = {k: np.array(v, np.float32) for k, v in traverse_util.flatten_dict(
-      convert._unbox(fresh)).items()}  # pylint: disable=protected-access
-  flat.update(traverse_util.flatten_dict(copied))
+  entries = [e for e in convert.backbone_entries(config)
+             if e.torch_name in renamed and e.path in values]
+  out = {e.path: convert.to_ours(np.asarray(renamed[e.torch_name], np.float32), e, config)
+         for e in entries}
 
   embeddings = ('backbone', 'embeddings')
-  table = flat[embeddings + ('word_embeddings', 'embedding')]
+  table = np.array(values[embeddings + ('word_embeddings', 'embedding')], np.float32)
   row_source = _word_row_sources(words.shape[0], config, tokenizer, word_rows, bert_dir)
   ours_rows = np.array(sorted(row_source), np.int64)
   theirs_rows = np.array([row_source[i] for i in ours_rows], np.int64)
   table[ours_rows] = words[theirs_rows]
   concept_rows = _mean_word_rows(table, config, tokenizer, concept_vocab)
+  out[embeddings + ('word_embeddings', 'embedding')] = table
   for key, name in ((('position_embeddings', 'embedding'), _POSITIONS),
                     (('token_type_embeddings', 'embedding'), _SEGMENTS)):
-    ours, theirs = flat[embeddings + key], tables[name]
+    ours, theirs = np.array(values[embeddings + key], np.float32), tables[name]
     n = min(len(ours), len(theirs))
     ours[:n] = theirs[:n]
+    out[embeddings + key] = ours
 
-  word_table = table[:config.word_vocab_size]
-  flat[('mlm_head', 'decoder')] = word_table.copy()
-  flat[('concept_head', 'decoder')] = word_table.copy()
-  mlm_head_copied = _copy_mlm_head(flat, heads_state, config, ours_rows, theirs_rows)
-
+  for head in ('mlm_head', 'concept_head'):
+    if (head, 'decoder') in values:
+      out[(head, 'decoder')] = table[:config.word_vocab_size].copy()
+  mlm_head_copied = ('mlm_head', 'bias') in values and _copy_mlm_head(
+      out, heads_state, config, ours_rows, theirs_rows)
   report = {
       'bert_dir': os.path.abspath(bert_dir), 'bert_layers': len(layer_ids),
       'layer_map': layers, 'word_rows': word_rows, 'words_copied': int(len(ours_rows)),
       'concept_rows_from_words': concept_rows,
       'positions_copied': int(min(config.max_position_embeddings, len(tables[_POSITIONS]))),
-      'mlm_head_copied': mlm_head_copied, 'seed': seed,
-      'fresh': ['backbone/region_embedding', 'backbone/text_projection',
-                'backbone/visual_projection', 'backbone/logit_scale', 'itm_head',
-                'concept_head (transform, bias)']
-               + ([] if mlm_head_copied else ['mlm_head (transform, bias)'])
-               + (['qa_head'] if config.qa_num_answers else []),
-  }
-  return traverse_util.unflatten_dict(flat), report
+      'mlm_head_copied': mlm_head_copied}
+  return out, report
 
 
 def _word_row_sources(num_bert_rows: int, config: ModelConfig, tokenizer, word_rows: str,
@@ -290,23 +335,6 @@ def _copy_mlm_head(flat, heads_state, config, ours_rows, theirs_rows) -> bool:
   return True
 
 
-def save_init_checkpoint(params: Params, config: ModelConfig, path: str,
-                         report: Optional[Mapping[str, Any]] = None) -> None:
-  """Writes complete pre-training params as torch-named safetensors for `config.init_from`."""
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  state = convert.params_to_torch(params, config)
-  metadata = {'format': 'pt', 'mvp_jax_model_config': json.dumps(_asdict(config))}
-  if report is not None:
-    metadata['mvp_jax_import'] = json.dumps(report)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  save_file(state, path, metadata=metadata)
-
-
-def _asdict(config: ModelConfig) -> Dict[str, Any]:
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  return dataclasses.asdict(config)
-
-
 # --- Export -----------------------------------------------------------------------------------
 
 def text_encoder_state(params: Params, config: ModelConfig) -> Dict[str, np.ndarray]:
@@ -350,7 +378,6 @@ def export_text_encoder(params: Params, config: ModelConfig, out_dir: str,
   Load it with `transformers.BertModel.from_pretrained(out_dir)`; see the module docstring for
   what the pooler means. Returns out_dir.
   """
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   os.makedirs(out_dir, exist_ok=True)
   save_file(text_encoder_state(params, config), os.path.join(out_dir, 'model.safetensors'),
             metadata={'format': 'pt'})
@@ -361,62 +388,3 @@ def export_text_encoder(params: Params, config: ModelConfig, out_dir: str,
     with open(os.path.join(out_dir, 'tokenizer_config.json'), 'w', encoding='utf-8') as f:
       json.dump({'tokenizer_class': 'BertTokenizer', 'do_lower_case': True}, f, indent=1)
   return out_dir
-
-
-# --- Command line -----------------------------------------------------------------------------
-
-def _main(argv):
-  del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  values = flags.FLAGS
-  if values.mode == 'import':
-    _run_import(values)
-  elif values.mode == 'export_text':
-    from mvp_jax import checkpointing  # pylint: disable=g-import-not-at-top
-    from mvp_jax import export_hf  # pylint: disable=g-import-not-at-top
-    config, params, _ = checkpointing.load_trained(values.workdir)
-    directory = export_hf.find_dataset_dir(values.workdir, values.dataset_dir)
-    tokenizer_file = export_hf.tokenizer_file(directory)
-    print(export_text_encoder(params, config, values.out, tokenizer_file))
-  else:
-    raise ValueError(f"--mode must be 'import' or 'export_text', got {values.mode!r}.")
-
-
-def _run_import(values) -> None:
-  from input_pipeline import storage  # pylint: disable=g-import-not-at-top
-  from mvp_jax import train  # pylint: disable=g-import-not-at-top
-  if not values.bert or not values.config or not values.out:
-    raise ValueError('--mode=import needs --bert, --config and --out.')
-  directory = values.dataset_dir or values.config.data.get('directory')
-  if not directory:
-    raise ValueError('--dataset_dir (or config.data.directory) is needed for the vocabularies.')
-  tokenizer, concept_vocab = storage.load_vocabularies(directory)
-  config = train.model_config(values.config, directory)
-  params, report = import_bert(values.bert, config, tokenizer=tokenizer,
-                               concept_vocab=concept_vocab, layer_map=values.layer_map,
-                               word_rows=values.word_rows, seed=values.seed)
-  save_init_checkpoint(params, config, values.out, report)
-  print(json.dumps(report, indent=1))
-  print(f'Wrote {values.out}; train with --config.init_from={values.out}')
-
-
-def _define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_enum('mode', 'import', ['import', 'export_text'], 'What to do.')
-  flags.DEFINE_string('bert', None, 'import: HF BERT folder.')
-  config_flags.DEFINE_config_file('config', None, 'import: the training config.')
-  flags.DEFINE_string('dataset_dir', None, 'Dataset folder with vocab.txt/*.model + '
-                      'id2phrase.json (default: config.data.directory / the run\'s).')
-  flags.DEFINE_string('layer_map', 'split', "import: 'split', 'bottom' or "
-                      "'text=0-5;visual=0-5;cross=6-11'.")
-  flags.DEFINE_enum('word_rows', 'by_id', ['by_id', 'by_token'], 'import: word row matching.')
-  flags.DEFINE_integer('seed', 0, 'import: seed of the fresh parameters.')
-  flags.DEFINE_string('workdir', None, 'export_text: the training run.')
-  flags.DEFINE_string('out', None, 'import: .safetensors file; export_text: folder.')
-
-
-if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
-  _define_flags()
-  app.run(_main)

@@ -1,55 +1,50 @@
-r"""Converts the authors' released MVPTR checkpoints into files the mvp-jax trainer starts from.
+r"""Converts the authors' released MVPTR checkpoints into exported folders (`weights.export`).
 
   python -m mvp_jax.import_authors --checkpoint=mvp_base/pytorch_model.bin --out=/tmp/mvp_base
-  python main.py --config=configs/mvp_base.py --workdir=/tmp/run \
-      --config.init_from=/tmp/mvp_base/model.safetensors [--config.init_skip=...]
+  python main.py --config=configs/mvp_base.py --workdir=/tmp/run --config.init_from=/tmp/mvp_base
 
-The released checkpoints are `base` (pre-training), `base_for_coco` / `base_for_fk` (retrieval),
-`base_for_vqa` and others. All share the `bert.*` backbone (spec §6); their heads differ:
+`--config.init_from` (and `mvp_jax.load_checkpoint`) read the authors' files directly too; the
+import is for keeping a float32 copy with its exact config and vocabularies, readable without
+torch. The released checkpoints are `base` (pre-training), `base_for_coco` / `base_for_fk`
+(retrieval), `base_for_vqa` and others; all share the `bert.*` backbone (spec §6), and the heads
+say which model a file is of (`convert.source_task`):
 - pre-training: `cls.predictions`, `cls.seq_relationship`, `half_mlm`, optional `qa_head`;
 - retrieval: `classifier` [2, H] (label 1 = matched, the opposite of `cls.seq_relationship`) and
-  `logit_scale`; `--classifier_as_itm` turns it into the ITM head by swapping its two rows;
-- VQA: `cls.predictions` whose decoder has one row per answer (not per word), no ITM head;
-- VE / RE: `classifier` [3, H] / [2, H].
-Tensors that fit the pre-training model go to `<out>/model.safetensors` (float32 under the
-authors' names: weights saved from fp16 engines are cast up, spec §1.9); the others are kept in
-`<out>/extra_heads.safetensors`. Pre-training parameters the checkpoint lacks are listed with the
-`init_skip` regexes that leave them freshly initialised. A missing `logit_scale` is filled with
-log(1/0.07). The image LayerNorm (`bert.LayerNorm`, present only when the checkpoint was trained
-with use_img_layernorm=1) is kept as found by default; `--img_layernorm=add` adds an identity-
-initialised one (what the authors' code does when fine-tuning a checkpoint without it),
-`--img_layernorm=drop` removes it. `<out>/config.json` holds the authors' BertConfig fields and
-the exact mvp-jax ModelConfig, so `export_hf.load_exported(out)` and `inference.Predictor` read it
-(copy the dataset's vocab.txt and id2phrase.json beside it for inference).
+  `logit_scale`;
+- VQA: `cls.predictions` whose decoder has one row per answer (not per word);
+- SNLI-VE / RE: `classifier` [3, H] / [num_labels, H].
+The folder keeps the checkpoint's task layout (`config.json` says which, `mvp_jax.task`); weights
+saved from fp16 engines are cast up to float32 (spec §1.9). A missing `logit_scale` (VQA, VE, RE)
+is set to log(1/0.07). The image LayerNorm (`bert.LayerNorm`, present only when the checkpoint was
+trained with use_img_layernorm=1) is kept as found by default; `--img_layernorm=add` adds an
+identity one (what the authors' code does when fine-tuning a checkpoint without it),
+`--img_layernorm=drop` removes it. The vocab.txt and id2phrase(_new).json beside the checkpoint
+are copied.
 """
 
-import json
-import math
 import os
-import re
-import shutil
 from typing import Any, Dict, List, Optional
 
-import numpy as np
+from absl import app
+from absl import flags
+from safetensors import safe_open
 
-from mvp_jax import convert
+from mvp_jax import api
+from mvp_jax import run_dir
+from mvp_jax import weights
 
-EXTRA_FILE = 'extra_heads.safetensors'
-# Pre-training head prefixes and the init_skip regex that leaves each fresh.
-_HEAD_SKIPS = (('cls.predictions.', r'^cls\.predictions\.'),
-               ('cls.seq_relationship.', r'^cls\.seq_relationship\.'),
-               ('half_mlm.', r'^half_mlm\.'), ('qa_head.', r'^qa_head\.'),
-               ('bert.LayerNorm.', r'^bert\.LayerNorm\.'))
+
+_SAFETENSORS_DTYPES = {'F32': 'float32', 'F16': 'float16', 'BF16': 'bfloat16', 'F64': 'float64'}
 
 
 def _source_dtypes(path: str) -> List[str]:
   """The tensor dtypes stored in a checkpoint file (to report fp16 weights)."""
   if path.endswith('.safetensors'):
-    from safetensors import safe_open  # pylint: disable=g-import-not-at-top
     with safe_open(path, 'np') as f:
-      return sorted({str(f.get_slice(k).get_dtype()) for k in f.keys()})
+      return sorted({_SAFETENSORS_DTYPES.get(f.get_slice(k).get_dtype(), 'other')
+                     for k in f.keys()})
   if path.endswith(('.bin', '.pt', '.pth')):
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch  # pylint: disable=g-import-not-at-top  (only for torch files)
     raw = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
     if isinstance(raw, dict) and isinstance(raw.get('state_dict'), dict):
       raw = raw['state_dict']
@@ -58,186 +53,90 @@ def _source_dtypes(path: str) -> List[str]:
   return ['float32']
 
 
-def classify(state: Dict[str, np.ndarray]) -> str:
-  """'pretraining', 'retrieval', 'vqa', 've', 're' or 'backbone' from the head tensors."""
-  if 'classifier.weight' in state:
-    rows = state['classifier.weight'].shape[0]
-    if rows == 3:
-      return 've'
-    return 'retrieval' if 'logit_scale' in state else 're'
-  if 'cls.predictions.decoder.weight' in state and 'cls.seq_relationship.weight' not in state \
-      and 'half_mlm.decoder.weight' not in state:
-    return 'vqa'
-  if any(k.startswith(('cls.', 'half_mlm.')) for k in state):
-    return 'pretraining'
-  return 'backbone'
-
-
-def _neighbour_config(checkpoint: str) -> Dict[str, Any]:
-  folder = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint)
-  path = os.path.join(folder, 'config.json')
-  if os.path.exists(path):
-    with open(path, encoding='utf-8') as f:
-      return json.load(f)
-  return {}
+def _checkpoint_file(checkpoint: str) -> str:
+  if os.path.isdir(checkpoint):
+    for name in (run_dir.MODEL_FILE, 'pytorch_model.bin'):
+      if os.path.exists(os.path.join(checkpoint, name)):
+        return os.path.join(checkpoint, name)
+  return checkpoint
 
 
 def import_checkpoint(checkpoint: str, out_dir: str, *, num_heads: Optional[int] = None,
-                      word_vocab_size: Optional[int] = None, img_layernorm: str = 'auto',
-                      classifier_as_itm: bool = False) -> Dict[str, Any]:
+                      word_vocab_size: Optional[int] = None,
+                      img_layernorm: str = 'auto') -> Dict[str, Any]:
   """Converts an authors' checkpoint (see the module docstring); returns the report dict.
 
   Args:
     checkpoint: `pytorch_model.bin` / `.safetensors` file, or a folder holding one.
-    out_dir: output folder (model.safetensors, config.json, maybe extra_heads.safetensors).
+    out_dir: output folder (config.json, model.safetensors, the vocabularies found).
     num_heads: attention heads (default: config.json beside the checkpoint, else hidden / 64).
-    word_vocab_size: MLM output size (default: read off the MLM decoder; 30522 for VQA).
+    word_vocab_size: MLM output size (default: read off the MLM decoder; 30522 for the tasks).
     img_layernorm: 'auto' (keep as found), 'add' (identity LayerNorm if missing), 'drop'.
-    classifier_as_itm: use a retrieval `classifier` as the ITM head (rows swapped).
   """
-  from mvp_jax import export_hf  # pylint: disable=g-import-not-at-top
   if img_layernorm not in ('auto', 'add', 'drop'):
     raise ValueError(f"img_layernorm must be 'auto', 'add' or 'drop', got {img_layernorm!r}.")
-  path = checkpoint
-  if os.path.isdir(checkpoint):
-    path = next((os.path.join(checkpoint, n) for n in ('model.safetensors', 'pytorch_model.bin')
-                 if os.path.exists(os.path.join(checkpoint, n))), checkpoint)
-  dtypes = _source_dtypes(path) if os.path.isfile(path) else []
-  state = {re.sub(r'^module\.', '', k): v for k, v in convert.load_state_dict(path).items()}
-  if 'bert.embeddings.word_embeddings.weight' not in state:
-    raise convert.ConversionError(
-        f'{checkpoint} has no bert.embeddings.word_embeddings.weight: not an MVPTR checkpoint '
-        f'(first names: {sorted(state)[:5]}).')
-  kind = classify(state)
-  notes = []
-  extra = {}
-
-  if kind in ('retrieval', 've', 're'):
-    classifier = {k: state.pop(k) for k in ('classifier.weight', 'classifier.bias')}
-    if classifier_as_itm and kind == 'retrieval':
-      state['cls.seq_relationship.weight'] = classifier['classifier.weight'][::-1].copy()
-      state['cls.seq_relationship.bias'] = classifier['classifier.bias'][::-1].copy()
-      notes.append('classifier (label 1 = matched) became cls.seq_relationship (label 0 = '
-                   'matched) by swapping its rows.')
-    else:
-      extra.update(classifier)
-      notes.append(f'the {kind} classifier {list(classifier["classifier.weight"].shape)} is not '
-                   f'a pre-training head: kept in {EXTRA_FILE}' + (
-                       '; --classifier_as_itm would use it as the ITM head'
-                       if kind == 'retrieval' else '') + '.')
-  if kind == 'vqa':
-    answers = state['cls.predictions.decoder.weight'].shape[0]
-    for name in [k for k in state if k.startswith('cls.predictions.')]:
-      extra[name] = state.pop(name)
-    notes.append(f'cls.predictions is the VQA answer head ({answers} answer rows, not '
-                 f'{word_vocab_size or 30522} words): kept in {EXTRA_FILE}; the pre-training MLM '
-                 'head starts fresh.')
-  if 'logit_scale' not in state:
-    state['logit_scale'] = np.asarray(math.log(1 / 0.07), np.float32)
-    notes.append('logit_scale was absent and is set to log(1/0.07) (the ITC initial value).')
-
-  has_ln = 'bert.LayerNorm.weight' in state
-  if img_layernorm == 'add' and not has_ln:
-    hidden = state['bert.embeddings.word_embeddings.weight'].shape[1]
-    state['bert.LayerNorm.weight'] = np.ones([hidden], np.float32)
-    state['bert.LayerNorm.bias'] = np.zeros([hidden], np.float32)
-    notes.append('added an identity-initialised image LayerNorm (bert.LayerNorm).')
-  elif img_layernorm == 'drop' and has_ln:
-    for name in ('bert.LayerNorm.weight', 'bert.LayerNorm.bias'):
-      extra[name] = state.pop(name)
-    notes.append('dropped the image LayerNorm: region embeddings change, fine-tune to adapt.')
-  else:
-    notes.append(f'image LayerNorm {"present" if has_ln else "absent"} '
-                 f'(use_region_layernorm={has_ln}).')
-
-  overrides = {}
-  heads = num_heads or _neighbour_config(checkpoint).get('num_attention_heads')
-  if heads:
-    overrides['num_heads'] = int(heads)
-  if word_vocab_size:
-    overrides['word_vocab_size'] = int(word_vocab_size)
-  elif 'cls.predictions.decoder.weight' not in state and 'half_mlm.decoder.weight' not in state:
-    overrides['word_vocab_size'] = min(30522, state[
-        'bert.embeddings.word_embeddings.weight'].shape[0])
-  config = convert.infer_config(state, **overrides)
-  entries = convert.pretraining_entries(config)
-  names = {e.torch_name for e in entries}
-  for name in [k for k in state if k not in names]:
-    extra[name] = state.pop(name)
-  present = [e for e in entries if e.torch_name in state]
-  convert.torch_to_params(state, config, present)  # validates every shape
-  missing = [e.torch_name for e in entries if e.torch_name not in state]
-  skips = sorted({regex for prefix, regex in _HEAD_SKIPS
-                  if any(m.startswith(prefix) for m in missing)})
-  unexplained = [m for m in missing if not any(m.startswith(p) for p, _ in _HEAD_SKIPS)]
-  if unexplained:
-    raise convert.ConversionError(f'{checkpoint} lacks backbone tensors {unexplained[:8]}.')
-
-  os.makedirs(out_dir, exist_ok=True)
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  save_file({k: np.array(v, np.float32, order='C') for k, v in state.items()},
-            os.path.join(out_dir, 'model.safetensors'), metadata={'format': 'pt'})
-  if extra:
-    save_file({k: np.array(v, np.float32, order='C') for k, v in extra.items()},
-              os.path.join(out_dir, EXTRA_FILE), metadata={'format': 'pt'})
-  folder = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint)
-  copied = []
-  for name in ('vocab.txt', 'id2phrase.json', 'id2phrase_new.json'):
-    source = os.path.join(folder, name)
-    if os.path.exists(source):
-      target = 'id2phrase.json' if name.startswith('id2phrase') else name
-      shutil.copyfile(source, os.path.join(out_dir, target))
-      copied.append(target)
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  report = {'checkpoint': os.path.abspath(path), 'kind': kind, 'source_dtypes': dtypes,
-            'written_dtype': 'float32', 'tensors': len(state), 'extra_tensors': sorted(extra),
-            'missing': missing, 'init_skip': skips, 'notes': notes, 'copied': copied}
-  fields = export_hf.authors_config(config)
-  fields['mvp_jax'] = {'format_version': export_hf.FORMAT_VERSION,
-                       'model_config': dataclasses.asdict(config), 'import': report}
-  with open(os.path.join(out_dir, 'config.json'), 'w', encoding='utf-8') as f:
-    json.dump(fields, f, indent=1)
+  source = weights.read(checkpoint)
+  if source.kind not in ('authors', 'npz'):
+    raise weights.WeightsError(f'{checkpoint} is {source.kind!r}, not an authors\' checkpoint.')
+  overrides = {k: v for k, v in (('num_heads', num_heads), ('word_vocab_size', word_vocab_size))
+               if v}
+  if img_layernorm != 'auto':
+    overrides['use_region_layernorm'] = img_layernorm == 'add'
+  config, params, load_report = api.load_checkpoint_with_report(source, **overrides)
+  task = 'pretrain' if source.task == 'backbone' else source.task
+  vocab_dir = source.vocab_dir if source.vocab_dir and _has_both(source.vocab_dir) else None
+  weights.export(params, config, out_dir, task=task, vocab_dir=vocab_dir)
+  path = _checkpoint_file(checkpoint)
+  report = {'checkpoint': os.path.abspath(path), 'kind': source.task,
+            'source_dtypes': _source_dtypes(path) if os.path.isfile(path) else [],
+            'written_dtype': 'float32', 'tensors': len(load_report.loaded),
+            'fresh': load_report.fresh, 'skipped': load_report.skipped,
+            'notes': load_report.notes,
+            'copied': sorted(n for n in os.listdir(out_dir)
+                             if n == 'vocab.txt' or n.endswith('.model') or n.startswith('id2'))}
+  config_path = os.path.join(out_dir, run_dir.CONFIG_FILE)
+  fields = run_dir.read_json(config_path)
+  fields['mvp_jax']['import'] = report
+  run_dir.write_json(fields, config_path)
   return report
 
 
+def _has_both(directory: str) -> bool:
+  try:
+    run_dir.tokenizer_file(directory)
+    run_dir.concepts_file(directory)
+  except FileNotFoundError:
+    return False
+  return True
+
+
 def describe(report: Dict[str, Any], out_dir: str) -> str:
-  """A human-readable summary of an import, with the trainer flags to use it."""
+  """A human-readable summary of an import, with the trainer flag to use it."""
   lines = [f'Imported a {report["kind"]} checkpoint ({", ".join(report["source_dtypes"]) or "?"}'
-           f' -> float32): {report["tensors"]} tensors.']
+           f' -> float32): {report["tensors"]} parameters.']
   lines += [f'- {note}' for note in report['notes']]
-  if report['extra_tensors']:
-    lines.append(f'- {len(report["extra_tensors"])} tensors outside the pre-training model are '
-                 f'in {os.path.join(out_dir, EXTRA_FILE)}.')
-  flags = f'--config.init_from={os.path.join(out_dir, "model.safetensors")}'
-  if report['init_skip']:
-    lines.append(f'- missing pre-training parameters (fresh at init): {report["missing"][:6]}'
-                 f'{" ..." if len(report["missing"]) > 6 else ""}')
-    flags += f' --config.init_skip="{tuple(report["init_skip"])!r}"'
-  lines.append(f'Train from it with: {flags}')
+  if not report['copied']:
+    lines.append('- No vocab.txt / id2phrase.json beside the checkpoint: copy the dataset\'s '
+                 f'into {out_dir} for inference.')
+  lines.append(f'Train from it with: --config.init_from={out_dir}')
   return '\n'.join(lines)
 
 
-def _main(argv):
+def main(argv) -> None:
   del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
   values = flags.FLAGS
   report = import_checkpoint(values.checkpoint, values.out, num_heads=values.num_heads,
                              word_vocab_size=values.word_vocab_size,
-                             img_layernorm=values.img_layernorm,
-                             classifier_as_itm=values.classifier_as_itm)
+                             img_layernorm=values.img_layernorm)
   print(describe(report, values.out))
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
-  absl_flags.DEFINE_string('checkpoint', None, 'pytorch_model.bin / .safetensors or a folder.')
-  absl_flags.DEFINE_string('out', None, 'Output folder.')
-  absl_flags.DEFINE_integer('num_heads', None, 'Attention heads (default: config.json or H/64).')
-  absl_flags.DEFINE_integer('word_vocab_size', None, 'MLM output size (default: inferred).')
-  absl_flags.DEFINE_enum('img_layernorm', 'auto', ['auto', 'add', 'drop'],
+  flags.DEFINE_string('checkpoint', None, 'pytorch_model.bin / .safetensors or a folder.')
+  flags.DEFINE_string('out', None, 'Output folder.')
+  flags.DEFINE_integer('num_heads', None, 'Attention heads (default: config.json or H/64).')
+  flags.DEFINE_integer('word_vocab_size', None, 'MLM output size (default: inferred).')
+  flags.DEFINE_enum('img_layernorm', 'auto', ['auto', 'add', 'drop'],
                          'Image LayerNorm: keep as found, add an identity one, or drop it.')
-  absl_flags.DEFINE_bool('classifier_as_itm', False,
-                         'Use a retrieval classifier as the ITM head (rows swapped).')
-  absl_flags.mark_flags_as_required(['checkpoint', 'out'])
-  app.run(_main)
+  flags.mark_flags_as_required(['checkpoint', 'out'])
+  app.run(main)

@@ -1,6 +1,6 @@
 r"""Inference with a trained MVPTR: masked words, image-text matching, retrieval, phrase grounding.
 
-  predictor = Predictor.load('/tmp/mvp_tiny')          # a run workdir or an exported folder
+  predictor = Predictor.load('/tmp/mvp_tiny')   # a run, an exported folder, any weights source
   image = predictor.shapesworld_record(3)             # or an image record, or an RGB image
   predictor.fill_mask(image, 'a red [MASK] left of a blue square')
   predictor.match_score(image, 'a red circle left of a blue square')   # P(matched)
@@ -16,16 +16,12 @@ Captions are laid out exactly as in training (`input_pipeline.assembly.ExampleAs
 the concept vocabulary are dropped, as the authors do. Every method takes one (example, text) pair
 or lists of them (equal lengths, or one side single) and returns one result or a list.
 
-Command line:
-
-  python -m mvp_jax.inference --workdir=/tmp/mvp_tiny --shapesworld_index=3 \
-      --text="a red [MASK] left of a blue square" --task=fill_mask|match|ground
+The command line is `mvp_jax/inference_cli.py`.
 """
 
 import dataclasses
 import functools
 import io
-import json
 import os
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -33,8 +29,21 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tensorflow as tf
 
+from input_pipeline import assembly
+from input_pipeline import features
+from input_pipeline import phrase_extractor
+from input_pipeline import region_features
+from input_pipeline import storage
+from input_pipeline.shapesworld import build
+from input_pipeline.shapesworld import generate
+from input_pipeline.shapesworld import render
+
+from mvp_jax import api
 from mvp_jax import model as model_lib
+from mvp_jax import run_dir
+from mvp_jax import weights
 from mvp_jax.config import ModelConfig
 
 Params = Dict[str, Any]
@@ -55,23 +64,14 @@ def _mlm_and_match(config: ModelConfig, params: Params, batch: Mapping[str, jax.
   return model_lib.MVPPretrainingModel(config).apply({'params': params}, batch, method=apply)
 
 
-@functools.partial(jax.jit, static_argnames=('config',))
-def _text_embeddings(config: ModelConfig, params: Params, batch: Mapping[str, jax.Array]):
-  """L2-normalised ITC text embeddings [B, H] (text encoder [CLS] @ txt_proj)."""
+@functools.partial(jax.jit, static_argnames=('config', 'side'))
+def _embeddings(config: ModelConfig, params: Params, batch: Mapping[str, jax.Array], side: str):
+  """L2-normalised ITC embeddings [B, H]: text ([CLS] @ txt_proj) or image ([CLS] @ vis_proj)."""
   def apply(module, batch):
-    sequence = module.encode_text(batch)
+    sequence = (module.encode_text if side == 'text' else module.encode_visual)(batch)
+    projection = module.text_projection if side == 'text' else module.visual_projection
     return model_lib.l2_normalize(
-        (sequence[:, 0] @ module.text_projection.astype(sequence.dtype)).astype(jnp.float32))
-  return model_lib.MVPBackbone(config).apply({'params': params['backbone']}, batch, method=apply)
-
-
-@functools.partial(jax.jit, static_argnames=('config',))
-def _image_embeddings(config: ModelConfig, params: Params, batch: Mapping[str, jax.Array]):
-  """L2-normalised ITC image embeddings [B, H] (visual encoder [CLS] @ vis_proj)."""
-  def apply(module, batch):
-    sequence = module.encode_visual(batch)
-    return model_lib.l2_normalize(
-        (sequence[:, 0] @ module.visual_projection.astype(sequence.dtype)).astype(jnp.float32))
+        (sequence[:, 0] @ projection.astype(sequence.dtype)).astype(jnp.float32))
   return model_lib.MVPBackbone(config).apply({'params': params['backbone']}, batch, method=apply)
 
 
@@ -99,7 +99,6 @@ class Predictor:
   def __init__(self, config: ModelConfig, params: Params, tokenizer, concept_vocab, lengths,
                data_config: Optional[Mapping[str, Any]] = None, batch_size: int = 32,
                grid: int = 3):
-    from input_pipeline import assembly  # pylint: disable=g-import-not-at-top
     missing = [k for k in ('backbone', 'mlm_head', 'itm_head') if k not in params]
     if missing:
       raise ValueError(f'The parameters lack {missing}: inference needs a pre-training model '
@@ -128,46 +127,31 @@ class Predictor:
   # --- Construction ---------------------------------------------------------------------------
 
   @classmethod
-  def from_workdir(cls, workdir: str, step: Optional[int] = None,
-                   dataset_dir: Optional[str] = None, **kwargs) -> 'Predictor':
-    """From a training run (its latest checkpoint unless `step`)."""
-    from input_pipeline import storage  # pylint: disable=g-import-not-at-top
-    from mvp_jax import checkpointing  # pylint: disable=g-import-not-at-top
-    from mvp_jax import export_hf  # pylint: disable=g-import-not-at-top
-    config, params, _ = checkpointing.load_trained(workdir, step)
-    data = export_hf.read_run_config(workdir).get('data', {})
-    tokenizer, concept_vocab = storage.load_vocabularies(
-        export_hf.find_dataset_dir(workdir, dataset_dir))
-    return cls(config, params, tokenizer, concept_vocab, _lengths(data), data, **kwargs)
+  def load(cls, path: str, *, step: Optional[int] = None, dataset_dir: Optional[str] = None,
+           **kwargs) -> 'Predictor':
+    """From a run directory (its latest checkpoint unless `step`), an exported folder, or any
+    pre-training checkpoint `mvp_jax.weights` reads with its vocabularies beside it.
 
-  @classmethod
-  def from_exported(cls, directory: str, **kwargs) -> 'Predictor':
-    """From a folder written by `mvp_jax.export_hf` (or an authors' folder + id2phrase.json)."""
-    from input_pipeline import storage  # pylint: disable=g-import-not-at-top
-    from mvp_jax import export_hf  # pylint: disable=g-import-not-at-top
-    config, params = export_hf.load_exported(directory)
-    section = export_hf.read_exported_config(directory).get('mvp_jax', {})
-    tokenizer, concept_vocab = storage.load_vocabularies(directory)
-    data = section.get('data', {})
-    lengths = _lengths(section.get('lengths') or data or PIPELINE_LENGTHS)
+    Vocabularies: `dataset_dir`, else the source's (the run's dataset, the folder's files).
+    Lengths: the run's / exported folder's, else the MLM pipeline's (`PIPELINE_LENGTHS`).
+    """
+    if step is not None:
+      path = os.path.join(path, run_dir.CHECKPOINTS_DIR, str(step))
+    source = weights.read(path)
+    config, params = api.load_checkpoint(source)
+    vocab_dir = dataset_dir or source.vocab_dir
+    if not vocab_dir:
+      raise FileNotFoundError(f'{path} carries no vocabularies: pass dataset_dir (the folder '
+                              'with vocab.txt or *.model and id2phrase.json).')
+    tokenizer, concept_vocab = storage.load_vocabularies(vocab_dir)
+    data = source.info.get('data') or {}
+    lengths = _lengths(source.info.get('lengths') or data or PIPELINE_LENGTHS)
     return cls(config, params, tokenizer, concept_vocab, lengths, data, **kwargs)
-
-  @classmethod
-  def load(cls, path: str, **kwargs) -> 'Predictor':
-    """A run workdir (holds model_config.json) or an exported folder (holds config.json)."""
-    if os.path.exists(os.path.join(path, 'model_config.json')):
-      return cls.from_workdir(path, **kwargs)
-    if os.path.exists(os.path.join(path, 'config.json')):
-      return cls.from_exported(path, **kwargs)
-    raise FileNotFoundError(f'{path} is neither an mvp-jax run (model_config.json) nor an '
-                            'exported folder (config.json).')
 
   # --- Examples -------------------------------------------------------------------------------
 
   def shapesworld_record(self, index: int, split: str = 'val') -> Dict[str, Any]:
     """Image record `index` of `split` of the run's ShapesWorld configuration."""
-    from input_pipeline.shapesworld import build  # pylint: disable=g-import-not-at-top
-    from input_pipeline.shapesworld import generate  # pylint: disable=g-import-not-at-top
     options = dict(self.data_config.get('shapesworld') or {})
     options.setdefault('feature_dim', self.config.region_feature_dim)
     return generate.generate_record(build.config_from_dict(options).world, split, int(index))
@@ -184,8 +168,6 @@ class Predictor:
     return self._image_record(example)
 
   def _image_record(self, image) -> Dict[str, Any]:
-    from input_pipeline import region_features  # pylint: disable=g-import-not-at-top
-    from input_pipeline.shapesworld import render  # pylint: disable=g-import-not-at-top
     if hasattr(image, 'convert'):  # a PIL image
       image = np.asarray(image.convert('RGB'))
     image = np.asarray(image)
@@ -202,7 +184,6 @@ class Predictor:
 
   def phrases_of(self, text: str) -> List[Phrase]:
     """Phrase tuples of a caption (rule-based extractor), before the concept-vocab filter."""
-    from input_pipeline import phrase_extractor  # pylint: disable=g-import-not-at-top
     return [tuple(p) for p in phrase_extractor.extract_phrases(text)]
 
   def encode(self, examples: Sequence[Any], texts: Sequence[str],
@@ -213,8 +194,6 @@ class Predictor:
       (batch of `features.MODEL_INPUT_KEYS` numpy arrays with leading dim N, records [N], the
       phrases kept in each text stream [N][P_i]).
     """
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from input_pipeline import features  # pylint: disable=g-import-not-at-top
     phrases = [None] * len(texts) if phrases is None else list(phrases)
     rows, records, kept = [], [], []
     for example, text, given in zip(examples, texts, phrases):
@@ -297,7 +276,7 @@ class Predictor:
       phrases = [phrases]
     blank = self._blank_record()
     batch, _, _ = self.encode([blank] * len(texts), texts, phrases)
-    out = self._run(_text_embeddings, batch)
+    out = self._run(functools.partial(_embeddings, side='text'), batch)
     return out[0] if single else out
 
   def embed_images(self, examples) -> np.ndarray:
@@ -305,7 +284,7 @@ class Predictor:
     single = _is_single_example(examples)
     examples = [examples] if single else list(examples)
     batch, _, _ = self.encode(examples, [''] * len(examples), [[]] * len(examples))
-    out = self._run(_image_embeddings, batch)
+    out = self._run(functools.partial(_embeddings, side='image'), batch)
     return out[0] if single else out
 
   def retrieve(self, text: str, examples, top_k: int = 5) -> List[Tuple[int, float]]:
@@ -346,7 +325,6 @@ class Predictor:
 
 
 def _lengths(values: Mapping[str, Any]):
-  from input_pipeline import assembly  # pylint: disable=g-import-not-at-top
   names = [f.name for f in dataclasses.fields(assembly.Lengths)]
   return assembly.Lengths(**{k: int(values[k]) for k in names if k in values})
 
@@ -403,68 +381,3 @@ def draw_boxes(record: Mapping[str, Any], boxes, labels: Sequence[str], scale: i
     draw.rectangle([x1, y1, x2 - 1, y2 - 1], outline=colour, width=2)
     draw.text((x1 + 3, y1 + 2 + 10 * (i % 3)), label, fill=colour)
   return image
-
-
-def _format(task: str, result) -> str:
-  if task == 'fill_mask':
-    lines = [result['text']]
-    for i, candidates in enumerate(result['masks']):
-      lines.append(f'[MASK] {i}: ' + ', '.join(f'{w} ({p:.3f})' for w, p in candidates))
-    return '\n'.join(lines)
-  if task == 'match':
-    return f'P(matched) = {result:.4f}'
-  lines = []
-  for phrase, region, box in zip(result['phrases'], result['region'], result['phrase_boxes']):
-    tag = result['tags'][region] if region < len(result['tags']) else ''
-    lines.append(f'{" ".join(phrase)!r} -> region {region} {tag} box '
-                 f'{[round(float(v), 1) for v in box]}')
-  return '\n'.join(lines) or 'No phrase of the text is in the concept vocabulary.'
-
-
-def run_cli(path: str, text: str, task: str = 'fill_mask', shapesworld_index: int = 0,
-            split: str = 'val', image: Optional[str] = None, top_k: int = 5) -> str:
-  """What `python -m mvp_jax.inference` prints (see the module docstring)."""
-  predictor = Predictor.load(path)
-  lines = []
-  if image:
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-    example = Image.open(image)
-  else:
-    example = predictor.shapesworld_record(shapesworld_index, split)
-    lines.append(f'ShapesWorld {split} image {shapesworld_index}: captions '
-                 f'{json.dumps(example["captions"])}')
-  if task == 'fill_mask':
-    result = predictor.fill_mask(example, text, top_k=top_k)
-  elif task == 'match':
-    result = predictor.match_score(example, text)
-  elif task == 'ground':
-    result = predictor.ground(example, text)
-  else:
-    raise ValueError(f"task must be 'fill_mask', 'match' or 'ground', got {task!r}.")
-  lines.append(_format(task, result))
-  return '\n'.join(lines)
-
-
-def _main(argv):
-  del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  values = flags.FLAGS
-  path = values.workdir or values.exported
-  if not path:
-    raise ValueError('Pass --workdir (a training run) or --exported (an exported folder).')
-  print(run_cli(path, values.text, values.task, values.shapesworld_index, values.split,
-                values.image, values.top_k))
-
-
-if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
-  absl_flags.DEFINE_string('workdir', None, 'A training run.')
-  absl_flags.DEFINE_string('exported', None, 'A folder written by mvp_jax.export_hf.')
-  absl_flags.DEFINE_integer('shapesworld_index', 0, 'ShapesWorld image of the run\'s config.')
-  absl_flags.DEFINE_string('split', 'val', 'ShapesWorld split.')
-  absl_flags.DEFINE_string('image', None, 'An image file instead of ShapesWorld (grid regions).')
-  absl_flags.DEFINE_string('text', 'a red [MASK] left of a blue square', 'The text.')
-  absl_flags.DEFINE_enum('task', 'fill_mask', ['fill_mask', 'match', 'ground'], 'What to do.')
-  absl_flags.DEFINE_integer('top_k', 5, 'fill_mask: candidates per [MASK].')
-  app.run(_main)

@@ -20,17 +20,16 @@ from absl import logging
 from clu import periodic_actions
 
 from mvp_jax import checkpointing
+from mvp_jax import data
+from mvp_jax import evaluators
 from mvp_jax import metrics as metrics_lib
 from mvp_jax import optim
 from mvp_jax import tasks
 from mvp_jax import train_step as train_step_lib
 from mvp_jax import trainer_lib
+from mvp_jax import weights
 from mvp_jax.config import ModelConfig
-# The three CONTRACTS.md interfaces, until their modules are merged (then: `from mvp_jax import
-# data`, `from mvp_jax import evaluators`, `from mvp_jax import weights`).
-from mvp_jax.tasks import bridge_data as data
-from mvp_jax.tasks import bridge_evals as evaluators
-from mvp_jax.tasks import bridge_weights as weights
+
 
 METRICS_FILE = trainer_lib.METRICS_FILE
 NonFiniteLossError = trainer_lib.NonFiniteLossError
@@ -127,8 +126,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   directory = data.prepare_dataset(data_config, workdir, task=task.NAME)
   eval_config = dict(config.get('evals') or {})
   splits = [data_config.train_split] + [dict(e).get('split', 'val') for e in eval_config.values()]
-  data.check_splits(data_config, directory, splits, task=task.NAME)
-  info = data.task_info(directory, task.NAME)
+  data.check_splits(data_config, directory, splits)
+  info = None if task.NAME == 'pretrain' else data.task_info(directory)
   train_iter = data.create_iterator(
       data_config, directory, data_config.train_split, task=task.NAME,
       per_host_batch_size=config.batch_size // jax.process_count(), seed=config.seed,

@@ -1,5 +1,5 @@
-"""Hub export / reload (`mvp_jax/export_hf.py`) and the authors' checkpoint import
-(`mvp_jax/import_authors.py`)."""
+"""Hub export / reload (`mvp_jax/export_hf.py`, read back by `mvp_jax.load_checkpoint`) and the
+authors' checkpoint import (`mvp_jax/import_authors.py`)."""
 
 import functools
 import json
@@ -17,7 +17,7 @@ from mvp_jax import checkpointing
 from mvp_jax import convert
 from mvp_jax import export_hf
 from mvp_jax import import_authors
-from mvp_jax import init_from
+from mvp_jax import weights
 from test_inference import make_run, METRICS, STEP  # pylint: disable=g-bad-import-order
 
 
@@ -59,7 +59,7 @@ def test_folder_contents_and_config(exported):
 
 def test_round_trip_reproduces_outputs(exported):
   config, params, _ = checkpointing.load_trained(make_run())
-  loaded_config, loaded = export_hf.load_exported(exported)
+  loaded_config, loaded = mvp_jax.load_checkpoint(exported)
   assert loaded_config == config
   jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, jax.device_get(params))
   batch = mvp_jax.dummy_batch(config, text_length=10, tag_length=5, num_regions=4)
@@ -74,7 +74,7 @@ def test_round_trip_reproduces_outputs(exported):
 
 def test_predictor_from_exported_equals_from_workdir(exported):
   from mvp_jax import inference  # pylint: disable=g-import-not-at-top
-  a = inference.Predictor.from_workdir(make_run())
+  a = inference.Predictor.load(make_run())
   b = inference.Predictor.load(exported)
   assert a.lengths == b.lengths
   record = a.shapesworld_record(2)
@@ -102,15 +102,14 @@ def test_base_config_export_names_and_shapes(reference_dir):
   config = mvp_jax.ModelConfig(qa_num_answers=3129)
   shapes = nn.unbox(jax.eval_shape(lambda: mvp_jax.init_params(config, jax.random.PRNGKey(0))))
   exported = {}
-  for entry in export_hf._entries_for(shapes, config):  # pylint: disable=protected-access
+  for entry in convert.pretraining_entries(config):
     leaf = shapes
     for key in entry.path:
       leaf = leaf[key]
-    view = np.broadcast_to(np.float32(0), leaf.shape)  # no memory: shapes only
-    exported[entry.torch_name] = list(convert._to_torch(  # pylint: disable=protected-access
-        view, entry.layout, entry.path[-1] == 'kernel').shape)
+    exported[entry.torch_name] = list(convert.torch_shape(leaf.shape, entry.layout,
+                                                          entry.path[-1] == 'kernel'))
   assert exported == {k: list(v) for k, v in expected.items()}
-  fields = export_hf.authors_config(config)
+  fields = weights.authors_config(config)
   assert (fields['num_hidden_layers'], fields['vocab_size'], fields['qa_answer_size']) == (
       12, 86051, 3129)
 
@@ -142,65 +141,56 @@ def test_import_fp16_pretraining_checkpoint(tmp_path):
   (tmp_path / 'config.json').write_text(json.dumps({'num_attention_heads': config.num_heads}))
   out = str(tmp_path / 'out')
   report = import_authors.import_checkpoint(checkpoint, out)
-  assert report['kind'] == 'pretraining' and report['source_dtypes'] == ['float16']
-  assert report['missing'] == [] and report['init_skip'] == []
-  loaded_config, params = export_hf.load_exported(out)
+  assert report['kind'] == 'pretrain' and report['source_dtypes'] == ['float16']
+  assert report['fresh'] == [] and report['skipped'] == []
+  loaded_config, params = mvp_jax.load_checkpoint(out)
   assert loaded_config == config
   expected = convert.torch_to_params(state, config)
   flat = lambda tree: jax.tree_util.tree_leaves_with_path(tree)
   for (path, got), (_, want) in zip(flat(params), flat(expected)):
     np.testing.assert_allclose(got, want, atol=2e-3, rtol=1e-3, err_msg=str(path))
-  assert 'init_from=' in import_authors.describe(report, out)
-  # The trainer's init_from accepts the file as is.
+  assert f'init_from={out}' in import_authors.describe(report, out)
+  # The trainer's init_from accepts the folder as is, and the original file equally.
   target = jax.tree_util.tree_map(jax.numpy.zeros_like, expected)
-  loaded = init_from.load_into(target, os.path.join(out, 'model.safetensors'), config)
-  jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, params)
+  for source in (out, checkpoint):
+    loaded, _ = weights.load(source, target, model_config=config)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, params)
 
 
-def test_import_vqa_and_retrieval_heads(tmp_path):
+def test_import_vqa_and_retrieval_checkpoints(tmp_path):
   config, state = authors_state()
   hidden = config.hidden_size
   backbone = {k: v for k, v in state.items() if k.startswith('bert.')}
-  del backbone['bert.LayerNorm.weight'], backbone['bert.LayerNorm.bias']
-  vqa = dict(backbone, **{k: v for k, v in state.items() if k.startswith('cls.predictions.')})
+  no_ln = {k: v for k, v in backbone.items() if not k.startswith('bert.LayerNorm.')}
+  vqa = dict(no_ln, **{k: v for k, v in state.items() if k.startswith('cls.predictions.')})
   vqa['cls.predictions.decoder.weight'] = np.ones([11, hidden], np.float32)
   vqa['cls.predictions.bias'] = np.ones([11], np.float32)
   convert.save_safetensors(vqa, str(tmp_path / 'vqa.safetensors'))
   report = import_authors.import_checkpoint(str(tmp_path / 'vqa.safetensors'),
                                             str(tmp_path / 'vqa'), num_heads=config.num_heads,
-                                            word_vocab_size=config.word_vocab_size,
                                             img_layernorm='add')
   assert report['kind'] == 'vqa'
-  assert any('VQA answer head (11 answer rows' in n for n in report['notes'])
-  assert any('logit_scale was absent' in n for n in report['notes'])
-  assert report['init_skip'] == [r'^cls\.predictions\.', r'^cls\.seq_relationship\.',
-                                 r'^half_mlm\.']
-  extra = load_file(str(tmp_path / 'vqa' / import_authors.EXTRA_FILE))
-  assert extra['cls.predictions.decoder.weight'].shape == (11, hidden)
-  imported_config, params = export_hf.load_exported(str(tmp_path / 'vqa'))
-  assert imported_config.use_region_layernorm and set(params) == {'backbone'}
+  assert any('logit_scale is not in the source' in n for n in report['notes'])
+  assert any('no image LayerNorm; starts as identity' in n for n in report['notes'])
+  imported_config, params = mvp_jax.load_checkpoint(str(tmp_path / 'vqa'))
+  assert imported_config.use_region_layernorm and set(params) == {'backbone', 'answer_head'}
+  np.testing.assert_array_equal(params['answer_head']['decoder'], np.ones([11, hidden]))
   np.testing.assert_array_equal(
       params['backbone']['region_embedding']['img_layernorm']['scale'], np.ones(hidden))
-  # init_from with the printed init_skip leaves the heads fresh and loads the backbone.
-  model_config = imported_config
-  fresh = jax.jit(functools.partial(mvp_jax.init_params, model_config))(jax.random.PRNGKey(0))
-  loaded = nn.unbox(init_from.load_into(fresh, str(tmp_path / 'vqa' / 'model.safetensors'),
-                                        model_config, skip=report['init_skip']))
-  np.testing.assert_array_equal(loaded['backbone']['text_encoder']['layer_0']['output']['bias'],
+  np.testing.assert_array_equal(params['backbone']['text_encoder']['layer_0']['output']['bias'],
                                 backbone['bert.txt_encoder.layer.0.output.dense.bias'])
-  np.testing.assert_array_equal(loaded['mlm_head']['bias'], nn.unbox(fresh)['mlm_head']['bias'])
 
-  retrieval = dict(backbone, logit_scale=state['logit_scale'],
+  retrieval = dict(backbone, logit_scale=np.float32(1.5),
                    **{'classifier.weight': np.arange(2 * hidden, dtype=np.float32).reshape(
                        2, hidden), 'classifier.bias': np.array([0.5, -0.5], np.float32)})
   convert.save_safetensors(retrieval, str(tmp_path / 'coco.safetensors'))
   report = import_authors.import_checkpoint(
       str(tmp_path / 'coco.safetensors'), str(tmp_path / 'coco'), num_heads=config.num_heads,
-      word_vocab_size=config.word_vocab_size, classifier_as_itm=True)
-  assert report['kind'] == 'retrieval' and 'cls.seq_relationship.weight' not in report['missing']
-  _, params = export_hf.load_exported(str(tmp_path / 'coco'))
-  # Retrieval label 1 = matched becomes ITM class 0 = matched.
-  np.testing.assert_array_equal(params['itm_head']['kernel'],
-                                retrieval['classifier.weight'][::-1].T)
-  np.testing.assert_array_equal(params['itm_head']['bias'], [-0.5, 0.5])
-  assert not params['backbone']['region_embedding'].get('img_layernorm')
+      img_layernorm='drop')
+  assert report['kind'] == 'retrieval'
+  assert report['skipped'] == ['bert.LayerNorm.weight', 'bert.LayerNorm.bias']
+  loaded_config, params = mvp_jax.load_checkpoint(str(tmp_path / 'coco'))
+  assert not loaded_config.use_region_layernorm
+  np.testing.assert_array_equal(params['classifier']['kernel'], retrieval['classifier.weight'].T)
+  assert float(params['backbone']['logit_scale']) == 1.5
+  assert 'img_layernorm' not in params['backbone']['region_embedding']

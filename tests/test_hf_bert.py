@@ -1,4 +1,5 @@
-"""Hugging Face BERT import (pre-training init) and text-encoder export (`mvp_jax/hf_bert.py`)."""
+"""Hugging Face BERT folders as a `weights.load` source (seeding a fresh MVPTR) and the text-encoder
+export (`mvp_jax/hf_bert.py`)."""
 
 import functools
 
@@ -12,7 +13,7 @@ import mvp_jax
 from input_pipeline import concepts
 from input_pipeline import tokenizers
 from mvp_jax import hf_bert
-from mvp_jax import init_from
+from mvp_jax import weights
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
@@ -48,14 +49,17 @@ def bert_model(bert_dir):
 
 
 @pytest.fixture(scope='module')
-def vocabularies(bert_dir):
-  """The dataset tokenizer (= BERT's vocab) and a concept vocabulary with 3 new rows."""
+def vocabularies(bert_dir, tmp_path_factory):
+  """The dataset tokenizer (= BERT's vocab), a concept vocabulary with 3 new rows, their folder."""
   tokenizer = tokenizers.load_tokenizer(str(bert_dir / 'vocab.txt'))
   rows = tokenizer.vocab_size
   concept_vocab = concepts.ConceptVocab(
       {tokenizer.token_to_id('circle'): ['circle'], rows: ['circle', 'red'],
        rows + 1: ['square', 'left of', 'circle'], rows + 2: ['circles', 'big']}, rows)
-  return tokenizer, concept_vocab
+  data_dir = tmp_path_factory.mktemp('data')
+  (data_dir / 'vocab.txt').write_text((bert_dir / 'vocab.txt').read_text())
+  concept_vocab.save(str(data_dir / 'id2phrase.json'))
+  return tokenizer, concept_vocab, str(data_dir)
 
 
 def model_config(tokenizer, **overrides):
@@ -67,12 +71,18 @@ def model_config(tokenizer, **overrides):
   return mvp_jax.config.tiny(**values)
 
 
+def fresh_params(config, seed=3):
+  return nn.unbox(jax.jit(functools.partial(mvp_jax.init_params, config))(
+      jax.random.PRNGKey(seed)))
+
+
 @pytest.fixture(scope='module')
 def imported(bert_dir, vocabularies):
-  tokenizer, concept_vocab = vocabularies
+  """`--config.init_from=BERT_DIR`: weights.load of the folder into a fresh pre-training model."""
+  tokenizer, _, data_dir = vocabularies
   config = model_config(tokenizer)
-  params, report = hf_bert.import_bert(str(bert_dir), config, tokenizer=tokenizer,
-                                       concept_vocab=concept_vocab, layer_map='split', seed=3)
+  params, report = weights.load(str(bert_dir), fresh_params(config), model_config=config,
+                                vocab_dir=data_dir)
   return config, params, report
 
 
@@ -100,7 +110,8 @@ def backbone_apply(config, params, fn, *args):
 def test_split_layers_reproduce_bert(imported, bert_model, text_inputs):
   """text <- BERT 0..1 and cross <- BERT 2..3: text then cross == the whole 4-layer BERT."""
   config, params, report = imported
-  assert report['layer_map'] == {'text': [0, 1], 'visual': [0, 1], 'cross': [2, 3]}
+  assert report.source_kind == 'hf_bert'
+  assert "BERT layers {'text': [0, 1], 'visual': [0, 1], 'cross': [2, 3]}" in report.notes[0]
   ids, types, mask = text_inputs
   hidden, _ = bert_hidden_states(bert_model, ids, types, mask)
   batch = dict(input_ids_a=jnp.asarray(ids), token_type_ids_a=jnp.asarray(types),
@@ -118,7 +129,7 @@ def test_split_layers_reproduce_bert(imported, bert_model, text_inputs):
 
 def test_embeddings_concepts_decoders_and_fresh_parts(imported, bert_model, vocabularies):
   config, params, report = imported
-  tokenizer, _ = vocabularies
+  tokenizer = vocabularies[0]
   state = {k: v.numpy() for k, v in bert_model.state_dict().items()}
   words = state['embeddings.word_embeddings.weight']
   table = np.asarray(params['backbone']['embeddings']['word_embeddings']['embedding'])
@@ -132,15 +143,16 @@ def test_embeddings_concepts_decoders_and_fresh_parts(imported, bert_model, voca
   np.testing.assert_allclose(table[rows + 2],
                              words[[piece('circle'), piece('##s'), piece('big')]].mean(0),
                              atol=1e-7)
-  assert report['concept_rows_from_words'] == 3
+  assert '3 concept rows from words' in report.notes[0]
   for head in ('mlm_head', 'concept_head'):
     np.testing.assert_array_equal(params[head]['decoder'], table[:config.word_vocab_size])
   positions = np.asarray(params['backbone']['embeddings']['position_embeddings']['embedding'])
   np.testing.assert_array_equal(positions, state['embeddings.position_embeddings.weight'])
   np.testing.assert_array_equal(params['backbone']['pooler']['dense']['kernel'],
                                 state['pooler.dense.weight'].T)
-  fresh = nn.unbox(jax.jit(functools.partial(mvp_jax.init_params, config))(
-      jax.random.PRNGKey(3)))
+  fresh = fresh_params(config)
+  assert {'backbone/region_embedding/img_embedding/kernel', 'itm_head/kernel',
+          'concept_head/transform/kernel'} <= set(report.fresh)
   for path in (('backbone', 'region_embedding'), ('backbone', 'text_projection'),
                ('itm_head',), ('concept_head', 'transform')):
     got, want = params, fresh
@@ -150,7 +162,7 @@ def test_embeddings_concepts_decoders_and_fresh_parts(imported, bert_model, voca
 
 
 def test_layer_maps(bert_dir, vocabularies):
-  tokenizer, _ = vocabularies
+  tokenizer = vocabularies[0]
   config = model_config(tokenizer, num_text_layers=3, num_visual_layers=1, num_cross_layers=2)
   resolve = hf_bert.resolve_layer_map
   assert resolve('split', 12, config) == {'text': [0, 1, 2], 'visual': [0], 'cross': [3, 4]}
@@ -163,32 +175,36 @@ def test_layer_maps(bert_dir, vocabularies):
     resolve('text=0-2;visual=0-1;cross=0-1', 12, config)
   with pytest.raises(hf_bert.BertImportError, match='only 4 layers'):
     resolve('split', 4, model_config(tokenizer, num_text_layers=3, num_cross_layers=3))
+  other = model_config(tokenizer, num_heads=2)
   with pytest.raises(hf_bert.BertImportError, match='num_heads: BERT 4, config 2'):
-    hf_bert.import_bert(str(bert_dir), model_config(tokenizer, num_heads=2))
+    weights.load(str(bert_dir), fresh_params(other), model_config=other)
 
 
-def test_by_token_rows_and_init_checkpoint(bert_dir, bert_model, tmp_path):
-  """A compact vocabulary in another order takes BERT rows by token; init_from reads the file."""
+def test_by_token_rows_and_layer_map(bert_dir, bert_model, tmp_path):
+  """A compact vocabulary in another order takes BERT rows by token when the run's vocabularies
+  are given; without them rows are copied by id, which this vocabulary cannot take."""
   ours = SPECIAL + ['square', 'zebra', 'red', 'a']
   (tmp_path / 'vocab.txt').write_text('\n'.join(ours) + '\n')
+  (tmp_path / 'id2phrase.json').write_text('{}')
   tokenizer = tokenizers.load_tokenizer(str(tmp_path / 'vocab.txt'))
   config = model_config(tokenizer, vocab_size=len(ours))
+  fresh = fresh_params(config)
   with pytest.raises(hf_bert.BertImportError, match='by_token'):
-    hf_bert.import_bert(str(bert_dir), config, tokenizer=tokenizer)
-  params, report = hf_bert.import_bert(str(bert_dir), config, tokenizer=tokenizer,
-                                       word_rows='by_token', layer_map='bottom')
-  assert report['words_copied'] == len(ours) - 1  # all but 'zebra'
+    weights.load(str(bert_dir), fresh, model_config=config)
+  params, report = weights.load(str(bert_dir), fresh, model_config=config,
+                                vocab_dir=str(tmp_path), bert_layer_map='bottom')
+  assert 'word rows by_token (8 copied)' in report.notes[0]  # all but 'zebra'
+  assert "'cross': [0, 1]" in report.notes[0]
   words = bert_model.state_dict()['embeddings.word_embeddings.weight'].numpy()
   table = np.asarray(params['backbone']['embeddings']['word_embeddings']['embedding'])
   bert_vocab = (bert_dir / 'vocab.txt').read_text().split('\n')
   for i, token in enumerate(ours):
-    if token != 'zebra':
-      np.testing.assert_array_equal(table[i], words[bert_vocab.index(token)], err_msg=token)
-  path = str(tmp_path / 'init.safetensors')
-  hf_bert.save_init_checkpoint(params, config, path, report)
-  target = jax.tree_util.tree_map(jnp.zeros_like, params)
-  loaded = init_from.load_into(target, path, config)
-  jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, params)
+    want = fresh['backbone']['embeddings']['word_embeddings']['embedding'][i] if (
+        token == 'zebra') else words[bert_vocab.index(token)]
+    np.testing.assert_array_equal(table[i], want, err_msg=token)
+  shapes = jax.eval_shape(lambda: fresh)
+  with pytest.raises(weights.WeightsError, match='must hold values, not shapes'):
+    weights.load(str(bert_dir), shapes, model_config=config)
 
 
 def test_text_encoder_export_loads_in_transformers(imported, text_inputs, tmp_path,

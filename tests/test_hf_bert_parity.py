@@ -12,6 +12,7 @@ from flax import traverse_util
 
 import mvp_jax
 from mvp_jax import convert
+from mvp_jax import hf_bert
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
@@ -55,7 +56,7 @@ def inputs():
 
 def _backbone_params(bert_model, config):
   """Our backbone params: the text side converted from BERT, everything else zeros."""
-  state = convert.bert_to_mvp_names(bert_model.state_dict(), target='txt_encoder')
+  state = hf_bert.bert_to_mvp_names(bert_model.state_dict(), target='txt_encoder')
   entries = [e for e in convert.backbone_entries(config) if e.torch_name in state]
   assert len(entries) == len(state)  # every BERT tensor has a destination
   converted = traverse_util.flatten_dict(
@@ -70,7 +71,7 @@ def _backbone_params(bert_model, config):
 
 def test_bert_names_are_renamed_to_mvptr(bert):
   state = bert.state_dict()
-  renamed = convert.bert_to_mvp_names(state, target=('txt_encoder', 'mul_encoder'), layers=[1])
+  renamed = hf_bert.bert_to_mvp_names(state, target=('txt_encoder', 'mul_encoder'), layers=[1])
   assert 'bert.embeddings.word_embeddings.weight' in renamed
   assert 'bert.pooler.dense.bias' in renamed
   assert not any('position_ids' in k for k in renamed)
@@ -82,14 +83,14 @@ def test_bert_names_are_renamed_to_mvptr(bert):
   # A BertForPreTraining-style `bert.` prefix and `cls.*` heads.
   prefixed = {f'bert.{k}': v for k, v in state.items()}
   prefixed['cls.seq_relationship.weight'] = np.zeros((2, HIDDEN))
-  renamed_prefixed = convert.bert_to_mvp_names(prefixed)
+  renamed_prefixed = hf_bert.bert_to_mvp_names(prefixed)
   assert 'cls.seq_relationship.weight' in renamed_prefixed
   assert set(renamed_prefixed) - {'cls.seq_relationship.weight'} == set(
-      convert.bert_to_mvp_names(state))
+      hf_bert.bert_to_mvp_names(state))
   with pytest.raises(convert.ConversionError, match=r'\[5\]'):
-    convert.bert_to_mvp_names(state, layers=[0, 5])
+    hf_bert.bert_to_mvp_names(state, layers=[0, 5])
   with pytest.raises(ValueError, match='target'):
-    convert.bert_to_mvp_names(state, target='encoder')
+    hf_bert.bert_to_mvp_names(state, target='encoder')
 
 
 def test_text_encoder_matches_hf_bert(bert, config, inputs):

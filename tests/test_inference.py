@@ -17,6 +17,7 @@ import pytest
 
 import mvp_jax
 from mvp_jax import inference
+from mvp_jax import inference_cli
 
 STEP = 7
 METRICS = {'val/mlm_accuracy': 0.25, 'retrieval/t2i_R@1': 0.5, 'train/loss': 3.5}
@@ -57,7 +58,7 @@ def make_run() -> str:
 
 @pytest.fixture(scope='module')
 def predictor():
-  return inference.Predictor.from_workdir(make_run())
+  return inference.Predictor.load(make_run())
 
 
 def test_fill_mask_returns_vocabulary_words(predictor):
@@ -148,13 +149,13 @@ def test_plain_rgb_image_uses_grid_regions(predictor):
 
 
 def test_cli_prints_the_filled_word():
-  output = inference.run_cli(make_run(), 'a [MASK] above a green square', 'fill_mask',
+  output = inference_cli.run_cli(make_run(), 'a [MASK] above a green square', 'fill_mask',
                              shapesworld_index=1, top_k=3)
   lines = output.splitlines()
   assert lines[0].startswith('ShapesWorld val image 1')
   assert lines[2].startswith('[MASK] 0: ') and lines[2].count('(') == 3
   assert '[MASK]' not in lines[1] and lines[1].endswith('above a green square')
-  assert 'P(matched) = ' in inference.run_cli(make_run(), 'a green square', 'match')
-  grounded = inference.run_cli(make_run(), 'a green hexagon is below a large star', 'ground',
+  assert 'P(matched) = ' in inference_cli.run_cli(make_run(), 'a green square', 'match')
+  grounded = inference_cli.run_cli(make_run(), 'a green hexagon is below a large star', 'ground',
                                shapesworld_index=1)
   assert "'hexagon' -> region " in grounded

@@ -211,7 +211,7 @@ def test_init_from_checks_keys(shapesworld_dir, single_device_run, tmp_path):
   path = str(tmp_path / 'weights.safetensors')
   convert.save_safetensors(state, path)
   config = smoke_config(shapesworld_dir, total_steps=2, init_from=path)
-  with pytest.raises(ValueError, match='bert.pooler.dense.bias'):
+  with pytest.raises(ValueError, match='backbone/pooler/dense/bias'):
     train.train_and_evaluate(config, str(tmp_path / 'target'))
   config.init_skip = (r'backbone/pooler/dense/bias', r'^cls\.extra')
   assert train.train_and_evaluate(config, str(tmp_path / 'target2'))['final_step'] == 2

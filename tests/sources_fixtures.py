@@ -123,7 +123,7 @@ def write_webdataset(folder, num_shards=3, per_shard=4, corrupt=True) -> dict:
       _add(tar, '000990001.txt', b'a cat on a red sofa')
     data = open(path, 'rb').read()
     with open(path, 'wb') as f:
-      f.write(data[:2048 + 600])
+      f.write(data[:3072 + 300])  # inside the data of 000990001.jpg
     good.append('000990000')
     bad[(f'{num_shards:05d}', '000990001')] = 'truncated_shard'
   return {'good': good, 'bad': bad}
@@ -184,3 +184,26 @@ def given_features(source, folder, featurizer=None) -> regions_lib.GivenRegions:
       found, more = featurizer(shard, samples)
       regions_lib.save_shard_regions(str(folder), shard, found, problems + more)
   return regions_lib.GivenRegions(str(folder))
+
+
+def tiny_siglip(folder, labels=('dog', 'cat', 'tree', 'boat')):
+  """A random SiglipModel folder (16-wide towers, 32 px, 8 px patches), its SentencePiece
+  tokenizer and labels.txt, in the formats transformers and sentencepiece write."""
+  import sentencepiece  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  text = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
+              vocab_size=30, max_position_embeddings=8, bos_token_id=None, eos_token_id=1,
+              pad_token_id=1)
+  vision = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
+                image_size=32, patch_size=8)
+  torch.manual_seed(0)
+  transformers.SiglipModel(transformers.SiglipConfig(text_config=text, vision_config=vision)
+                           ).save_pretrained(folder)
+  corpus = folder / 'corpus.txt'
+  corpus.write_text('\n'.join(['a photo of a dog', 'a photo of a cat', 'tree boat'] * 30))
+  sentencepiece.SentencePieceTrainer.train(
+      input=str(corpus), model_prefix=str(folder / 'spiece'), vocab_size=16, pad_id=0, eos_id=1,
+      unk_id=2, bos_id=-1, minloglevel=2)
+  (folder / 'labels.txt').write_text('\n'.join(labels))
+  return folder

@@ -82,11 +82,12 @@ class _RecordsBuilder(tfds.core.GeneratorBasedBuilder):
         features=storage.record_features(self._regions.feature_dim), disable_shuffling=True,
         homepage='https://github.com/Junyang-Li/MVPTR')
 
-  def _source(self, manual_dir: str) -> samples_lib.Source:
+  def _source(self, manual_dir) -> samples_lib.Source:
+    """The source; `manual_dir()` gives the manual folder (only called when it is needed)."""
     raise NotImplementedError
 
   def _split_generators(self, dl_manager):
-    source = self._source(os.fspath(dl_manager.manual_dir))
+    source = self._source(lambda: os.fspath(dl_manager.manual_dir))
     self._split_shards = source.splits()
     return {split: self._generate_examples(source, split, shards)
             for split, shards in self._split_shards.items()}
@@ -146,7 +147,8 @@ class KarpathyCoco(_RecordsBuilder):
   """
 
   def _source(self, manual_dir):
-    return karpathy.KarpathySource(os.path.join(manual_dir, 'dataset_coco.json'), manual_dir,
+    folder = manual_dir()
+    return karpathy.KarpathySource(os.path.join(folder, 'dataset_coco.json'), folder,
                                    captions_per_image=self.builder_config.captions_per_image)
 
 
@@ -161,9 +163,10 @@ class KarpathyFlickr30k(_RecordsBuilder):
   """
 
   def _source(self, manual_dir):
-    images = os.path.join(manual_dir, 'flickr30k-images')
-    return karpathy.KarpathySource(os.path.join(manual_dir, 'dataset_flickr30k.json'),
-                                   images if os.path.isdir(images) else manual_dir,
+    folder = manual_dir()
+    images = os.path.join(folder, 'flickr30k-images')
+    return karpathy.KarpathySource(os.path.join(folder, 'dataset_flickr30k.json'),
+                                   images if os.path.isdir(images) else folder,
                                    captions_per_image=self.builder_config.captions_per_image)
 
 
@@ -180,7 +183,7 @@ class WebdatasetShards(_RecordsBuilder):
     super().__init__(**kwargs)
 
   def _source(self, manual_dir):
-    return webdataset.WebdatasetSource(self._shard_patterns or [os.path.join(manual_dir,
+    return webdataset.WebdatasetSource(self._shard_patterns or [os.path.join(manual_dir(),
                                                                              '*.tar')])
 
 
@@ -199,4 +202,4 @@ class HfImageText(_RecordsBuilder):
     super().__init__(**kwargs)
 
   def _source(self, manual_dir):
-    return hf_table.HfTableSource(manual_dir, **self._columns)
+    return hf_table.HfTableSource(manual_dir(), **self._columns)

@@ -106,6 +106,10 @@ class WebdatasetSource:
       detail = f'{path}: {type(e).__name__}: {e}'
       problems.append(samples_lib.Problem(shard, current_key or '', 'truncated_shard', detail))
       return samples, problems
+    if os.path.getsize(path) % tarfile.BLOCKSIZE:  # Cut inside a header: tarfile sees an end.
+      problems.append(samples_lib.Problem(shard, '', 'truncated_shard', f'{path}: '
+                                          f'{os.path.getsize(path)} bytes is not a whole number '
+                                          f'of tar blocks (the file was cut after {current_key})'))
     finish()
     return samples, problems
 

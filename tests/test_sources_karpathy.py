@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 from input_pipeline import phrase_extractor
 from input_pipeline import pretraining
 from input_pipeline import storage
+from input_pipeline.sources import build
 from input_pipeline.sources import builders
 from input_pipeline.sources import karpathy
 from input_pipeline.sources import layout
@@ -115,3 +116,27 @@ def test_flickr_builder_keeps_file_name_ids(tmp_path):
   for split, ids in splits.items():
     data = builder.as_data_source(split)
     assert [data[i]['image_id'].decode() for i in range(len(data))] == ids
+
+
+def test_command_line_build_on_beam_with_phrase_file(tmp_path):
+  splits = fx.write_karpathy_flickr(tmp_path / 'fk')
+  source = karpathy.KarpathySource(tmp_path / 'fk' / 'dataset_flickr30k.json',
+                                   tmp_path / 'fk' / 'flickr30k-images')
+  fx.given_features(source, tmp_path / 'feat')
+  phrases = {image_id: [[['dog'], ['dog', 'brown']]] * 5 for ids in splits.values()
+             for image_id in ids}
+  (tmp_path / 'fk_sg.json').write_text(json.dumps(phrases))
+  argv = ['build', '--source=karpathy_flickr30k', f'--manual_dir={tmp_path / "fk"}',
+          f'--features={tmp_path / "feat"}', f'--data_dir={tmp_path / "tfds"}',
+          f'--phrases={tmp_path / "fk_sg.json"}', '--beam',
+          '--beam_pipeline_options=direct_num_workers=1', f'--pretrain_out={tmp_path / "pre"}',
+          '--pretrain_splits=train', f'--tokenizer={fx.write_vocab(tmp_path / "vocab.txt")}',
+          f'--retrieval_out={tmp_path / "task"}', '--retrieval_splits=test=test,val=val']
+  assert build.main(argv) == 0
+  info = task_iterators.load_task_info(str(tmp_path / 'task'))
+  assert {s: v['num_images'] for s, v in info.splits.items()} == {'test': 2, 'val': 1}
+  record = next(layout.decoded_records(
+      str(tmp_path / 'tfds' / 'karpathy_flickr30k' / 'captions5' / '1.0.0'), 'train'))
+  assert record['phrases'][0] == [('dog',), ('dog', 'brown')]
+  _, concept_vocab = storage.load_vocabularies(str(tmp_path / 'pre'))
+  assert ('dog', 'brown') in concept_vocab.phrase2id

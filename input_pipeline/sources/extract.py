@@ -1,4 +1,4 @@
-"""Region extraction as a sharded multi-host JAX job over a source's shard list, resumable per shard.
+"""Region extraction as a sharded multi-host JAX job over the shard list, resumable per shard.
 
   python -m input_pipeline.sources.build extract --source=webdataset \\
       --shards='/data/cc3m/{00000..00331}.tar' --checkpoint=/ckpt/siglip-base-patch16-224 \\

@@ -1,0 +1,205 @@
+"""TFDS builders of image records (input_pipeline/features.py) from real image-text sources.
+
+  builder = builders.KarpathyCoco(regions=regions.GivenRegions('/data/coco_features'),
+                                  data_dir='/data/tfds')      # config 'captions5' (default)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir='/data/coco'))                               # dataset_coco.json + images
+  tfds.builder_from_directory(builder.data_dir).as_data_source('test')   # random access
+
+Each builder is a `tfds.core.GeneratorBasedBuilder` writing array_record with exactly the feature
+spec of storage.record_features (so layout.py links the files into the storage layout without
+rewriting them). Examples are keyed by (shard index, position) and written in key order
+(`disable_shuffling`): Karpathy order inside every split, shard order for webdataset. The same
+shard function produces the examples in one Python loop or as one Beam element per shard
+(`use_beam=True`; runner and options from `DownloadConfig(beam_runner=..., beam_options=...)`),
+so both paths write the same records in the same order. Each shard's skipped samples (kind, shard,
+key) go to REPORTS/<split>/<shard>.json (REPORTS: `report_dir`, default `<data_dir>.reports`);
+the build fails when more than `max_error_fraction` of a split's samples were skipped.
+"""
+
+import os
+from typing import Optional, Sequence
+
+import tensorflow_datasets as tfds
+
+from input_pipeline import storage
+from input_pipeline.sources import hf_table
+from input_pipeline.sources import karpathy
+from input_pipeline.sources import samples as samples_lib
+from input_pipeline.sources import webdataset
+
+_MAX_PER_SHARD = 10_000_000  # example key = shard index * _MAX_PER_SHARD + position
+
+
+class SourceBuildError(ValueError):
+  """Too many samples of a split were skipped; names the report."""
+
+
+class _ShardWork:
+  """One shard -> [(key, example)]; picklable (a Beam FlatMap function)."""
+
+  def __init__(self, source, regions, phrases, split, report_dir):
+    self.source, self.regions, self.phrases = source, regions, phrases
+    self.split, self.report_dir = split, report_dir
+
+  def __call__(self, item):
+    index, shard = item
+    records, problems, read = samples_lib.shard_records(self.source, self.regions, self.phrases,
+                                                        shard)
+    if len(records) >= _MAX_PER_SHARD:
+      raise ValueError(f'shard {shard}: more than {_MAX_PER_SHARD} samples.')
+    examples = [(index * _MAX_PER_SHARD + i, storage.validate_record(r, i))
+                for i, r in enumerate(records)]
+    samples_lib.write_problems(self.report_dir, self.split, shard, problems, read, len(records))
+    return examples
+
+
+class _RecordsBuilder(tfds.core.GeneratorBasedBuilder):
+  """Shared machinery; subclasses define `_source(manual_dir)`."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'mvp-jax image records: SigLIP or given regions, phrases, captions.'}
+
+  def __init__(self, *, regions=None, phrases: Optional[samples_lib.Phrases] = None,
+               use_beam: bool = False, max_error_fraction: float = 0.01,
+               report_dir: Optional[str] = None, **kwargs):
+    self._regions = regions
+    self._phrases = phrases or samples_lib.Phrases()
+    self._use_beam, self._max_error_fraction = use_beam, max_error_fraction
+    self._split_shards = {}
+    kwargs.setdefault('file_format', 'array_record')
+    super().__init__(**kwargs)
+    # Fixed now: during generation data_dir is a temporary 'incomplete' folder.
+    self.report_dir = report_dir or os.fspath(self.data_dir).rstrip('/') + '.reports'
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    if self._regions is None:
+      raise ValueError(f'{self.name}: pass regions=regions.SiglipRegions(...) or '
+                       'regions.GivenRegions(...) to build; read a built dataset with '
+                       'tfds.builder_from_directory(data_dir).')
+    return self.dataset_info_from_configs(
+        description=f'mvp-jax image records from {self.name} (input_pipeline/features.py).',
+        features=storage.record_features(self._regions.feature_dim), disable_shuffling=True,
+        homepage='https://github.com/Junyang-Li/MVPTR')
+
+  def _source(self, manual_dir) -> samples_lib.Source:
+    """The source; `manual_dir()` gives the manual folder (only called when it is needed)."""
+    raise NotImplementedError
+
+  def _split_generators(self, dl_manager):
+    source = self._source(lambda: os.fspath(dl_manager.manual_dir))
+    self._split_shards = source.splits()
+    return {split: self._generate_examples(source, split, shards)
+            for split, shards in self._split_shards.items()}
+
+  def _generate_examples(self, source, split: str, shards: Sequence[str]):
+    work = _ShardWork(source, self._regions, self._phrases, split, self.report_dir)
+    items = list(enumerate(shards))
+    if self._use_beam:
+      beam = tfds.core.lazy_imports.apache_beam
+      return (f'Shards_{split}' >> beam.Create(items) | f'Records_{split}' >> beam.FlatMap(work))
+    return (example for item in items for example in work(item))
+
+  def _download_and_prepare(self, dl_manager, download_config):
+    out = super()._download_and_prepare(dl_manager, download_config)
+    for split, shards in self._split_shards.items():
+      report = self.problems(split, shards)
+      lost = 1 - report['records'] / max(report['samples_read'], 1)
+      if lost > self._max_error_fraction:
+        raise SourceBuildError(
+            f'{self.name} {split}: {lost:.2%} of {report["samples_read"]} samples were skipped, '
+            f'more than max_error_fraction={self._max_error_fraction:.2%} (by kind '
+            f'{report["by_kind"]}); see {self.report_dir}/{split}/.')
+    return out
+
+  def problems(self, split: str, shards: Optional[Sequence[str]] = None) -> dict:
+    """The merged skip report of a built split (samples.read_problems)."""
+    if shards is None:
+      folder = os.path.join(self.report_dir, split)
+      shards = sorted(n[:-5] for n in os.listdir(folder) if n.endswith('.json'))
+    return samples_lib.read_problems(self.report_dir, split, shards)
+
+
+class KarpathyConfig(tfds.core.BuilderConfig):
+  """captions_per_image: first N captions of every image (None: all)."""
+
+  def __init__(self, *, captions_per_image: Optional[int], **kwargs):
+    super().__init__(**kwargs)
+    self.captions_per_image = captions_per_image
+
+
+_KARPATHY_CONFIGS = [
+    KarpathyConfig(name='captions5', captions_per_image=5,
+                   description='5 captions per image (the standard retrieval protocol).'),
+    KarpathyConfig(name='all_captions', captions_per_image=None,
+                   description='every caption (COCO: some images have 6 or 7).'),
+]
+
+
+class KarpathyCoco(_RecordsBuilder):
+  """COCO 2014 with Karpathy's train / restval / val / test splits."""
+
+  BUILDER_CONFIGS = _KARPATHY_CONFIGS
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Place in the manual folder: dataset_coco.json (Karpathy's splits, from
+  https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip) and the COCO 2014
+  image folders train2014/ and val2014/ (https://cocodataset.org/#download).
+  """
+
+  def _source(self, manual_dir):
+    folder = manual_dir()
+    return karpathy.KarpathySource(os.path.join(folder, 'dataset_coco.json'), folder,
+                                   captions_per_image=self.builder_config.captions_per_image)
+
+
+class KarpathyFlickr30k(_RecordsBuilder):
+  """Flickr30K with Karpathy's train / val / test splits."""
+
+  BUILDER_CONFIGS = _KARPATHY_CONFIGS
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Place in the manual folder: dataset_flickr30k.json (Karpathy's splits, from
+  https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip) and the images,
+  either directly or in flickr30k-images/ (https://shannon.cs.illinois.edu/DenotationGraph/).
+  """
+
+  def _source(self, manual_dir):
+    folder = manual_dir()
+    images = os.path.join(folder, 'flickr30k-images')
+    return karpathy.KarpathySource(os.path.join(folder, 'dataset_flickr30k.json'),
+                                   images if os.path.isdir(images) else folder,
+                                   captions_per_image=self.builder_config.captions_per_image)
+
+
+class WebdatasetShards(_RecordsBuilder):
+  """img2dataset webdataset shards (CC3M, CC12M, LAION subsets): one 'train' split."""
+
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Download with img2dataset (--output_format webdataset) and place the .tar shards in the manual
+  folder, or pass shards=['/data/cc3m/{00000..00331}.tar'] to the builder.
+  """
+
+  def __init__(self, *, shards: Optional[Sequence[str]] = None, **kwargs):
+    self._shard_patterns = list(shards) if shards else None
+    super().__init__(**kwargs)
+
+  def _source(self, manual_dir):
+    return webdataset.WebdatasetSource(self._shard_patterns or [os.path.join(manual_dir(),
+                                                                             '*.tar')])
+
+
+class HfImageText(_RecordsBuilder):
+  """A Hugging Face `datasets` table saved locally (save_to_disk folder or parquet files)."""
+
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Save the table locally (dataset.save_to_disk(DIR) or parquet files) and pass DIR as the
+  manual folder; name the columns with image_column=, text_column=, id_column=.
+  """
+
+  def __init__(self, *, image_column: str = 'image', text_column: str = 'text',
+               id_column: Optional[str] = None, shard_size: int = 1000, **kwargs):
+    self._columns = dict(image_column=image_column, text_column=text_column,
+                         id_column=id_column, shard_size=shard_size)
+    super().__init__(**kwargs)
+
+  def _source(self, manual_dir):
+    return hf_table.HfTableSource(manual_dir(), **self._columns)

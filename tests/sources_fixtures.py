@@ -9,6 +9,7 @@ import tarfile
 import numpy as np
 from PIL import Image
 
+from input_pipeline import pretraining
 from input_pipeline import train_vocab
 from input_pipeline.sources import regions as regions_lib
 from input_pipeline.sources import samples as samples_lib
@@ -207,3 +208,8 @@ def tiny_siglip(folder, labels=('dog', 'cat', 'tree', 'boat')):
       unk_id=2, bos_id=-1, minloglevel=2)
   (folder / 'labels.txt').write_text('\n'.join(labels))
   return folder
+
+
+# The retrieval task's lengths (mvp_jax.tasks.retrieval.DEFAULT_LENGTHS).
+TASK_LENGTHS = pretraining.Lengths(max_seq_length=50, max_phrases=5, max_tag_length=20,
+                                   max_img_seq_length=50)

@@ -35,7 +35,7 @@ def test_saved_dataset_dict_builds_retrieval_sets(tmp_path):
                           tokenizer=fx.write_vocab(tmp_path / 'vocab.txt'))
   layout.write_retrieval(builder.data_dir, str(tmp_path / 'task'), {'test': ['test']},
                          vocab_dir=str(pre))
-  it = task_iterators.create_task_iterator(str(tmp_path / 'task'), 'retrieval', 'test',
+  it = task_iterators.create_task_iterator(str(tmp_path / 'task'), 'retrieval', 'test', lengths=fx.TASK_LENGTHS,
                                            batch_size=3, seed=0, shuffle=False, repeat=False,
                                            pad_final_batch=True, process_index=0,
                                            process_count=1)

@@ -95,7 +95,7 @@ def test_coco_builder_to_pretraining_and_retrieval(coco, tmp_path):
                                                               'test': ['test']}, vocab_dir=str(pre))
   assert info.splits['train'] == {'num_examples': 25, 'num_images': 5,
                                   'source': f'{builder.data_dir}:train+restval'}
-  it = task_iterators.create_task_iterator(str(task), 'retrieval', 'test', batch_size=4, seed=0,
+  it = task_iterators.create_task_iterator(str(task), 'retrieval', 'test', lengths=fx.TASK_LENGTHS, batch_size=4, seed=0,
                                            shuffle=False, repeat=False, pad_final_batch=True,
                                            process_index=0, process_count=1)
   batches = list(it)

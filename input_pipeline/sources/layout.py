@@ -28,6 +28,7 @@ from input_pipeline import concepts
 from input_pipeline import storage
 from input_pipeline import tokenizers
 from input_pipeline.tasks import examples as examples_lib
+from input_pipeline.tasks import importing
 
 _TEMPLATE = '{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}'
 
@@ -124,7 +125,7 @@ def write_retrieval(tfds_dir: str, out_dir: str, splits: Mapping[str, Sequence[s
     records = [r for split in built for r in decoded_records(tfds_dir, split)]
     info = examples_lib.write_task_split(
         out_dir, out_split, task='retrieval', records=records,
-        examples=list(examples_lib.retrieval_examples(records)),
+        examples=list(importing.retrieval_examples(records)),
         source=f'{tfds_dir}:{"+".join(built)}', overwrite=overwrite)
   return info
 

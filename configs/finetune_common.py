@@ -73,7 +73,8 @@ def set_evals(config: ml_collections.ConfigDict, splits, every: int, **options) 
   defaults = {'retrieval': dict(top_k_images=64, top_k_texts=128, add_contrastive=False,
                                 score_batch_size=256),
               'vqa': dict(predictions=True)}.get(kind, {})
-  config.evals = {split: dict(type=kind, split=split, every=every, **dict(defaults, **options))
+  config.evals = {split: dict(type=kind, split=split, every=every, prefix=f'{split}/{kind}',
+                                **dict(defaults, **options))
                   for split in splits}
 
 

@@ -25,9 +25,9 @@ def pretraining_evals(every: int, top_k: int, add_contrastive: bool, split: str 
   grounding (clean) on `split`, every `every` steps and at the end."""
   return dict(
       retrieval=dict(type='retrieval', split=split, every=every, top_k_images=top_k,
-                     top_k_texts=top_k, add_contrastive=add_contrastive),
-      token_accuracy=dict(type='token_accuracy', split=split, every=every),
-      grounding=dict(type='grounding', split=split, every=every))
+                     top_k_texts=top_k, add_contrastive=add_contrastive, prefix='retrieval'),
+      token_accuracy=dict(type='token_accuracy', split=split, every=every, prefix=split),
+      grounding=dict(type='grounding', split=split, every=every, prefix=split))
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:

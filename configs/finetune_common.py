@@ -40,7 +40,10 @@ def get_base(task: str) -> ml_collections.ConfigDict:
   config.model = dict(BASE_MODEL)
   config.data = ml_collections.ConfigDict(dict(
       kind='records', directory='', train_split='train', tags_as_list=False,
-      pretraining_dir='', shapesworld={}, **lengths))
+      pretraining_dir='', shapesworld={},
+      # False: a dataset with more regions per image than max_img_seq_length is refused
+      # (the VinVL task configs set True: the authors keep the first detections).
+      truncate_regions=False, **lengths))
   config.batch_size = 64
   config.eval_batch_size = 256
   config.num_epochs = 25

@@ -47,7 +47,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       kind='records', directory='', train_split='train',
       max_seq_length=35, max_phrases=5, max_tag_length=20, max_img_seq_length=50,
-      mask_prob=0.15, shapesworld={}))
+      mask_prob=0.15, shapesworld={},
+      # VinVL detections can exceed max_img_seq_length; the authors keep the first ones.
+      truncate_regions=True))
 
   config.batch_size = 1024          # global
   config.eval_batch_size = 512

@@ -27,4 +27,5 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.optimizer.lr = 4e-5
   config.phrase_layer = 2
   config.num_labels = 1             # run_re.py's classifier is [1, 768] (spec §10.2)
+  config.data.truncate_regions = True  # VinVL detections: keep the first, as the authors do
   return config

@@ -29,4 +29,5 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.num_epochs = 10
   config.optimizer.lr = 4e-5
   config.checkpoint_every = 400
+  config.data.truncate_regions = True  # VinVL detections: keep the first, as the authors do
   return config

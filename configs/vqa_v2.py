@@ -34,4 +34,5 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.num_epochs = 25
   config.optimizer.update(lr=5e-5, reference_batch_size=32)
   config.vqa_init_from_mlm = True
+  config.data.truncate_regions = True  # VinVL detections: keep the first, as the authors do
   return config

@@ -280,7 +280,8 @@ def test_few_steps_on_a_mock_vinvl_dataset(tmp_path):
   config = smoke_config(out_dir, total_steps=3, log_every=1)
   config.data.kind = 'records'
   config.model['region_feature_dim'] = 2054
-  config.data.update(max_seq_length=10, max_phrases=3, max_tag_length=6, max_img_seq_length=5)
+  config.data.update(max_seq_length=10, max_phrases=3, max_tag_length=6, max_img_seq_length=5,
+                     truncate_regions=True)
   results = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert results['final_step'] == 3
   for name in ('loss_mcr', 'loss_itc', 'loss_mlm', 'loss_itm', 'loss_wpg'):

@@ -3,14 +3,12 @@ region after cross layer `config.phrase_layer` and the region's IoU with the tar
 `config.num_labels` 0 = 1 (the unused `classifier` of the authors' checkpoints)."""
 
 import flax.linen as nn
-import jax
 import ml_collections
 
-from mvp_jax import convert
-from mvp_jax import metrics as metrics_lib
 from mvp_jax.config import ModelConfig
 from mvp_jax.downstream import losses as task_losses
 from mvp_jax.downstream.models import REModel
+from mvp_jax.tasks import single_stage
 from mvp_jax.tasks.single_stage import frozen, init_params, model_config, stage_at, stages  # pylint: disable=unused-import
 
 NAME = 're'
@@ -31,22 +29,14 @@ def loss_fn(model: nn.Module, config: ml_collections.ConfigDict, *, stage: int,
             num_groups: int):
   """MSE over valid regions, per group under `local` negatives (`downstream/losses.py`)."""
   del config, stage
-
-  def fn(params, batch, rng):
-    dropout_rng, _ = jax.random.split(rng)  # the split of retrieval's (dropout, negatives)
-    out = model.apply({'params': params}, batch, deterministic=False,
-                      rngs={'dropout': dropout_rng})
-    loss, metrics = task_losses.referring_loss(out['region_logits'], batch['region_iou'],
-                                               num_groups)
-    return loss, dict(metrics, loss=loss, loss_re=loss)
-
-  return fn
+  return single_stage.head_loss(model, NAME, lambda out, batch: task_losses.referring_loss(
+      out['region_logits'], batch['region_iou'], num_groups))
 
 
 def metrics(stage: int):
   del stage
-  return metrics_lib.collection(('loss_re',), ('re',))
+  return single_stage.head_metrics(NAME)
 
 
 def torch_entries(model_cfg: ModelConfig):
-  return convert.task_entries(NAME, model_cfg)
+  return single_stage.torch_entries_of(NAME, model_cfg)

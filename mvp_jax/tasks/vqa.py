@@ -5,14 +5,12 @@ fine-tuned run says what its `answer_head` holds.
 """
 
 import flax.linen as nn
-import jax
 import ml_collections
 
-from mvp_jax import convert
-from mvp_jax import metrics as metrics_lib
 from mvp_jax.config import ModelConfig
 from mvp_jax.downstream import losses as task_losses
 from mvp_jax.downstream.models import VQAModel
+from mvp_jax.tasks import single_stage
 from mvp_jax.tasks.single_stage import frozen, init_params, stage_at, stages  # pylint: disable=unused-import
 
 NAME = 'vqa'
@@ -43,22 +41,14 @@ def loss_fn(model: nn.Module, config: ml_collections.ConfigDict, *, stage: int,
             num_groups: int):
   """BCE-with-logits on soft scores, summed over answers, mean over the batch."""
   del config, stage, num_groups  # equal-size groups: the batch mean is the mean of group means
-
-  def fn(params, batch, rng):
-    dropout_rng, _ = jax.random.split(rng)  # the split of retrieval's (dropout, negatives)
-    out = model.apply({'params': params}, batch, deterministic=False,
-                      rngs={'dropout': dropout_rng})
-    loss, metrics = task_losses.vqa_loss(out['answer_logits'], batch['answer_targets'])
-    return loss, dict(metrics, loss=loss, loss_vqa=loss)
-
-  return fn
+  return single_stage.head_loss(model, NAME, lambda out, batch: task_losses.vqa_loss(
+      out['answer_logits'], batch['answer_targets']))
 
 
 def metrics(stage: int):
   del stage
-  return metrics_lib.collection(('loss_vqa',), ('vqa',))
+  return single_stage.head_metrics(NAME)
 
 
 def torch_entries(model_cfg: ModelConfig):
-  return convert.task_entries(NAME, model_cfg)
-
+  return single_stage.torch_entries_of(NAME, model_cfg)

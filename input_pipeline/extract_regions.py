@@ -33,10 +33,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from input_pipeline import captions as captions_lib
 from input_pipeline import phrase_extractor
 from input_pipeline import phrase_files
 from input_pipeline import storage
 from input_pipeline import vinvl
+from input_pipeline import vinvl_rows
 
 _CHUNK = 'chunk-{:06d}.pkl'
 
@@ -284,7 +286,6 @@ def _assemble(work, out, split, num_chunks, num_items, settings, max_error_fract
 def main(argv: Optional[Sequence[str]] = None) -> int:
   from absl import flags  # pylint: disable=g-import-not-at-top
   from mvp_jax.vision import sources  # pylint: disable=g-import-not-at-top
-  from input_pipeline import import_vinvl  # pylint: disable=g-import-not-at-top
   fv = flags.FlagValues()
   flags.DEFINE_string('images', None, 'folder of images', flag_values=fv)
   flags.DEFINE_string('coco_json', None, 'COCO-style JSON (images, captions, bboxes)',
@@ -332,8 +333,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       items = sources.from_image_list(fv.image_list)
     captions_for = None
     if fv.captions:
-      report = vinvl.ImportReport()
-      captions_for, _ = import_vinvl.load_captions(fv.captions, report, vinvl.VinvlOptions())
+      captions_for = captions_lib.load_captions(
+          fv.captions, vinvl_rows.new_report(), vinvl_rows.VinvlOptions()).captions
     boxes_for = None
     if fv.boxes:
       with open(fv.boxes, encoding='utf-8') as f:

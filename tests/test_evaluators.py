@@ -8,6 +8,7 @@ import re
 
 import flax.linen as nn
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from mvp_jax import evaluators
 from mvp_jax import losses
 from mvp_jax import model as model_lib
 from mvp_jax import sharding
+from mvp_jax import tasks
 from mvp_jax.downstream import losses as task_losses
 from mvp_jax.downstream import models
 import fake_hosts
@@ -175,7 +177,8 @@ CFG = config_lib.tiny(num_text_layers=1, num_visual_layers=1, num_cross_layers=1
 
 
 def task_model(task, rows):
-  model = models.create_model(task, CFG, num_answers=len(ANSWERS), phrase_layer=0)
+  model_cfg = CFG.replace(qa_num_answers=len(ANSWERS)) if task == 'vqa' else CFG
+  model = tasks.get(task).create_model(ml_collections.ConfigDict(dict(phrase_layer=0)), model_cfg)
   inputs = {k: v for k, v in rows.items() if k != 'example_index'}
   params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(3), inputs)['params'])
   out = jax.jit(model.apply)({'params': params}, inputs)

@@ -63,9 +63,9 @@ def smoke_config(task, init_from, data_dir):
 def test_every_task_trains_from_a_pretraining_run(pretrained, tmp_path, task):
   config = smoke_config(task, pretrained, str(tmp_path / 'data'))
   if task == 'vqa':  # a scored evaluation, and a predictions-only one (a split without answers)
-    config.evals = dict(val=dict(type='vqa', split='val', predictions=True),
+    config.evals = dict(val=dict(type='vqa', split='val', predictions=True, prefix='val/vqa'),
                         val_predictions=dict(type='vqa', split='val', predictions=True,
-                                             score=False))
+                                             score=False, prefix='unscored/vqa'))
   results = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert results['final_step'] == 2
   assert np.isfinite(results['train/loss'])
@@ -79,6 +79,8 @@ def test_every_task_trains_from_a_pretraining_run(pretrained, tmp_path, task):
     with open(tmp_path / 'run' / 'vqa_predictions_val.json') as f:
       predictions = json.load(f)
     assert len(predictions) == results['val/vqa/num_questions']
+    assert 'unscored/vqa/accuracy' not in results  # a split without answers logs no accuracy
+    assert results['unscored/vqa/num_questions'] == results['val/vqa/num_questions']
     assert set(predictions[0]) == {'question_id', 'answer'}
     assert predictions[0]['answer'] in generate.vqa_answers()
     # Issue 10 item 19: the run's model_config.json records the answer count.

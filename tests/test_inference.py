@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -38,7 +39,8 @@ def make_run() -> str:
   config.data.shapesworld.update(num_train_images=12, num_val_images=4)
   build.build_dataset(config.data.directory, build.config_from_dict(config.data.shapesworld))
   model_config = train.model_config(config, config.data.directory)
-  params = jax.jit(functools.partial(mvp_jax.init_params, model_config))(jax.random.PRNGKey(0))
+  params = nn.unbox(jax.jit(functools.partial(mvp_jax.init_params, model_config))(
+      jax.random.PRNGKey(0)))
   # Perturb every parameter so that LayerNorms and biases are not trivially 1 / 0.
   leaves, tree = jax.tree_util.tree_flatten(params)
   keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))

@@ -117,11 +117,13 @@ def test_checkpoint_is_saved_before_an_evaluation_that_fails(shapesworld_dir, tm
   config = smoke_config(shapesworld_dir)
   config.evals = dict(grounding=dict(type='grounding', split='val', every=2))
 
-  def broken(*args, **kwargs):
-    raise RuntimeError('evaluation broke')
+  class Broken(train.evaluators.base.Evaluator):
+
+    def run(self, params):
+      raise RuntimeError('evaluation broke')
 
   monkeypatch.setattr(train.evaluators, 'from_config', lambda cfg, ctx: [
-      train.evaluators.Evaluator('grounding', 2, 'val', broken)])
+      Broken('grounding', ctx, split='val', every=2)])
   with pytest.raises(RuntimeError, match='evaluation broke'):
     train.train_and_evaluate(config, str(tmp_path))
   assert checkpointing.load_trained(str(tmp_path))[2] == 2

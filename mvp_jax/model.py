@@ -174,8 +174,9 @@ class MVPPretrainingModel(nn.Module):
       The backbone outputs plus sim_blocks [G, B/G, B/G] and the concept-head outputs; with
       `run_cross` also the MLM-head outputs; with hard negatives also hard_txt_index [B],
       hard_img_index [B] (global row indices), hard_sequence_output [B, La+R, H],
-      hard_pooled_output [B, H] and itm_logits [2B, 2] (positives then negatives; label 0 =
-      matched). Head outputs: with `prediction_positions='all'` vis_mlm_logits [B, T+R, V] and
+      hard_pooled_output [B, H], itm_logits [2B, 2] (positives then negatives; label 0 =
+      matched) and itm_pair_logits [B, 2, 2] (row k: [positive k, negative k]; the shard-local
+      layout of the same logits). Head outputs: with `prediction_positions='all'` vis_mlm_logits [B, T+R, V] and
       mlm_logits [B, La, V]; with 'masked' (see `gather_predictions`) vis_mlm_gathered_logits
       [B, Pb, V], vis_mlm_gathered_labels [B, Pb], vis_mlm_positions [B, Pb], vis_mlm_dropped []
       and the same four `mlm_*` entries for the text. `text_predictions` / `concept_predictions`
@@ -213,17 +214,23 @@ class MVPPretrainingModel(nn.Module):
     hard_sequence, hard_pooled, _ = self.backbone.encode_cross(
         take(outputs['txt_encoder_output'], txt_index), take(batch['attention_mask_a'], txt_index),
         take(regions, img_index), take(region_mask, img_index), deterministic)
-    pooled = jnp.concatenate([outputs['pooled_output'], hard_pooled], axis=0)
+    # itm_pair_logits keeps pair k's positive and negative on k's shard; itm_logits (the
+    # reference layout) concatenates along the sharded batch axis, which moves data.
+    pairs = jnp.stack([outputs['pooled_output'], hard_pooled], axis=1)  # [B, 2, H]
+    pair_logits = self.itm_head(pairs).astype(jnp.float32)  # [B, 2 (pos, neg), 2]
     outputs.update(hard_txt_index=txt_index, hard_img_index=img_index,
                    hard_sequence_output=hard_sequence, hard_pooled_output=hard_pooled,
-                   itm_logits=self.itm_head(pooled).astype(jnp.float32))
+                   itm_pair_logits=pair_logits,
+                   itm_logits=jnp.concatenate([pair_logits[:, 0], pair_logits[:, 1]], axis=0))
     return outputs
 
   def _predict(self, outputs, name, head, sequence, batch, label_key, length, max_predictions,
                full=False):
     """Runs `head` on the labelled part (first `length` positions) of `sequence`: on all its
     positions (all of `sequence` when `full`) or only on the masked ones."""
-    if self.config.prediction_positions == 'all':
+    # Init batches may lack labels; the parameters do not depend on the mode.
+    if self.config.prediction_positions == 'all' or (
+        self.is_initializing() and label_key not in batch):
       outputs[f'{name}_logits'] = head(sequence if full else sequence[:, :length])
       return
     if label_key not in batch:
@@ -290,15 +297,18 @@ def gather_predictions(sequence: Array, labels: Array, num: int):
   length = labels.shape[1]
   num = min(num, length)
   valid = labels >= 0
-  # Larger score = earlier labelled position; unlabelled positions score 0 and sort last.
-  score = jnp.where(valid, length - jnp.arange(length, dtype=jnp.int32), 0)
-  top, positions = jax.lax.top_k(score, num)
-  kept = top > 0
-  positions = jnp.where(kept, positions, 0).astype(jnp.int32)
-  gathered_labels = jnp.where(kept, jnp.take_along_axis(labels, positions, axis=1), -1)
-  gathered = jnp.take_along_axis(sequence, positions[..., None], axis=1)
+  # Slot of each labelled position = its rank among the row's labels; a one-hot [B, L, P] picks
+  # them. Elementwise work and a batched matmul only: no sort or top-k, whose SPMD lowering
+  # gathers the batch, and an exact pick (one non-zero term per sum).
+  rank = jnp.cumsum(valid, axis=1) - 1
+  pick = valid[..., None] & (rank[..., None] == jnp.arange(num)[None, None, :])  # [B, L, P]
+  kept = pick.any(axis=1)  # [B, P]
+  positions = jnp.einsum('blp,l->bp', pick.astype(jnp.int32), jnp.arange(length, dtype=jnp.int32))
+  gathered_labels = jnp.where(kept, jnp.einsum('blp,bl->bp', pick.astype(jnp.int32), labels), -1)
+  gathered = jnp.einsum('blp,blh->bph', pick.astype(sequence.dtype), sequence)
   dropped = (valid.sum() - kept.sum()).astype(jnp.int32)
-  return layers.constrain(gathered, ('batch', 'length', 'embed')), gathered_labels, positions, dropped
+  return (layers.constrain(gathered, ('batch', 'length', 'embed')), gathered_labels, positions,
+          dropped)
 
 
 def text_predictions(outputs: Dict[str, Array], batch: Batch):

@@ -83,11 +83,18 @@ def create_mesh(shape: Sequence[int], devices=None,
   """
   devices = list(jax.devices() if devices is None else devices)
   if dcn_shape is not None:
-    dcn_shape = _resolve(dcn_shape, len({getattr(d, 'slice_index', 0) for d in devices}),
-                         'DCN mesh')
-    ici_total = len(devices) // int(np.prod(dcn_shape))
-    shape = _resolve(shape, ici_total, 'mesh')
-    mesh_devices = mesh_utils.create_hybrid_device_mesh(shape, dcn_shape, devices)
+    # Granules are TPU slices; devices without `slice_index` (GPU, CPU) use one per process.
+    by_process = not hasattr(devices[0], 'slice_index')
+    granules = len({d.process_index if by_process else d.slice_index for d in devices})
+    dcn_shape = _resolve(dcn_shape, granules, 'DCN mesh')
+    if int(np.prod(dcn_shape)) != granules:
+      raise ValueError(f'DCN mesh {dcn_shape} needs {int(np.prod(dcn_shape))} slices '
+                       f'({"processes" if by_process else "slices"}), the devices form '
+                       f'{granules}.')
+    shape = _resolve(shape, len(devices) // granules, 'mesh')
+    mesh_devices = mesh_utils.create_hybrid_device_mesh(
+        shape, dcn_shape, devices, process_is_granule=by_process,
+        allow_split_physical_axes=True)
     return Mesh(mesh_devices, MESH_AXES)
   shape = _resolve(shape, len(devices), 'mesh')
   needed = int(np.prod(shape))

@@ -33,6 +33,18 @@ class ModelConfig:
     logit_scale_init: initial value of the learnable ITC log-temperature, log(1/0.07).
     dtype: compute dtype, 'float32' or 'bfloat16'; parameters are always float32.
     remat: rematerialise each transformer layer in the backward pass (saves activation memory).
+    remat_policy: what a rematerialised layer keeps: 'full' (nothing, recompute the layer),
+      'dots' (`checkpoint_dots`: keep matmul outputs, recompute the elementwise work) or
+      'dots_no_batch' (`checkpoint_dots_with_no_batch_dims`: keep only the weight matmuls).
+    attention_implementation: 'auto' (cuDNN flash attention on GPU in bfloat16, XLA elsewhere),
+      'xla' or 'cudnn', for `jax.nn.dot_product_attention`. Training with attention dropout
+      always takes the explicit softmax path (the fused kernels have no dropout).
+    prediction_positions: 'all' runs the MLM and concept heads on every position (parity,
+      inference); 'masked' runs them on the labelled positions only, gathered into a fixed
+      number of slots per sequence (`model.gather_predictions`).
+    mask_prob: corruption rate the 'masked' slots are sized for (the data's `mask_prob`).
+    max_predictions_a / max_predictions_b: text / tag slots per sequence in 'masked' mode; 0 =
+      derived from the length and `mask_prob` (`model.max_predictions_for`).
     cross_tag_slots: extra tag slots that enter the cross-modal encoder in front of the regions. 0 is
       the clean default; 10 reproduces the authors' VQA fine-tuning quirk (spec §10.1).
   """
@@ -56,6 +68,12 @@ class ModelConfig:
   logit_scale_init: float = 2.659260036932778
   dtype: str = 'float32'
   remat: bool = False
+  remat_policy: str = 'full'
+  attention_implementation: str = 'auto'
+  prediction_positions: str = 'all'
+  mask_prob: float = 0.15
+  max_predictions_a: int = 0
+  max_predictions_b: int = 0
   cross_tag_slots: int = 0
 
   def __post_init__(self):
@@ -67,6 +85,16 @@ class ModelConfig:
                        f'{self.vocab_size}: concepts are rows after the words.')
     if self.dtype not in ('float32', 'bfloat16'):
       raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}.")
+    choices = dict(remat_policy=('full', 'dots', 'dots_no_batch'),
+                   attention_implementation=('auto', 'xla', 'cudnn'),
+                   prediction_positions=('all', 'masked'))
+    for name, allowed in choices.items():
+      if getattr(self, name) not in allowed:
+        raise ValueError(f'{name} must be one of {allowed}, got {getattr(self, name)!r}.')
+    if not 0.0 < self.mask_prob < 1.0:
+      raise ValueError(f'mask_prob must be in (0, 1), got {self.mask_prob}.')
+    if self.max_predictions_a < 0 or self.max_predictions_b < 0:
+      raise ValueError('max_predictions_a / max_predictions_b must be >= 0 (0 = derived).')
     for name in ('num_text_layers', 'num_visual_layers', 'num_cross_layers'):
       if getattr(self, name) < 1:
         raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}.')

@@ -20,6 +20,14 @@ Array = jax.Array
 MASK_VALUE = -10000.0
 
 
+# `ModelConfig.remat_policy` -> what `jax.checkpoint` keeps of a layer (None = nothing).
+REMAT_POLICIES = {
+    'full': None,
+    'dots': jax.checkpoint_policies.checkpoint_dots,
+    'dots_no_batch': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
 def _dtype(config: ModelConfig):
   return jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
 
@@ -116,6 +124,20 @@ class RegionEmbedding(nn.Module):
     return constrain(x, ('batch', 'length', 'embed'))
 
 
+def attention_implementation(config: ModelConfig, query_length: int, key_length: int) -> str:
+  """'cudnn' or 'xla' for `jax.nn.dot_product_attention` (see `ModelConfig`).
+
+  'auto' picks cuDNN flash attention on a GPU in bfloat16 when its shape rules hold (head_dim a
+  multiple of 8 and <= 128, even lengths with a bias), XLA elsewhere (CPU, TPU, float32).
+  """
+  if config.attention_implementation != 'auto':
+    return config.attention_implementation
+  cudnn_ok = (jax.default_backend() == 'gpu' and config.dtype == 'bfloat16'
+              and config.head_dim % 8 == 0 and config.head_dim <= 128
+              and query_length % 2 == 0 and key_length % 2 == 0)
+  return 'cudnn' if cudnn_ok else 'xla'
+
+
 class SelfAttention(nn.Module):
   """Multi-head self-attention with an additive key mask (`attention.self` + `output.dense`)."""
   config: ModelConfig
@@ -140,12 +162,20 @@ class SelfAttention(nn.Module):
     query = constrain(query, ('batch', 'length', 'heads', 'kv'))
     key = constrain(key, ('batch', 'length', 'heads', 'kv'))
     value = constrain(value, ('batch', 'length', 'heads', 'kv'))
-    scores = jnp.einsum('bqhd,bkhd->bhqk', query, key) / jnp.sqrt(cfg.head_dim).astype(dtype)
-    bias = (1.0 - key_mask[:, None, None, :].astype(jnp.float32)) * MASK_VALUE
-    # Softmax in float32 keeps bfloat16 runs stable; float32 runs are unchanged.
-    probs = jax.nn.softmax(scores.astype(jnp.float32) + bias, axis=-1).astype(dtype)
-    probs = nn.Dropout(cfg.attention_dropout_rate)(probs, deterministic=deterministic)
-    context = jnp.einsum('bhqk,bkhd->bqhd', probs, value)
+    # The reference's additive mask, passed as a bias (a boolean mask would mean -inf).
+    bias = (1.0 - key_mask[:, None, None, :].astype(jnp.float32)) * MASK_VALUE  # [B, 1, 1, S]
+    if deterministic or cfg.attention_dropout_rate == 0.0:
+      implementation = attention_implementation(cfg, query.shape[1], key.shape[1])
+      if implementation == 'cudnn':  # cuDNN wants a [., ., T, S] bias in the input dtype
+        bias = jnp.broadcast_to(bias, bias.shape[:2] + (query.shape[1], key.shape[1]))
+      context = jax.nn.dot_product_attention(query, key, value, bias=bias.astype(dtype),
+                                             implementation=implementation)
+    else:  # the fused kernels have no attention dropout
+      scores = jnp.einsum('bqhd,bkhd->bhqk', query, key) / jnp.sqrt(cfg.head_dim).astype(dtype)
+      # Softmax in float32 keeps bfloat16 runs stable; float32 runs are unchanged.
+      probs = jax.nn.softmax(scores.astype(jnp.float32) + bias, axis=-1).astype(dtype)
+      probs = nn.Dropout(cfg.attention_dropout_rate)(probs, deterministic=deterministic)
+      context = jnp.einsum('bhqk,bkhd->bqhd', probs, value)
     context = constrain(context, ('batch', 'length', 'heads', 'kv'))
     out = nn.Einsum((cfg.num_heads, cfg.head_dim, cfg.hidden_size), 'blnd,ndh->blh',
                     dtype=dtype, param_dtype=jnp.float32,
@@ -197,7 +227,8 @@ class Encoder(nn.Module):
       raise ValueError(f'return_layer {return_layer} outside [0, {self.num_layers}).')
     layer_cls = TransformerLayer
     if self.config.remat:
-      layer_cls = nn.remat(TransformerLayer, static_argnums=(3,))
+      layer_cls = nn.remat(TransformerLayer, static_argnums=(3,),
+                           policy=REMAT_POLICIES[self.config.remat_policy])
     selected = None
     for index in range(self.num_layers):
       x = layer_cls(self.config, name=f'layer_{index}')(x, key_mask, deterministic)

@@ -8,6 +8,7 @@ output the five pre-training losses need (`losses.py`). Downstream models wrap t
 Shapes: B batch, La text length, T tag length, R regions, H hidden, V word vocabulary.
 """
 
+import math
 from typing import Any, Dict, Optional
 
 import flax
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 
 from mvp_jax import layers
 from mvp_jax import negatives
+from mvp_jax import sharding
 from mvp_jax.config import ModelConfig
 
 Array = jax.Array
@@ -155,29 +157,46 @@ class MVPPretrainingModel(nn.Module):
     """All pre-training outputs.
 
     Args:
-      batch: model inputs (`input_pipeline/features.py`).
+      batch: model inputs (`input_pipeline/features.py`); with `prediction_positions='masked'`
+        also `mlm_labels_b` (and `mlm_labels_a` when `run_cross`).
       deterministic: disables dropout (eval mode).
       run_cross: False runs only the uni-modal encoders and the concept head (stage 1).
       hard_negatives: None to skip ITM negatives; a PRNG key to mine them (spec §2.5); or a pair
-        (hard_txt_index [B], hard_img_index [B]) to use given ones (parity tests).
+        (hard_txt_index [B], hard_img_index [B]) to use given ones (parity tests); given indices
+        must lie in their row's group.
       negative_groups: number of equal contiguous groups of the batch that mine negatives among
         themselves only (`local` negatives, one group per data shard); 1 = the global batch.
+        With G > 1 every gather of the re-encode is group-local (no cross-device traffic when a
+        group is one data shard) and `sim_blocks` holds the G diagonal blocks of `sim_mat`.
       return_layer: also return the output of this cross-modal layer as `mid_output`.
 
     Returns:
-      The backbone outputs plus vis_mlm_logits [B, T+R, V]; with `run_cross` also
-      mlm_logits [B, La, V]; with hard negatives also hard_txt_index [B], hard_img_index [B],
-      hard_sequence_output [B, La+R, H], hard_pooled_output [B, H] and itm_logits [2B, 2]
-      (positives then negatives; label 0 = matched).
+      The backbone outputs plus sim_blocks [G, B/G, B/G] and the concept-head outputs; with
+      `run_cross` also the MLM-head outputs; with hard negatives also hard_txt_index [B],
+      hard_img_index [B] (global row indices), hard_sequence_output [B, La+R, H],
+      hard_pooled_output [B, H], itm_logits [2B, 2] (positives then negatives; label 0 =
+      matched) and itm_pair_logits [B, 2, 2] (row k: [positive k, negative k]; the shard-local
+      layout of the same logits). Head outputs: with `prediction_positions='all'` vis_mlm_logits [B, T+R, V] and
+      mlm_logits [B, La, V]; with 'masked' (see `gather_predictions`) vis_mlm_gathered_logits
+      [B, Pb, V], vis_mlm_gathered_labels [B, Pb], vis_mlm_positions [B, Pb], vis_mlm_dropped []
+      and the same four `mlm_*` entries for the text. `text_predictions` / `concept_predictions`
+      return the (logits, labels) pair of either mode for the losses.
     """
+    cfg = self.config
     outputs = self.backbone(batch, deterministic, run_cross, return_layer)
-    outputs['vis_mlm_logits'] = self.concept_head(outputs['vis_encoder_output'])
-    if self.config.qa_num_answers and self.is_initializing():
+    outputs['sim_blocks'] = sharding.group_similarity(
+        outputs['text_embedding'], outputs['visual_embedding'], negative_groups)
+    num_tags = batch['input_ids_b'].shape[1]
+    # 'all' keeps the concept logits of the region slots too (as the reference returns them).
+    self._predict(outputs, 'vis_mlm', self.concept_head, outputs['vis_encoder_output'],
+                  batch, 'mlm_labels_b', num_tags, cfg.max_predictions_b, full=True)
+    if cfg.qa_num_answers and self.is_initializing():
       self.qa_head(outputs['txt_encoder_output'][:, 0])
     if not run_cross:
       return outputs
     text_length = batch['input_ids_a'].shape[1]
-    outputs['mlm_logits'] = self.mlm_head(outputs['cross_sequence_output'][:, :text_length])
+    self._predict(outputs, 'mlm', self.mlm_head, outputs['cross_sequence_output'], batch,
+                  'mlm_labels_a', text_length, cfg.max_predictions_a)
     if hard_negatives is None:
       if self.is_initializing():
         self.itm_head(outputs['pooled_output'])
@@ -185,20 +204,125 @@ class MVPPretrainingModel(nn.Module):
 
     if isinstance(hard_negatives, (tuple, list)):
       txt_index, img_index = (jnp.asarray(i, jnp.int32) for i in hard_negatives)
+    elif negative_groups == 1:
+      txt_index, img_index = negatives.mine_hard_negatives(hard_negatives, outputs['sim_mat'])
     else:
-      txt_index, img_index = negatives.mine_hard_negatives(
-          hard_negatives, outputs['sim_mat'], negative_groups)
-    num_tags = batch['input_ids_b'].shape[1]
+      txt_index, img_index = mine_in_groups(hard_negatives, outputs['sim_blocks'])
     regions, region_mask = self.backbone.region_slots(outputs['vis_encoder_output'],
                                                       batch['attention_mask_b'], num_tags)
+    take = lambda x, index: sharding.take_within_groups(x, index, negative_groups)
     hard_sequence, hard_pooled, _ = self.backbone.encode_cross(
-        outputs['txt_encoder_output'][txt_index], batch['attention_mask_a'][txt_index],
-        regions[img_index], region_mask[img_index], deterministic)
-    pooled = jnp.concatenate([outputs['pooled_output'], hard_pooled], axis=0)
+        take(outputs['txt_encoder_output'], txt_index), take(batch['attention_mask_a'], txt_index),
+        take(regions, img_index), take(region_mask, img_index), deterministic)
+    # itm_pair_logits keeps pair k's positive and negative on k's shard; itm_logits (the
+    # reference layout) concatenates along the sharded batch axis, which moves data.
+    pairs = jnp.stack([outputs['pooled_output'], hard_pooled], axis=1)  # [B, 2, H]
+    pair_logits = self.itm_head(pairs).astype(jnp.float32)  # [B, 2 (pos, neg), 2]
     outputs.update(hard_txt_index=txt_index, hard_img_index=img_index,
                    hard_sequence_output=hard_sequence, hard_pooled_output=hard_pooled,
-                   itm_logits=self.itm_head(pooled).astype(jnp.float32))
+                   itm_pair_logits=pair_logits,
+                   itm_logits=jnp.concatenate([pair_logits[:, 0], pair_logits[:, 1]], axis=0))
     return outputs
+
+  def _predict(self, outputs, name, head, sequence, batch, label_key, length, max_predictions,
+               full=False):
+    """Runs `head` on the labelled part (first `length` positions) of `sequence`: on all its
+    positions (all of `sequence` when `full`) or only on the masked ones."""
+    # Init batches may lack labels; the parameters do not depend on the mode.
+    if self.config.prediction_positions == 'all' or (
+        self.is_initializing() and label_key not in batch):
+      outputs[f'{name}_logits'] = head(sequence if full else sequence[:, :length])
+      return
+    if label_key not in batch:
+      raise ValueError(f"prediction_positions='masked' needs {label_key!r} in the batch (the "
+                       f"positions come from the labels); got keys {sorted(batch)}.")
+    labels = batch[label_key]
+    if labels.shape[1] != length:
+      raise ValueError(f'{label_key} has length {labels.shape[1]}, the sequence part it labels '
+                       f'has {length}.')
+    num = max_predictions or max_predictions_for(length, self.config.mask_prob)
+    gathered, gathered_labels, positions, dropped = gather_predictions(
+        sequence[:, :length], labels, num)
+    outputs.update({f'{name}_gathered_logits': head(gathered),
+                    f'{name}_gathered_labels': gathered_labels,
+                    f'{name}_positions': positions, f'{name}_dropped': dropped})
+
+
+def mine_in_groups(rng: Array, sim_blocks: Array):
+  """`negatives.mine_hard_negatives` run in each group on its own block: global indices [B].
+
+  Group g uses key `split(rng, G)[g]`. Only the block [b, b] of each group is read, so the
+  mining is local to a data shard; the result is a valid in-group pairing like
+  `mine_hard_negatives(rng, sim_mat, G)`, from a different random stream.
+  """
+  groups, block = sim_blocks.shape[:2]
+  mine = lambda key, sim: negatives.mine_hard_negatives(key, sim, 1)
+  txt, img = jax.vmap(mine)(jax.random.split(rng, groups), sim_blocks)  # [G, b] local
+  offset = (jnp.arange(groups, dtype=jnp.int32) * block)[:, None]
+  return (txt + offset).reshape(-1), (img + offset).reshape(-1)
+
+
+def max_predictions_for(length: int, mask_prob: float, tolerance: float = 1e-6) -> int:
+  """Prediction slots per sequence: the smallest P with Pr[Binomial(length, mask_prob) > P] <=
+  tolerance.
+
+  Every position is selected independently with `mask_prob` (input_pipeline/masking.py) and only
+  some positions are eligible, so a sequence exceeds P with probability below `tolerance`
+  (1e-6: 40 text positions at 0.15 -> 19 slots, 20 tags -> 12).
+  """
+  tail = 1.0  # Pr[X > k], updated as k grows
+  for k in range(length + 1):
+    tail -= math.comb(length, k) * mask_prob ** k * (1.0 - mask_prob) ** (length - k)
+    if tail <= tolerance:
+      return max(k, 1)
+  return length
+
+
+def gather_predictions(sequence: Array, labels: Array, num: int):
+  """The first `num` labelled positions of each row, for a head run on masked positions only.
+
+  Labelled positions (label >= 0) beyond the first `num` of a row are dropped and counted, not
+  an error: corruption is a Bernoulli draw without a hard cap, `num` is sized so that this
+  happens with probability ~1e-6 per row (`max_predictions_for`), and a dropped label only
+  removes one term from the loss. The trainer logs `*_dropped` and warns when it is non-zero.
+
+  Args:
+    sequence: [B, L, H] encoder outputs; labels [B, L] ids, -1 where unlabelled.
+    num: slots per row (clipped to L).
+
+  Returns:
+    (gathered [B, P, H], gathered labels [B, P] (-1 in unused slots), positions [B, P] int32 (0
+    in unused slots), dropped [] int32 labels that did not fit).
+  """
+  length = labels.shape[1]
+  num = min(num, length)
+  valid = labels >= 0
+  # Slot of each labelled position = its rank among the row's labels; a one-hot [B, L, P] picks
+  # them. Elementwise work and a batched matmul only: no sort or top-k, whose SPMD lowering
+  # gathers the batch, and an exact pick (one non-zero term per sum).
+  rank = jnp.cumsum(valid, axis=1) - 1
+  pick = valid[..., None] & (rank[..., None] == jnp.arange(num)[None, None, :])  # [B, L, P]
+  kept = pick.any(axis=1)  # [B, P]
+  positions = jnp.einsum('blp,l->bp', pick.astype(jnp.int32), jnp.arange(length, dtype=jnp.int32))
+  gathered_labels = jnp.where(kept, jnp.einsum('blp,bl->bp', pick.astype(jnp.int32), labels), -1)
+  gathered = jnp.einsum('blp,blh->bph', pick.astype(sequence.dtype), sequence)
+  dropped = (valid.sum() - kept.sum()).astype(jnp.int32)
+  return (layers.constrain(gathered, ('batch', 'length', 'embed')), gathered_labels, positions,
+          dropped)
+
+
+def text_predictions(outputs: Dict[str, Array], batch: Batch):
+  """(MLM logits, labels) for `losses.masked_language_loss`, in either head mode."""
+  if 'mlm_gathered_logits' in outputs:
+    return outputs['mlm_gathered_logits'], outputs['mlm_gathered_labels']
+  return outputs['mlm_logits'], batch['mlm_labels_a']
+
+
+def concept_predictions(outputs: Dict[str, Array], batch: Batch):
+  """(MCR logits, labels) for `losses.masked_concept_loss`, in either head mode."""
+  if 'vis_mlm_gathered_logits' in outputs:
+    return outputs['vis_mlm_gathered_logits'], outputs['vis_mlm_gathered_labels']
+  return outputs['vis_mlm_logits'], batch['mlm_labels_b']
 
 
 def dummy_batch(config: ModelConfig, batch_size: int = 2, text_length: int = 8,

@@ -7,14 +7,21 @@ them to the mesh axes `data`, `fsdp` and `tensor`. The rule sets below cover the
   tensor: heads and mlp over `tensor`.
 Vocabulary rows stay unsharded: the authors' 86,051-row table divides by no power of two, and
 NamedSharding needs even splits.
+
+`local` negatives cut the batch into G contiguous groups, one per data shard. The group
+operations below (`group_similarity`, `take_within_groups`) reshape the batch axis to [G, B/G]
+and index inside a group only, so the SPMD partitioner keeps them on the shard that holds the
+group: no all-gather of activations, whatever the mesh.
 """
 
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
@@ -47,26 +54,58 @@ def logical_rules(name_or_rules) -> Tuple[Tuple[str, object], ...]:
   return tuple((str(k), tuple(v) if isinstance(v, list) else v) for k, v in name_or_rules)
 
 
-def create_mesh(shape: Sequence[int], devices=None) -> Mesh:
-  """A (data, fsdp, tensor) mesh; one entry may be -1 to take all remaining devices."""
-  devices = list(jax.devices() if devices is None else devices)
+def _resolve(shape: Sequence[int], num_devices: int, what: str):
   shape = list(shape)
   if len(shape) != len(MESH_AXES):
-    raise ValueError(f'Mesh shape {shape} must have {len(MESH_AXES)} entries {MESH_AXES}.')
+    raise ValueError(f'{what} {shape} must have {len(MESH_AXES)} entries {MESH_AXES}.')
   if shape.count(-1) > 1:
-    raise ValueError(f'At most one mesh axis may be -1, got {shape}.')
+    raise ValueError(f'At most one {what} axis may be -1, got {shape}.')
   known = int(np.prod([s for s in shape if s != -1]))
   if -1 in shape:
-    if len(devices) % known:
-      raise ValueError(f'{len(devices)} devices do not divide into mesh {shape}.')
-    shape[shape.index(-1)] = len(devices) // known
+    if num_devices % known:
+      raise ValueError(f'{num_devices} devices do not divide into {what} {shape}.')
+    shape[shape.index(-1)] = num_devices // known
+  return shape
+
+
+def create_mesh(shape: Sequence[int], devices=None,
+                dcn_shape: Optional[Sequence[int]] = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh laid out on the physical topology by `mesh_utils`.
+
+  Args:
+    shape: devices per axis; one entry may be -1 to take all remaining devices. With `dcn_shape`
+      this is the mesh inside one slice (ICI).
+    devices: the devices to use (default all); a mesh smaller than the device list uses its
+      first devices and logs a warning.
+    dcn_shape: multi-slice: slices per axis (e.g. (2, 1, 1) for data parallelism over 2 slices);
+      the mesh is then `create_hybrid_device_mesh(shape, dcn_shape)` and axis i has
+      shape[i] * dcn_shape[i] devices.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  if dcn_shape is not None:
+    # Granules are TPU slices; devices without `slice_index` (GPU, CPU) use one per process.
+    by_process = not hasattr(devices[0], 'slice_index')
+    granules = len({d.process_index if by_process else d.slice_index for d in devices})
+    dcn_shape = _resolve(dcn_shape, granules, 'DCN mesh')
+    if int(np.prod(dcn_shape)) != granules:
+      raise ValueError(f'DCN mesh {dcn_shape} needs {int(np.prod(dcn_shape))} slices '
+                       f'({"processes" if by_process else "slices"}), the devices form '
+                       f'{granules}.')
+    shape = _resolve(shape, len(devices) // granules, 'mesh')
+    mesh_devices = mesh_utils.create_hybrid_device_mesh(
+        shape, dcn_shape, devices, process_is_granule=by_process,
+        allow_split_physical_axes=True)
+    return Mesh(mesh_devices, MESH_AXES)
+  shape = _resolve(shape, len(devices), 'mesh')
   needed = int(np.prod(shape))
   if needed > len(devices):
     raise ValueError(f'Mesh {shape} needs {needed} devices, have {len(devices)}.')
   if needed < len(devices):
     logging.warning('Mesh %s uses %d of the %d devices.', shape, needed, len(devices))
     devices = devices[:needed]
-  mesh_devices = np.asarray(devices).reshape(shape)
+  # allow_split_physical_axes: a TPU mesh axis may then span part of a physical axis instead of
+  # failing for shapes that do not factor along the torus.
+  mesh_devices = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
   return Mesh(mesh_devices, MESH_AXES)
 
 
@@ -84,3 +123,40 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def num_data_shards(mesh: Mesh) -> int:
   return mesh.shape['data'] * mesh.shape['fsdp']
+
+
+def _grouped(x: jax.Array, num_groups: int) -> jax.Array:
+  if x.shape[0] % num_groups:
+    raise ValueError(f'Batch {x.shape[0]} is not divisible into {num_groups} groups.')
+  return x.reshape((num_groups, x.shape[0] // num_groups) + x.shape[1:])
+
+
+def take_within_groups(x: jax.Array, index: jax.Array, num_groups: int) -> jax.Array:
+  """`x[index]` for an index that stays inside each row's group, computed group-locally.
+
+  Args:
+    x: [B, ...] batch-major array (sharded or not).
+    index: [B] int global row indices; row k of group g must pick a row of group g
+      (`negatives.mine_hard_negatives`, `negatives.random_other_index` give such indices).
+    num_groups: G contiguous groups of the batch.
+
+  Returns:
+    [B, ...] = x[index]. An index outside its group is taken modulo the group size.
+  """
+  if num_groups == 1:
+    return jnp.take(x, index, axis=0)
+  groups = _grouped(x, num_groups)  # [G, b, ...]
+  block = groups.shape[1]
+  local = (index.reshape(num_groups, block) % block).astype(jnp.int32)
+  local = local.reshape(local.shape + (1,) * (x.ndim - 1))
+  taken = jnp.take_along_axis(groups, local, axis=1, mode='clip')
+  return taken.reshape(x.shape)
+
+
+def group_similarity(text: jax.Array, visual: jax.Array, num_groups: int) -> jax.Array:
+  """The G diagonal blocks of text @ visual.T, computed per group: [G, B/G, B/G].
+
+  Equals `negatives.group_blocks(text @ visual.T, G)` without the off-diagonal blocks (and so
+  without gathering the other shards' embeddings).
+  """
+  return jnp.einsum('gih,gjh->gij', _grouped(text, num_groups), _grouped(visual, num_groups))

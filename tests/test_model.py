@@ -125,7 +125,8 @@ def test_remat_gives_identical_outputs_and_gradients(params):
 def test_uni_modal_path_has_no_cross_outputs(params, float32_outputs):
   outputs = _forward(CONFIG, run_cross=False)(params, BATCH_DATA)
   assert set(outputs) == {'txt_encoder_output', 'vis_encoder_output', 'text_embedding',
-                          'visual_embedding', 'sim_mat', 'logit_scale', 'vis_mlm_logits'}
+                          'visual_embedding', 'sim_mat', 'sim_blocks', 'logit_scale',
+                          'vis_mlm_logits'}
   for name in outputs:
     np.testing.assert_allclose(outputs[name], float32_outputs[name], atol=1e-6, rtol=0)
 

@@ -107,7 +107,8 @@ class Predictor:
         lengths.max_tag_length > config.max_position_embeddings):
       raise ValueError(f'{lengths} exceeds max_position_embeddings '
                        f'{config.max_position_embeddings}.')
-    self.config = config
+    # Inference reads the heads at every position (fill-mask), whatever the training run used.
+    self.config = config.replace(prediction_positions='all')
     self.params = jax.tree_util.tree_map(jnp.asarray, params)
     self.tokenizer = tokenizer
     self.concept_vocab = concept_vocab

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from mvp_jax import negatives
+from mvp_jax import sharding
 
 Array = jax.Array
 LossAndMetrics = Tuple[Array, Dict[str, Array]]
@@ -86,7 +87,8 @@ def contrastive_loss(sim_mat: Array, logit_scale: Array, num_groups: int = 1) ->
   """Symmetric InfoNCE on exp(logit_scale)·sim (ITC/VSC, spec §2.4).
 
   Args:
-    sim_mat: [B, B] cosine similarities, rows texts, columns images; pair i is (text i, image i).
+    sim_mat: [B, B] cosine similarities, rows texts, columns images; pair i is (text i, image i);
+      or the model's `sim_blocks` [G, B/G, B/G], the G diagonal blocks (shard-local).
     logit_scale: [] learnable log-temperature (not clamped, as in the reference).
     num_groups: `local` negatives: each of the G contiguous groups only sees its own samples and
       the loss is the mean over groups (what averaging per-GPU losses did); 1 = global batch.
@@ -94,7 +96,8 @@ def contrastive_loss(sim_mat: Array, logit_scale: Array, num_groups: int = 1) ->
   Returns:
     (loss, {'t2i_correct', 'i2t_correct', 'count'}).
   """
-  logits = negatives.group_blocks(sim_mat * jnp.exp(logit_scale), num_groups)  # [G, b, b]
+  scaled = sim_mat * jnp.exp(logit_scale)
+  logits = scaled if scaled.ndim == 3 else negatives.group_blocks(scaled, num_groups)  # [G, b, b]
   targets = jnp.arange(logits.shape[1])
 
   def cross_entropy(x):
@@ -105,22 +108,27 @@ def contrastive_loss(sim_mat: Array, logit_scale: Array, num_groups: int = 1) ->
   return loss, {
       't2i_correct': (jnp.argmax(logits, axis=2) == targets).sum(),
       'i2t_correct': (jnp.argmax(logits, axis=1) == targets).sum(),
-      'count': jnp.asarray(sim_mat.shape[0]),
+      'count': jnp.asarray(logits.shape[0] * logits.shape[1]),
   }
 
 
 def matching_loss(itm_logits: Array) -> LossAndMetrics:
-  """ITM cross-entropy over [positives; hard negatives] (spec §2.5): logits [2B, 2].
+  """ITM cross-entropy over positives and hard negatives (spec §2.5).
 
-  Pre-training convention: label 0 = matched (first B rows), 1 = mismatched (last B rows).
-  The mean over all rows equals the mean of per-group means (every group has 2B/G rows).
+  `itm_logits` is [2B, 2] (positives then negatives) or the model's `itm_pair_logits`
+  [B, 2, 2] (row k: [positive k, negative k], which keeps pair k on its shard). Pre-training
+  convention: label 0 = matched, 1 = mismatched. The mean over all rows equals the mean of
+  per-group means (every group has 2B/G rows).
   """
-  num_pairs = itm_logits.shape[0] // 2
-  labels = jnp.concatenate([jnp.zeros(num_pairs, jnp.int32), jnp.ones(num_pairs, jnp.int32)])
+  if itm_logits.ndim == 3:
+    labels = jnp.broadcast_to(jnp.arange(2, dtype=jnp.int32), itm_logits.shape[:2])
+  else:
+    num_pairs = itm_logits.shape[0] // 2
+    labels = jnp.concatenate([jnp.zeros(num_pairs, jnp.int32), jnp.ones(num_pairs, jnp.int32)])
   log_probs = jax.nn.log_softmax(itm_logits.astype(jnp.float32), axis=-1)
-  loss = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1).mean()
+  loss = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1).mean()
   correct = (jnp.argmax(itm_logits, axis=-1) == labels).sum()
-  return loss, {'correct': correct, 'count': jnp.asarray(2 * num_pairs)}
+  return loss, {'correct': correct, 'count': jnp.asarray(labels.size)}
 
 
 def span_mask(index: Array, length: int) -> Array:
@@ -139,6 +147,19 @@ def _l2_normalize(x: Array, eps: float = 1e-12) -> Array:
   return x / jnp.sqrt(jnp.maximum(squared, eps * eps))
 
 
+def _top_k_values(x: Array, k: int) -> Array:
+  """`jax.lax.top_k(x, k)[0]` as k rounds of argmax (k is 3): the same values and gradients
+  (ties to the lowest index), but partitioned along the batch, where XLA's SPMD partitioner
+  all-gathers a batch-sharded sort."""
+  positions = jnp.arange(x.shape[-1])
+  values = []
+  for _ in range(k):
+    index = jnp.argmax(x, axis=-1)[..., None]
+    values.append(jnp.take_along_axis(x, index, axis=-1)[..., 0])
+    x = jnp.where(positions == index, -jnp.inf, x)
+  return jnp.stack(values, axis=-1)
+
+
 def sampled_top_k_similarity(rng: Array, similarity: Array, phrase_mask: Array,
                              region_mask: Array, top_k: int = WPG_TOP_K) -> Array:
   """`t2i_sim`: per phrase, one of its top-k region similarities at random; mean over phrases.
@@ -155,7 +176,7 @@ def sampled_top_k_similarity(rng: Array, similarity: Array, phrase_mask: Array,
   """
   masked = jnp.where(region_mask[:, None, :], similarity, -jnp.inf)
   k = min(top_k, similarity.shape[-1])
-  top_values, _ = jax.lax.top_k(masked, k)  # [B, P, k], descending
+  top_values = _top_k_values(masked, k)  # [B, P, k], descending
   available = jnp.minimum(region_mask.sum(-1), k)[:, None]  # [B, 1]
   pick = jax.random.randint(rng, phrase_mask.shape, 0, jnp.maximum(available, 1))
   picked = jnp.take_along_axis(top_values, pick[..., None], axis=-1)[..., 0]
@@ -193,11 +214,13 @@ def phrase_grounding_loss(rng: Array, cross_sequence: Array, phrase_index: Array
   region_mask = span_mask(img_index, length)
   similarity = jnp.einsum('bph,brh->bpr', normed, normed)  # [B, L, L]
   other = negatives.random_other_index(jax.random.fold_in(rng, 0), batch, num_groups)
-  similarity_neg = jnp.einsum('bph,brh->bpr', normed, normed[other])
+  # Group-local takes: `other` stays in each row's group, so no activation leaves its shard.
+  similarity_neg = jnp.einsum('bph,brh->bpr', normed,
+                              sharding.take_within_groups(normed, other, num_groups))
   pos = sampled_top_k_similarity(jax.random.fold_in(rng, 1), similarity, phrase_mask,
                                  region_mask)
   neg = sampled_top_k_similarity(jax.random.fold_in(rng, 2), similarity_neg, phrase_mask,
-                                 region_mask[other])
+                                 sharding.take_within_groups(region_mask, other, num_groups))
   has_phrase = phrase_mask.any(-1)
   count = has_phrase.sum()
   hinge = jnp.maximum(0.0, neg + margin - pos)

@@ -53,6 +53,8 @@ def model_config(config: ml_collections.ConfigDict, directory: Optional[str],
       values['word_vocab_size'] = word_vocab
     if values.get('vocab_size', 0) < 0:
       values['vocab_size'] = rows
+  if values.get('prediction_positions') == 'masked':  # slots sized for the data's mask rate
+    values['mask_prob'] = config.data.get('mask_prob', values.get('mask_prob', 0.15))
   task = tasks.get(config.get('task', 'pretrain'))
   return task.model_config(ModelConfig.from_dict(values), info)
 

@@ -68,7 +68,7 @@ class MeshSetup:
 
 def create_mesh(config: ml_collections.ConfigDict) -> MeshSetup:
   """`config.mesh_shape` (data, fsdp, tensor) and `config.sharding_rules`."""
-  mesh = sharding.create_mesh(config.mesh_shape)
+  mesh = sharding.create_mesh(config.mesh_shape, dcn_shape=config.get('mesh_dcn_shape'))
   return MeshSetup(mesh=mesh, rules=sharding.logical_rules(config.sharding_rules),
                    batch_sharding=sharding.batch_sharding(mesh),
                    replicated=NamedSharding(mesh, PartitionSpec()))

@@ -300,3 +300,14 @@ def test_wpg_local_groups_average_per_group_means():
   np.testing.assert_allclose(loss, (np.mean(hinge[:2]) + hinge[2]) / 2, rtol=1e-5, atol=1e-7)
   assert int(metrics['count']) == 3
   assert abs((np.mean(hinge[:2]) + hinge[2]) / 2 - np.mean(hinge)) > 1e-3  # the test can fail
+
+
+def test_top_k_values_equal_lax_top_k_with_gradients():
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 5, 7))
+  x = jnp.where(jax.random.uniform(jax.random.PRNGKey(1), x.shape) < 0.3, -jnp.inf, x)
+  np.testing.assert_array_equal(losses._top_k_values(x, 3), jax.lax.top_k(x, 3)[0])
+  weights = jnp.asarray([1.0, 2.0, 3.0])
+  finite = lambda f: lambda y: jnp.where(jnp.isfinite(f(y)), f(y), 0.0) @ weights
+  ours = jax.grad(lambda y: finite(lambda z: losses._top_k_values(z, 3))(y).sum())(x)
+  ref = jax.grad(lambda y: finite(lambda z: jax.lax.top_k(z, 3)[0])(y).sum())(x)
+  np.testing.assert_array_equal(ours, ref)

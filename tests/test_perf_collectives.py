@@ -143,3 +143,40 @@ def test_local_path_equals_global_indexing(params):
   np.testing.assert_array_equal(txt // block, np.arange(BATCH) // block)
   np.testing.assert_array_equal(img // block, np.arange(BATCH) // block)
   assert np.all(txt != img)
+
+
+def test_the_pretraining_task_loss_has_only_the_gradient_all_reduce(params):
+  """The real objective of the trainer (all five losses incl. WPG, dropout on), not a copy."""
+  from mvp_jax.tasks import pretrain  # pylint: disable=g-import-not-at-top
+  batch = dict(_batch(), phrase_index=jnp.tile(jnp.asarray([[1, 3]], jnp.int32), (BATCH, 1)),
+               img_index=jnp.tile(jnp.asarray([[TEXT, TEXT + 2]], jnp.int32), (BATCH, 1)))
+  model = model_lib.MVPPretrainingModel(CONFIG)
+
+  def task_loss(params, batch):
+    return pretrain.compute_losses(model, params, batch, jax.random.PRNGKey(2), stage=2,
+                                   num_groups=GROUPS, weights={})[0]
+
+  found = _collectives(jax.grad(task_loss), params, batch)
+  assert {kind for kind, _ in found} == {'all-reduce'}, found
+  for _, shapes in found:
+    for shape in shapes:
+      assert shape == () or _is_parameter_gradient(shape, params), (shape, found)
+
+
+def test_masked_heads_in_the_task_loss_equal_full_heads(params):
+  """`prediction_positions='masked'` gives the trainer's losses of the full-position heads."""
+  from mvp_jax.tasks import pretrain  # pylint: disable=g-import-not-at-top
+  batch = dict(_batch(), phrase_index=jnp.tile(jnp.asarray([[1, 3]], jnp.int32), (BATCH, 1)),
+               img_index=jnp.tile(jnp.asarray([[TEXT, TEXT + 2]], jnp.int32), (BATCH, 1)))
+  results = {}
+  for mode in ('all', 'masked'):
+    model = model_lib.MVPPretrainingModel(CONFIG.replace(prediction_positions=mode))
+    _, metrics = jax.jit(lambda p, b, m=model: pretrain.compute_losses(
+        m, p, b, jax.random.PRNGKey(3), stage=2, num_groups=GROUPS, weights={},
+        deterministic=True))(params, batch)
+    results[mode] = metrics
+  for name in ('loss_mcr', 'loss_itc', 'loss_mlm', 'loss_itm', 'loss_wpg', 'mlm_correct',
+               'mcr_correct', 'itm_correct'):
+    np.testing.assert_allclose(results['masked'][name], results['all'][name], atol=1e-5,
+                               err_msg=name)
+  assert int(results['masked']['mlm_dropped']) == 0

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from mvp_jax import layers
 from mvp_jax import negatives
+from mvp_jax import sharding
 from mvp_jax.config import ModelConfig
 from mvp_jax.model import MVPBackbone
 
@@ -79,9 +80,12 @@ class RetrievalModel(nn.Module):
             hard_negatives, outputs['sim_mat'], negative_groups)
       regions, region_mask = self.backbone.region_slots(
           outputs['vis_encoder_output'], batch['attention_mask_b'], batch['input_ids_b'].shape[1])
+      # Group-local takes: a negative stays on its positive's shard (no all-gather).
+      take = lambda x, index: sharding.take_within_groups(x, index, negative_groups)
       _, hard_pooled, _ = self.backbone.encode_cross(
-          outputs['txt_encoder_output'][txt_index], batch['attention_mask_a'][txt_index],
-          regions[img_index], region_mask[img_index], deterministic)
+          take(outputs['txt_encoder_output'], txt_index),
+          take(batch['attention_mask_a'], txt_index), take(regions, img_index),
+          take(region_mask, img_index), deterministic)
       pooled = jnp.concatenate([pooled, hard_pooled], axis=0)
       outputs.update(hard_txt_index=txt_index, hard_img_index=img_index)
     pooled = self.dropout(pooled, deterministic=deterministic)

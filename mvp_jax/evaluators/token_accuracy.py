@@ -13,6 +13,7 @@ from typing import Callable, Dict, Mapping
 import jax
 
 from mvp_jax import losses
+from mvp_jax import model as model_lib
 from mvp_jax.evaluators import base
 
 Array = jax.Array
@@ -33,9 +34,10 @@ class TokenAccuracyEvaluator(base.RowEvaluator):
   def rows(self, params, batch: Mapping[str, Array]) -> Dict[str, Array]:
     out = self.context.model.apply({'params': params}, batch)
     values = {}
-    for name, loss_fn, logits, labels in (
-        ('mlm', losses.masked_language_loss, out['mlm_logits'], batch['mlm_labels_a']),
-        ('mcr', losses.masked_concept_loss, out['vis_mlm_logits'], batch['mlm_labels_b'])):
+    # Either head mode: all positions, or the gathered masked ones (`prediction_positions`).
+    for name, loss_fn, (logits, labels) in (
+        ('mlm', losses.masked_language_loss, model_lib.text_predictions(out, batch)),
+        ('mcr', losses.masked_concept_loss, model_lib.concept_predictions(out, batch))):
       values.update({f'{name}_{k}': v for k, v in _per_row(loss_fn, logits, labels).items()})
     return values
 

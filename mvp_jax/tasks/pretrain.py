@@ -13,6 +13,7 @@ from typing import Any, Dict, Mapping, Tuple
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from mvp_jax import convert
@@ -97,23 +98,26 @@ def compute_losses(model: nn.Module, params: Any, batch: Mapping[str, Array], rn
                         run_cross=run_cross, hard_negatives=negatives_rng if run_cross else None,
                         negative_groups=num_groups, rngs={'dropout': dropout_rng})
   values, metrics = {}, {}
-  values['mcr'], mcr = losses.masked_concept_loss(outputs['vis_mlm_logits'],
-                                                  batch['mlm_labels_b'], num_groups)
-  values['itc'], itc = losses.contrastive_loss(outputs['sim_mat'], outputs['logit_scale'],
+  # Heads on every position or only on the gathered masked ones (`prediction_positions`).
+  values['mcr'], mcr = losses.masked_concept_loss(
+      *model_lib.concept_predictions(outputs, batch), num_groups)
+  values['itc'], itc = losses.contrastive_loss(outputs['sim_blocks'], outputs['logit_scale'],
                                                num_groups)
   metrics.update(mcr_correct=mcr['correct'], mcr_count=mcr['count'],
                  itc_correct=itc['t2i_correct'] + itc['i2t_correct'], itc_count=2 * itc['count'],
-                 logit_scale=outputs['logit_scale'])
+                 logit_scale=outputs['logit_scale'],
+                 mcr_dropped=outputs.get('vis_mlm_dropped', jnp.zeros((), jnp.int32)))
   if run_cross:
-    values['mlm'], mlm = losses.masked_language_loss(outputs['mlm_logits'],
-                                                     batch['mlm_labels_a'], num_groups)
-    values['itm'], itm = losses.matching_loss(outputs['itm_logits'])
+    values['mlm'], mlm = losses.masked_language_loss(
+        *model_lib.text_predictions(outputs, batch), num_groups)
+    values['itm'], itm = losses.matching_loss(outputs['itm_pair_logits'])
     values['wpg'], wpg = losses.phrase_grounding_loss(
         wpg_rng, outputs['cross_sequence_output'], batch['phrase_index'], batch['img_index'],
         num_groups)
     metrics.update(mlm_correct=mlm['correct'], mlm_count=mlm['count'],
                    itm_correct=itm['correct'], itm_count=itm['count'],
-                   wpg_count=wpg['count'], wpg_pos=wpg['pos'], wpg_neg=wpg['neg'])
+                   wpg_count=wpg['count'], wpg_pos=wpg['pos'], wpg_neg=wpg['neg'],
+                   mlm_dropped=outputs.get('mlm_dropped', jnp.zeros((), jnp.int32)))
   total = sum(weights.get(name, 1.0) * value for name, value in values.items())
   metrics.update({f'loss_{name}': value for name, value in values.items()})
   metrics['loss'] = total
@@ -135,9 +139,13 @@ def loss_fn(model: nn.Module, config: ml_collections.ConfigDict, *, stage: int,
 def metrics(stage: int):
   """Stage 1: MCR + ITC; stage 2 (and joint): all five losses."""
   if stage == 1:
-    return metrics_lib.collection(('loss_mcr', 'loss_itc'), ('mcr', 'itc'), ('logit_scale',))
+    return metrics_lib.collection(('loss_mcr', 'loss_itc', 'mcr_dropped'), ('mcr', 'itc'),
+                                  ('logit_scale',))
+  # `*_dropped`: labelled positions beyond the masked-head slots (prediction_positions='masked';
+  # sized so that this is ~1e-6 per sequence), logged so that a too-small bound is visible.
   return metrics_lib.collection(
-      ('loss_mcr', 'loss_itc', 'loss_mlm', 'loss_itm', 'loss_wpg', 'wpg_pos', 'wpg_neg'),
+      ('loss_mcr', 'loss_itc', 'loss_mlm', 'loss_itm', 'loss_wpg', 'wpg_pos', 'wpg_neg',
+       'mcr_dropped', 'mlm_dropped'),
       ('mcr', 'itc', 'mlm', 'itm'), ('logit_scale',))
 
 

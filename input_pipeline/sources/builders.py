@@ -73,13 +73,19 @@ class _RecordsBuilder(tfds.core.GeneratorBasedBuilder):
     self.report_dir = report_dir or os.fspath(self.data_dir).rstrip('/') + '.reports'
 
   def _info(self) -> tfds.core.DatasetInfo:
-    if self._regions is None:
-      raise ValueError(f'{self.name}: pass regions=regions.SiglipRegions(...) or '
-                       'regions.GivenRegions(...) to build; read a built dataset with '
-                       'tfds.builder_from_directory(data_dir).')
+    if self._regions is not None:
+      features = storage.record_features(self._regions.feature_dim)
+    elif (self.data_path / 'features.json').exists():
+      # Reading a built dataset by name (tfds.load / tfds.data_source / tfds.builder): the
+      # region width is the one it was built with.
+      features = tfds.features.FeatureConnector.from_config(os.fspath(self.data_path))
+    else:
+      raise ValueError(f'{self.name}: no built dataset in {self.data_path}; to build it pass '
+                       'regions=regions.SiglipRegions(...) or regions.GivenRegions(...) '
+                       '(or run python -m input_pipeline.sources.build build).')
     return self.dataset_info_from_configs(
         description=f'mvp-jax image records from {self.name} (input_pipeline/features.py).',
-        features=storage.record_features(self._regions.feature_dim), disable_shuffling=True,
+        features=features, disable_shuffling=True,
         homepage='https://github.com/Junyang-Li/MVPTR')
 
   def _source(self, manual_dir) -> samples_lib.Source:

@@ -30,6 +30,7 @@ from absl import flags
 from safetensors import safe_open
 
 from input_pipeline import cli
+from input_pipeline import optional
 
 from mvp_jax import api
 from mvp_jax import run_dir
@@ -46,7 +47,7 @@ def _source_dtypes(path: str) -> List[str]:
       return sorted({_SAFETENSORS_DTYPES.get(f.get_slice(k).get_dtype(), 'other')
                      for k in f.keys()})
   if path.endswith(('.bin', '.pt', '.pth')):
-    import torch  # pylint: disable=g-import-not-at-top  (only for torch files)
+    torch = optional.require('torch', f'Reading {path}')
     raw = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
     if isinstance(raw, dict) and isinstance(raw.get('state_dict'), dict):
       raw = raw['state_dict']

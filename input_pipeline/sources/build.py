@@ -127,7 +127,8 @@ def run_build(fv, log=print) -> None:
                                    id_column=fv.id_column, **common)
   options = None
   if fv.beam:
-    import apache_beam as beam  # pylint: disable=import-outside-toplevel
+    from input_pipeline import optional  # pylint: disable=import-outside-toplevel
+    beam = optional.require('apache_beam', 'Writing records with --beam')
     options = beam.options.pipeline_options.PipelineOptions(
         [f'--{o}' for o in fv.beam_pipeline_options.split(',') if o])
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(

@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 
 import tensorflow_datasets as tfds
 
+from input_pipeline import optional
 from input_pipeline import storage
 from input_pipeline.sources import hf_table
 from input_pipeline.sources import karpathy
@@ -102,7 +103,7 @@ class _RecordsBuilder(tfds.core.GeneratorBasedBuilder):
     work = _ShardWork(source, self._regions, self._phrases, split, self.report_dir)
     items = list(enumerate(shards))
     if self._use_beam:
-      beam = tfds.core.lazy_imports.apache_beam
+      beam = optional.require('apache_beam', f'{self.name}: use_beam=True')
       return (f'Shards_{split}' >> beam.Create(items) | f'Records_{split}' >> beam.FlatMap(work))
     return (example for item in items for example in work(item))
 

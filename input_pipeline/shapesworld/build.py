@@ -20,6 +20,7 @@ from absl import logging
 
 from input_pipeline import cli
 from input_pipeline import concepts
+from input_pipeline import jsonio
 from input_pipeline import ownership
 from input_pipeline import storage
 from input_pipeline import tokenizers
@@ -89,9 +90,7 @@ def build_dataset(directory: str, config: BuildConfig) -> str:
                           overwrite=True)
   if concept_vocab is None:
     raise ValueError('ShapesWorld needs num_train_images > 0 to build its concept vocabulary.')
-  with open(marker + '.tmp', 'w', encoding='utf-8') as f:
-    json.dump(wanted, f, indent=1)
-  os.replace(marker + '.tmp', marker)  # written last: the directory is complete
+  jsonio.write_json_atomically(wanted, marker)  # written last: the directory is complete
   return directory
 
 

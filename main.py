@@ -14,6 +14,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from configs import overrides
+from input_pipeline import cli
 
 FLAGS = flags.FLAGS
 
@@ -26,7 +27,7 @@ def parse_flags(argv):
     message = overrides.explain(argv)
     sys.exit(f'Error in the config: {message}' if message else
              f'FATAL Flags parsing error: {type(e).__name__}: {e}\n'
-             f'Pass --helpfull to see help on flags.')
+             f'Pass --help to see help on flags.')
 
 
 def main(argv):
@@ -45,10 +46,23 @@ def main(argv):
   print(quickstart.report(FLAGS.config, FLAGS.workdir, results))
 
 
-if __name__ == '__main__':
-  flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and generated data.')
-  config_flags.DEFINE_config_file('config', None,
-                                  'Config file (override fields with --config.x=y).',
-                                  lock_config=True)
-  flags.mark_flags_as_required(['config', 'workdir'])
+def define_flags(values: flags.FlagValues) -> None:
+  flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics.jsonl, TensorBoard '
+                      'events and generated data; a second run with the same workdir resumes.',
+                      flag_values=values)
+  config_flags.DEFINE_config_file(
+      'config', None, 'Config file with an optional switch, e.g. configs/mvp_tiny.py or '
+      'configs/mvp_tiny.py:smoke; override any field with --config.FIELD=VALUE '
+      '(e.g. --config.total_steps=100).', flag_values=values, lock_config=True)
+  flags.mark_flags_as_required(['config', 'workdir'], flag_values=values)
+
+
+def run() -> None:
+  """`python main.py` and the `mvp-train` console script."""
+  cli.exit_on_help('python main.py', __doc__, define_flags)
+  define_flags(FLAGS)
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+  run()

@@ -3,10 +3,14 @@
 Every `main(argv)` defines its flags on a fresh `absl.flags.FlagValues` (never on the global
 FLAGS), so importing a module defines no flag, a user's own flags (e.g. `--seed`) never clash,
 and `main` can run twice in one process. `run` parses, runs and turns the expected errors into
-a message and exit status 1; bad flags give the usage and status 2. The VQA, SNLI-VE and RefCOCO
-importers share `define_importer_flags` and `run_importer`.
+a message and exit status 1; bad flags give the usage and status 2; `--help` prints the command's
+docstring and every flag with its explanation, and exits 0 (absl's own `--help` exits 1 and,
+under a console script, lists no flag). The VQA, SNLI-VE and RefCOCO importers share
+`define_importer_flags` and `run_importer`.
 """
 
+import inspect
+import os
 import sys
 from typing import Any, Callable, Optional, Sequence
 
@@ -16,6 +20,33 @@ Define = Callable[[flags.FlagValues], None]
 # Every error of bad input is one of these: TaskDataError, VinvlImportError, PhraseFileError
 # are ValueErrors; NotOwnedError, FileExistsError and FileNotFoundError are OSErrors.
 EXPECTED_ERRORS = (ValueError, OSError)
+HELP_ARGS = ('-h', '-?', '-help', '--help', '-helpshort', '--helpshort', '-helpfull', '--helpfull')
+
+
+def wants_help(args: Sequence[str]) -> bool:
+  """Whether `args` (without the program name) ask for help before any `--`."""
+  for arg in args:
+    if arg == '--':
+      return False
+    if arg in HELP_ARGS:
+      return True
+  return False
+
+
+def help_text(prog: str, doc: Optional[str], define: Define) -> str:
+  """The command's docstring, its usage line and every flag of `define` with its help."""
+  if os.path.basename(sys.argv[0]).startswith('mvp-'):
+    prog = os.path.basename(sys.argv[0])  # a console script: name it as the user typed it
+  values = flags.FlagValues()
+  define(values)
+  return f'{inspect.cleandoc(doc or "")}\n\nUSAGE: {prog} [flags]\n\n{values.get_help(include_special_flags=False)}\n'
+
+
+def exit_on_help(prog: str, doc: Optional[str], define: Define) -> None:
+  """For absl `app.run` commands: print `help_text` and exit 0 when sys.argv asks for help."""
+  if wants_help(sys.argv[1:]):
+    print(help_text(prog, doc, define))
+    sys.exit(0)
 
 
 def parse(prog: str, argv: Optional[Sequence[str]], define: Define,
@@ -30,12 +61,18 @@ def parse(prog: str, argv: Optional[Sequence[str]], define: Define,
 
 
 def run(prog: str, argv: Optional[Sequence[str]], define: Define, body: Callable[[Any], int],
-        required: Sequence[str] = (), what: str = 'import') -> int:
-  """Parses the flags and runs `body(flag_values)`; returns the exit status."""
+        required: Sequence[str] = (), what: str = 'import', doc: Optional[str] = None) -> int:
+  """Parses the flags and runs `body(flag_values)`; returns the exit status.
+
+  `doc` (default: the docstring of the module that defines `define`) heads the `--help` text.
+  """
+  if wants_help(sys.argv[1:] if argv is None else argv):
+    print(help_text(prog, doc or sys.modules[define.__module__].__doc__, define))
+    return 0
   try:
     values = parse(prog, argv, define, required)
   except flags.Error as e:
-    print(f'{prog}: {e}\nRun with --helpfull for the flags.', file=sys.stderr)
+    print(f'{prog}: {e}\nRun with --help for the flags.', file=sys.stderr)
     return 2
   try:
     return body(values)
@@ -87,7 +124,7 @@ def run_importer(prog: str, argv: Optional[Sequence[str]], define: Define,
     return 0
 
   needed = ['images', 'out_dir'] + (['split'] if split_required else []) + list(required)
-  return run(prog, argv, define_all, body, needed)
+  return run(prog, argv, define_all, body, needed, doc=sys.modules[define.__module__].__doc__)
 
 
 def parse_image_sources(values: Sequence[str]) -> list[tuple[str, str]]:

@@ -34,6 +34,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from input_pipeline import captions as captions_lib
+from input_pipeline import cli
 from input_pipeline import phrase_extractor
 from input_pipeline import phrase_files
 from input_pipeline import storage
@@ -283,41 +284,70 @@ def _assemble(work, out, split, num_chunks, num_items, settings, max_error_fract
   return report
 
 
+def _define(fv) -> None:
+  """The command's flags on the FlagValues `fv`."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string('images', None, 'Folder of images (searched recursively; the image id is '
+                      'the path without extension).', flag_values=fv)
+  flags.DEFINE_string('coco_json', None, 'Or a COCO-style JSON (images, and optionally captions '
+                      'and bbox annotations).', flag_values=fv)
+  flags.DEFINE_string('image_root', None, 'Folder the --coco_json file names are relative to (default: '
+                      "the JSON's folder).",
+                      flag_values=fv)
+  flags.DEFINE_string('image_list', None, 'Or a text file with "path" or "path<TAB>id" a line.',
+                      flag_values=fv)
+  flags.DEFINE_string('checkpoint', None, 'SigLIP / SigLIP 2 checkpoint: a Hugging Face folder '
+                      '(safetensors) or a big_vision .npz.', flag_values=fv)
+  flags.DEFINE_string('tokenizer', None, 'SentencePiece .model of the text tower for the tags '
+                      '(default: the one in the checkpoint folder).', flag_values=fv)
+  flags.DEFINE_string('out', None, 'Dataset folder to write (input_pipeline/storage.py layout, '
+                      'what training reads).', flag_values=fv)
+  flags.DEFINE_string('split', 'train', 'Name of the split written under --out.', flag_values=fv)
+  flags.DEFINE_string('captions', None, 'Caption file in an import_vinvl format (Karpathy '
+                      'JSON, COCO captions JSON, ...), joined by image id.', flag_values=fv)
+  flags.DEFINE_bool('builtin_phrases', False, 'Extract phrase tuples from the captions with the '
+                    'built-in rule-based extractor.', flag_values=fv)
+  flags.DEFINE_enum('regions', 'grid', ['grid', 'boxes'], 'grid: grid x grid cells plus the '
+                    'whole image; boxes: RoIAlign-pool the given boxes.', flag_values=fv)
+  flags.DEFINE_integer('grid', 7, 'Grid cells per side (with --regions=grid).', flag_values=fv)
+  flags.DEFINE_string('boxes', None, 'JSON {image_id: [[x1, y1, x2, y2], ...]} in pixels (with '
+                      '--regions=boxes; default: the COCO JSON bbox annotations).',
+                      flag_values=fv)
+  flags.DEFINE_integer('max_boxes', 100, 'Most boxes kept per image (with --regions=boxes).',
+                       flag_values=fv)
+  flags.DEFINE_integer('image_size', None, "Input side in pixels (default: the checkpoint's).",
+                       flag_values=fv)
+  flags.DEFINE_integer('batch_size', 32, 'Images per batch, split over all local devices.',
+                       flag_values=fv)
+  flags.DEFINE_integer('chunk_size', 256, 'Images per resumable chunk (a killed run redoes at '
+                       'most one chunk per host).', flag_values=fv)
+  flags.DEFINE_string('labels', None, 'Tag labels, one a line (default: the 1,600 Visual Genome '
+                      'object classes).', flag_values=fv)
+  flags.DEFINE_bool('tags', True, 'Zero-shot tag every region with the SigLIP text tower '
+                    '(--notags: no tags).', flag_values=fv)
+  flags.DEFINE_integer('top_t', 10, 'Most distinct tags kept per image.', flag_values=fv)
+  flags.DEFINE_float('tag_threshold', 0.1, 'Least sigmoid probability for a region tag.',
+                     flag_values=fv)
+  flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype of the vision '
+                    'tower.', flag_values=fv)
+  flags.DEFINE_integer('num_workers', 4, 'Image decoding threads.', flag_values=fv)
+  flags.DEFINE_enum('on_error', 'skip', ['skip', 'raise'], 'Bad images: skip and report them, '
+                    'or stop at the first.', flag_values=fv)
+  flags.DEFINE_float('max_error_fraction', 0.01, 'Fail when more than this fraction of the '
+                     'images were bad.', flag_values=fv)
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing complete split.', flag_values=fv)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  """`python -m input_pipeline.extract_regions` and the `mvp-extract` console script."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from mvp_jax.vision import sources  # pylint: disable=g-import-not-at-top
+  args = sys.argv[1:] if argv is None else list(argv)
+  if cli.wants_help(args):
+    print(cli.help_text('python -m input_pipeline.extract_regions', __doc__, _define))
+    return 0
   fv = flags.FlagValues()
-  flags.DEFINE_string('images', None, 'folder of images', flag_values=fv)
-  flags.DEFINE_string('coco_json', None, 'COCO-style JSON (images, captions, bboxes)',
-                      flag_values=fv)
-  flags.DEFINE_string('image_root', None, 'folder of the COCO JSON file names', flag_values=fv)
-  flags.DEFINE_string('image_list', None, 'file: "path" or "path<TAB>id" a line', flag_values=fv)
-  flags.DEFINE_string('checkpoint', None, 'HF SigLIP folder or big_vision .npz', flag_values=fv)
-  flags.DEFINE_string('tokenizer', None, 'SentencePiece .model (default: in the checkpoint)',
-                      flag_values=fv)
-  flags.DEFINE_string('out', None, 'dataset folder (storage.py)', flag_values=fv)
-  flags.DEFINE_string('split', 'train', 'split name', flag_values=fv)
-  flags.DEFINE_string('captions', None, 'caption JSON in an import_vinvl format', flag_values=fv)
-  flags.DEFINE_bool('builtin_phrases', False, 'extract phrases of the captions', flag_values=fv)
-  flags.DEFINE_enum('regions', 'grid', ['grid', 'boxes'], 'region kind', flag_values=fv)
-  flags.DEFINE_integer('grid', 7, 'grid cells per side (grid mode)', flag_values=fv)
-  flags.DEFINE_string('boxes', None, 'JSON {image_id: [[x1, y1, x2, y2], ...]} in pixels',
-                      flag_values=fv)
-  flags.DEFINE_integer('max_boxes', 100, 'most boxes per image (box mode)', flag_values=fv)
-  flags.DEFINE_integer('image_size', None, 'input side (default: the checkpoint\'s)',
-                       flag_values=fv)
-  flags.DEFINE_integer('batch_size', 32, 'images per device batch (all devices)', flag_values=fv)
-  flags.DEFINE_integer('chunk_size', 256, 'images per resumable chunk', flag_values=fv)
-  flags.DEFINE_string('labels', None, 'tag labels, one a line (default: VG 1600)', flag_values=fv)
-  flags.DEFINE_bool('tags', True, 'zero-shot region tags', flag_values=fv)
-  flags.DEFINE_integer('top_t', 10, 'most distinct tags per image', flag_values=fv)
-  flags.DEFINE_float('tag_threshold', 0.1, 'least sigmoid probability of a tag', flag_values=fv)
-  flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'compute dtype', flag_values=fv)
-  flags.DEFINE_integer('num_workers', 4, 'image decoding threads', flag_values=fv)
-  flags.DEFINE_enum('on_error', 'skip', ['skip', 'raise'], 'bad images', flag_values=fv)
-  flags.DEFINE_float('max_error_fraction', 0.01, 'fail above this fraction of bad images',
-                     flag_values=fv)
-  flags.DEFINE_bool('overwrite', False, 'replace an existing split', flag_values=fv)
+  _define(fv)
   fv(list(sys.argv if argv is None else ['extract_regions'] + list(argv)))
   chosen = [n for n in ('images', 'coco_json', 'image_list') if fv[n].value]
   if len(chosen) != 1 or not fv.checkpoint or not fv.out:

@@ -258,12 +258,12 @@ def _define(v: flags.FlagValues) -> None:
     flag_values=v)
   s('captions', None, 'caption file (input_pipeline/captions.py)', flag_values=v)
   s('phrases', None, 'phrase file (input_pipeline/phrase_files.py)', flag_values=v)
-  flags.DEFINE_enum('phrase_format', 'auto', ('auto',) + phrase_files.FORMATS, 'phrase format',
+  flags.DEFINE_enum('phrase_format', 'auto', ('auto',) + phrase_files.FORMATS, 'format of --phrases (auto: from the file)',
                     flag_values=v)
   b('builtin_phrases', False, 'extract phrases of captions that have none from another source',
     flag_values=v)
-  s('out_dir', None, 'dataset directory', flag_values=v)
-  s('split', None, 'split name', flag_values=v)
+  s('out_dir', None, 'dataset directory to write (storage.py layout)', flag_values=v)
+  s('split', None, 'name of the split to write', flag_values=v)
   flags.DEFINE_list('karpathy_splits', None, 'Karpathy splits to keep (default: --split, plus '
                     'restval for train)', flag_values=v)
   flags.DEFINE_enum('caption_id_field', 'auto', captions_lib.CAPTION_ID_FIELDS,

@@ -89,7 +89,7 @@ def _makedirs_for(path: str) -> None:
 
 def _define(v: flags.FlagValues) -> None:
   flags.DEFINE_string('corpus', None, 'Caption file, one caption per line.', flag_values=v)
-  flags.DEFINE_enum('kind', 'wordpiece', ['wordpiece', 'sentencepiece'], 'Tokenizer kind.',
+  flags.DEFINE_enum('kind', 'wordpiece', ['wordpiece', 'sentencepiece'], 'Tokenizer to train: BERT WordPiece or SentencePiece.',
                     flag_values=v)
   flags.DEFINE_integer('vocab_size', 8000, 'Target vocabulary size.', flag_values=v)
   flags.DEFINE_string('out', None, 'Output vocab.txt (wordpiece) or .model file.',

@@ -21,6 +21,7 @@ import numpy as np
 from flax import traverse_util
 from safetensors import numpy as safetensors_numpy
 
+from input_pipeline import optional
 from mvp_jax import model as model_lib
 from mvp_jax.config import ModelConfig
 
@@ -251,11 +252,8 @@ def load_state_dict(path: Union[str, os.PathLike]) -> Dict[str, np.ndarray]:
       raw = {k[len('param/'):] if k.startswith('param/') else k: data[k] for k in data.files
              if k.startswith('param/') or '/' not in k}
   elif path.endswith(('.bin', '.pt', '.pth')):
-    try:
-      import torch  # pylint: disable=g-import-not-at-top
-    except ImportError as error:
-      raise ImportError(f'Reading {path} needs PyTorch (pip install torch); convert it once to '
-                        f'.safetensors to avoid that.') from error
+    torch = optional.require('torch', f'Reading {path} (convert it once to .safetensors to '
+                                      'avoid that)')
     raw = torch.load(path, map_location='cpu', weights_only=True)
     if isinstance(raw, dict) and 'state_dict' in raw and isinstance(raw['state_dict'], dict):
       raw = raw['state_dict']

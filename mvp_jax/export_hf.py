@@ -28,6 +28,8 @@ import numpy as np
 from absl import app
 from absl import flags
 
+from input_pipeline import cli
+
 from mvp_jax import api
 from mvp_jax import hf_bert
 from mvp_jax import run_dir
@@ -223,15 +225,33 @@ def main(argv) -> None:
     print(f'Uploaded to https://huggingface.co/{values.push_to_hub}')
 
 
-if __name__ == '__main__':
-  flags.DEFINE_string('workdir', None, 'The training run to export.')
-  flags.DEFINE_string('out', None, 'Output folder.')
-  flags.DEFINE_string('dataset_dir', None, 'Dataset folder with the vocabularies.')
-  flags.DEFINE_integer('step', None, 'Checkpoint step (default: latest).')
-  flags.DEFINE_string('push_to_hub', None, 'Hub repo id to upload to (user/name).')
-  flags.DEFINE_bool('private', False, 'Create the Hub repo private.')
-  flags.DEFINE_bool('text_encoder', True, 'Also export text_encoder/ as a BertModel.')
-  flags.DEFINE_bool('text_encoder_only', False,
-                         'Write only the text encoder (a transformers BertModel folder) to --out.')
-  flags.mark_flags_as_required(['workdir', 'out'])
+def define_flags(values: flags.FlagValues) -> None:
+  flags.DEFINE_string('workdir', None, 'The training run to export (its workdir, or one '
+                      'checkpoint folder WORKDIR/checkpoints/STEP).', flag_values=values)
+  flags.DEFINE_string('out', None, 'Output folder of the Hub layout (config.json, '
+                      'model.safetensors, tokenizer, concepts, README.md).', flag_values=values)
+  flags.DEFINE_string('dataset_dir', None, 'Dataset folder with the vocabularies (default: the '
+                      "one recorded in the run's config).", flag_values=values)
+  flags.DEFINE_integer('step', None, 'Checkpoint step to export (default: the latest).',
+                       flag_values=values)
+  flags.DEFINE_string('push_to_hub', None, 'Also upload the folder to this Hub repo id '
+                      '(user/name); needs `huggingface-cli login` or HF_TOKEN.',
+                      flag_values=values)
+  flags.DEFINE_bool('private', False, 'Create the Hub repo private (with --push_to_hub).',
+                    flag_values=values)
+  flags.DEFINE_bool('text_encoder', True, 'Also export text_encoder/ as a transformers '
+                    'BertModel folder.', flag_values=values)
+  flags.DEFINE_bool('text_encoder_only', False, 'Write only the text encoder (a transformers '
+                    'BertModel folder) to --out.', flag_values=values)
+  flags.mark_flags_as_required(['workdir', 'out'], flag_values=values)
+
+
+def run() -> None:
+  """`python -m mvp_jax.export_hf` and the `mvp-export` console script."""
+  cli.exit_on_help('python -m mvp_jax.export_hf', __doc__, define_flags)
+  define_flags(flags.FLAGS)
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -29,6 +29,9 @@ from absl import app
 from absl import flags
 from safetensors import safe_open
 
+from input_pipeline import cli
+from input_pipeline import optional
+
 from mvp_jax import api
 from mvp_jax import run_dir
 from mvp_jax import weights
@@ -44,7 +47,7 @@ def _source_dtypes(path: str) -> List[str]:
       return sorted({_SAFETENSORS_DTYPES.get(f.get_slice(k).get_dtype(), 'other')
                      for k in f.keys()})
   if path.endswith(('.bin', '.pt', '.pth')):
-    import torch  # pylint: disable=g-import-not-at-top  (only for torch files)
+    torch = optional.require('torch', f'Reading {path}')
     raw = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
     if isinstance(raw, dict) and isinstance(raw.get('state_dict'), dict):
       raw = raw['state_dict']
@@ -131,12 +134,27 @@ def main(argv) -> None:
   print(describe(report, values.out))
 
 
-if __name__ == '__main__':
-  flags.DEFINE_string('checkpoint', None, 'pytorch_model.bin / .safetensors or a folder.')
-  flags.DEFINE_string('out', None, 'Output folder.')
-  flags.DEFINE_integer('num_heads', None, 'Attention heads (default: config.json or H/64).')
-  flags.DEFINE_integer('word_vocab_size', None, 'MLM output size (default: inferred).')
+def define_flags(values: flags.FlagValues) -> None:
+  flags.DEFINE_string('checkpoint', None, "The authors' pytorch_model.bin / .safetensors, or a "
+                      'folder holding one (with its config.json).', flag_values=values)
+  flags.DEFINE_string('out', None, 'Output folder (an exported folder that '
+                      'mvp_jax.load_checkpoint and --config.init_from read).', flag_values=values)
+  flags.DEFINE_integer('num_heads', None, 'Attention heads (default: config.json, else '
+                       'hidden size / 64).', flag_values=values)
+  flags.DEFINE_integer('word_vocab_size', None, 'MLM output size (default: inferred from the '
+                       'decoder weights).', flag_values=values)
   flags.DEFINE_enum('img_layernorm', 'auto', ['auto', 'add', 'drop'],
-                         'Image LayerNorm: keep as found, add an identity one, or drop it.')
-  flags.mark_flags_as_required(['checkpoint', 'out'])
+                    'Image LayerNorm: keep as found, add an identity one, or drop it.',
+                    flag_values=values)
+  flags.mark_flags_as_required(['checkpoint', 'out'], flag_values=values)
+
+
+def run() -> None:
+  """`python -m mvp_jax.import_authors` and the `mvp-import-authors` console script."""
+  cli.exit_on_help('python -m mvp_jax.import_authors', __doc__, define_flags)
+  define_flags(flags.FLAGS)
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

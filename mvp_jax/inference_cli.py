@@ -11,6 +11,8 @@ from typing import Optional
 from absl import app
 from absl import flags
 
+from input_pipeline import cli
+
 from mvp_jax import inference
 
 
@@ -64,13 +66,32 @@ def main(argv) -> None:
                 values.image, values.top_k))
 
 
-if __name__ == '__main__':
-  flags.DEFINE_string('workdir', None, 'A training run.')
-  flags.DEFINE_string('exported', None, 'A folder written by mvp_jax.export_hf.')
-  flags.DEFINE_integer('shapesworld_index', 0, 'ShapesWorld image of the run\'s config.')
-  flags.DEFINE_string('split', 'val', 'ShapesWorld split.')
-  flags.DEFINE_string('image', None, 'An image file instead of ShapesWorld (grid regions).')
-  flags.DEFINE_string('text', 'a red [MASK] left of a blue square', 'The text.')
-  flags.DEFINE_enum('task', 'fill_mask', ['fill_mask', 'match', 'ground'], 'What to do.')
-  flags.DEFINE_integer('top_k', 5, 'fill_mask: candidates per [MASK].')
+def define_flags(values: flags.FlagValues) -> None:
+  flags.DEFINE_string('workdir', None, 'A training run (its workdir) to predict with.',
+                      flag_values=values)
+  flags.DEFINE_string('exported', None, 'Or a folder written by mvp_jax.export_hf '
+                      '(mvp-export).', flag_values=values)
+  flags.DEFINE_integer('shapesworld_index', 0, "Index of the ShapesWorld image (of the run's "
+                       'dataset) to predict on, when --image is not given.', flag_values=values)
+  flags.DEFINE_string('split', 'val', 'ShapesWorld split of --shapesworld_index.',
+                      flag_values=values)
+  flags.DEFINE_string('image', None, 'An image file instead of ShapesWorld (its regions are a '
+                      'fixed grid plus the whole image).', flag_values=values)
+  flags.DEFINE_string('text', 'a red [MASK] left of a blue square', 'The caption; for '
+                      'fill_mask, [MASK] marks the words to predict.', flag_values=values)
+  flags.DEFINE_enum('task', 'fill_mask', ['fill_mask', 'match', 'ground'], 'fill_mask: predict '
+                    'the [MASK] words; match: P(text matches image); ground: the region each '
+                    'phrase of the text points at.', flag_values=values)
+  flags.DEFINE_integer('top_k', 5, 'fill_mask: candidates printed per [MASK].',
+                       flag_values=values)
+
+
+def run() -> None:
+  """`python -m mvp_jax.inference_cli` and the `mvp-predict` console script."""
+  cli.exit_on_help('python -m mvp_jax.inference_cli', __doc__, define_flags)
+  define_flags(flags.FLAGS)
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,15 +1,17 @@
-"""Runs notebooks/mvp_jax_colab.ipynb end to end (smoke config, temporary workdir)."""
+"""notebooks/mvp_jax_colab.ipynb: executed end to end by `python -m notebooks.regenerate` with the
+smoke config, and the committed copy carries the saved outputs of a full quickstart run."""
 
-import os
 import pathlib
 
 import pytest
 
 nbformat = pytest.importorskip('nbformat')
-nbclient = pytest.importorskip('nbclient')
+pytest.importorskip('nbclient')
+
+from configs import mvp_tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
+from notebooks import regenerate  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / 'notebooks' / 'mvp_jax_colab.ipynb'
 
 
 def _text(cell) -> str:
@@ -28,29 +30,18 @@ def _has_image(cell) -> bool:
              for output in cell.outputs)
 
 
-def test_notebook_runs_end_to_end(tmp_path, monkeypatch):
-  workdir, export_dir = tmp_path / 'run', tmp_path / 'hf'
-  env = {'MVP_JAX_CONFIG_ARG': 'smoke', 'MVP_JAX_WORKDIR': str(workdir),
-         'MVP_JAX_EXPORT_DIR': str(export_dir), 'MVP_JAX_SKIP_INSTALL': '1',
-         'JAX_PLATFORMS': 'cpu', 'CUDA_VISIBLE_DEVICES': '', 'TF_CPP_MIN_LOG_LEVEL': '2',
-         # One CPU device (the tests' 8 fake devices only slow a one-process run down) and
-         # quick compilation of the tiny model.
-         'XLA_FLAGS': '', 'JAX_DISABLE_MOST_OPTIMIZATIONS': 'true',
-         'PYTHONPATH': os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')]))}
-  for name, value in env.items():
-    monkeypatch.setenv(name, value)
-  notebook = nbformat.read(NOTEBOOK, as_version=4)
-  client = nbclient.NotebookClient(notebook, timeout=300, kernel_name='python3',
-                                   resources={'metadata': {'path': str(ROOT)}})
-  client.execute()  # raises CellExecutionError on the first failing cell
+def _cells(notebook) -> dict:
+  return {tag: cell for cell in notebook.cells if cell.cell_type == 'code'
+          for tag in cell.metadata.get('tags', [])}
 
-  cells = {tag: cell for cell in notebook.cells if cell.cell_type == 'code'
-           for tag in cell.metadata.get('tags', [])}
-  assert 'already installed' in _text(cells['install'])
+
+def _check_outputs(cells, final_step: int) -> None:
   trained = _text(cells['train'])
-  for metric in ('retrieval/t2i_R@1', 'val/mlm_accuracy', 'val/grounding_accuracy',
-                 'final_step: 6'):
+  for metric in ('retrieval/t2i_R@1', 'retrieval/i2t_R@1', 'val/mlm_accuracy',
+                 'val/grounding_accuracy', f'final_step: {final_step}\n'):
     assert metric in trained, trained
+  picture = _text(cells['picture'])
+  assert ('grounding.png' in picture and _has_image(cells['picture'])) or 'wrote no' in picture
   assert ' -> region ' in _text(cells['ground']) and _has_image(cells['ground'])
   fill = _text(cells['fill_mask'])
   assert "-> '" in fill and 'P(match) of the true caption:' in fill
@@ -59,4 +50,29 @@ def test_notebook_runs_end_to_end(tmp_path, monkeypatch):
       assert '[MASK]' not in line.split(' -> ')[1]
   assert 'image ' in _text(cells['retrieve']) and _has_image(cells['retrieve'])
   assert 'reloads identically: True' in _text(cells['export'])
-  assert (export_dir / 'model.safetensors').exists() and (workdir / 'checkpoints').is_dir()
+
+
+def test_notebook_runs_end_to_end_through_the_regenerate_command(tmp_path, monkeypatch):
+  env = {'JAX_PLATFORMS': 'cpu', 'CUDA_VISIBLE_DEVICES': '',
+         # One CPU device (the tests' 8 fake devices only slow a one-process run down) and
+         # quick compilation of the tiny model.
+         'XLA_FLAGS': '', 'JAX_DISABLE_MOST_OPTIMIZATIONS': 'true'}
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  out = tmp_path / 'executed.ipynb'
+  regenerate.regenerate(str(out), config_arg='smoke', repo_url='', timeout=300,
+                        workdir=str(tmp_path / 'w'))  # raises on the first failing cell
+  notebook = nbformat.read(out, as_version=4)
+  cells = _cells(notebook)
+  assert 'already installed' in _text(cells['install'])
+  _check_outputs(cells, mvp_tiny.get_config('smoke').total_steps)
+  assert (tmp_path / 'w' / 'hf' / 'model.safetensors').exists()
+  assert (tmp_path / 'w' / 'run' / 'checkpoints').is_dir()
+  assert not any(o.output_type == 'stream' and o.name == 'stderr'
+                 for c in notebook.cells if c.cell_type == 'code' for o in c.outputs)
+
+
+def test_repo_url_is_written_into_the_parameters_cell():
+  notebook = nbformat.read(regenerate.NOTEBOOK, as_version=4)
+  regenerate.set_repo_url(notebook, 'https://example.org/x/mvp-jax')
+  assert "REPO_URL = 'https://example.org/x/mvp-jax'" in _cells(notebook)['parameters'].source

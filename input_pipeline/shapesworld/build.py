@@ -118,11 +118,11 @@ def build_dataset(directory: str, config: BuildConfig) -> str:
 
 def _define(v: flags.FlagValues) -> None:
   flags.DEFINE_string('out_dir', None, 'Output dataset directory.', flag_values=v)
-  flags.DEFINE_integer('num_train', 8000, 'Training images.', flag_values=v)
-  flags.DEFINE_integer('num_val', 200, 'Validation images.', flag_values=v)
-  flags.DEFINE_integer('num_test', 200, 'Test images.', flag_values=v)
+  flags.DEFINE_integer('num_train', 8000, 'Number of training images.', flag_values=v)
+  flags.DEFINE_integer('num_val', 200, 'Number of validation images.', flag_values=v)
+  flags.DEFINE_integer('num_test', 200, 'Number of test images.', flag_values=v)
   flags.DEFINE_integer('feature_dim', 134, 'Region feature width (2054 = VinVL).', flag_values=v)
-  flags.DEFINE_integer('seed', 0, 'Generation seed.', flag_values=v)
+  flags.DEFINE_integer('seed', 0, 'Seed of the scene generator.', flag_values=v)
 
 
 def _run(a: flags.FlagValues) -> int:

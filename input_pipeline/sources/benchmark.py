@@ -59,7 +59,8 @@ def run(folder: str, workers: int) -> tuple[int, float]:
           os.path.join(folder, 'features')), data_dir=out, use_beam=workers > 0)
   options = None
   if workers:
-    import apache_beam as beam  # pylint: disable=import-outside-toplevel
+    from input_pipeline import optional  # pylint: disable=import-outside-toplevel
+    beam = optional.require('apache_beam', 'The Beam benchmark')
     options = beam.options.pipeline_options.PipelineOptions(  # flags=[]: not sys.argv
         flags=[], direct_num_workers=workers, direct_running_mode='multi_processing')
   start = time.time()

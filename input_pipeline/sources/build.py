@@ -28,39 +28,61 @@ from typing import Optional, Sequence
 
 from absl import flags
 
+from input_pipeline import cli
+
 _SOURCES = ('karpathy_coco', 'karpathy_flickr30k', 'webdataset', 'hf')
 
 
 def _define(fv):
-  flags.DEFINE_enum('source', None, _SOURCES, 'kind of source', flag_values=fv)
-  flags.DEFINE_string('manual_dir', None, 'folder of the source (Karpathy JSON + images, a '
-                      'saved HF dataset, or .tar shards)', flag_values=fv)
-  flags.DEFINE_list('shards', None, 'webdataset shard patterns', flag_values=fv)
-  flags.DEFINE_string('image_column', 'image', 'HF image column', flag_values=fv)
-  flags.DEFINE_string('text_column', 'text', 'HF text column', flag_values=fv)
-  flags.DEFINE_string('id_column', None, 'HF id column', flag_values=fv)
-  flags.DEFINE_string('features', None, 'regions folder (extract writes it)', flag_values=fv)
-  flags.DEFINE_string('checkpoint', None, 'SigLIP checkpoint (HF folder or .npz)', flag_values=fv)
-  flags.DEFINE_integer('grid', 7, 'grid cells per side', flag_values=fv)
-  flags.DEFINE_integer('batch_size', 32, 'images per extraction batch', flag_values=fv)
-  flags.DEFINE_string('labels', None, 'tag labels file (default: VG 1600)', flag_values=fv)
-  flags.DEFINE_string('phrases', None, 'phrase file (phrase_files.py); default: built-in',
+  flags.DEFINE_enum('source', None, _SOURCES, 'Kind of source: Karpathy COCO / Flickr30K '
+                    'JSON + images, webdataset .tar shards, or a saved Hugging Face table.',
+                    flag_values=fv)
+  flags.DEFINE_string('manual_dir', None, 'Folder of the source (Karpathy JSON + images, a '
+                      'saved HF dataset, or .tar shards).', flag_values=fv)
+  flags.DEFINE_list('shards', None, 'Webdataset shard paths or brace patterns '
+                    '(e.g. /data/cc3m/{00000..00331}.tar); default: MANUAL_DIR/*.tar.',
+                    flag_values=fv)
+  flags.DEFINE_string('image_column', 'image', 'HF table: name of the image column.',
                       flag_values=fv)
-  flags.DEFINE_string('data_dir', None, 'TFDS data_dir of the build', flag_values=fv)
-  flags.DEFINE_string('config', None, 'builder config (Karpathy: captions5 | all_captions)',
+  flags.DEFINE_string('text_column', 'text', 'HF table: name of the caption column.',
                       flag_values=fv)
-  flags.DEFINE_bool('beam', False, 'write the records with Apache Beam', flag_values=fv)
-  flags.DEFINE_string('beam_pipeline_options', '', 'comma-separated Beam options',
+  flags.DEFINE_string('id_column', None, 'HF table: name of the image id column (default: '
+                      'SPLIT-ROW, the split and the row number).', flag_values=fv)
+  flags.DEFINE_string('features', None, 'Regions folder: `extract` writes it, `build` reads it '
+                      '(without it `build` runs SigLIP inline from --checkpoint).',
                       flag_values=fv)
-  flags.DEFINE_float('max_error_fraction', 0.01, 'fail above this skipped fraction',
-                     flag_values=fv)
-  flags.DEFINE_string('pretrain_out', None, 'storage-layout folder to link', flag_values=fv)
-  flags.DEFINE_list('pretrain_splits', ['train'], 'splits to link', flag_values=fv)
-  flags.DEFINE_string('tokenizer', None, 'vocab.txt or SentencePiece .model', flag_values=fv)
-  flags.DEFINE_string('concepts', None, 'id2phrase.json (default: built from the phrases)',
+  flags.DEFINE_string('checkpoint', None, 'SigLIP checkpoint (Hugging Face folder or '
+                      'big_vision .npz) for the region features and tags.', flag_values=fv)
+  flags.DEFINE_integer('grid', 7, 'SigLIP grid cells per side (grid x grid cells plus the '
+                       'whole image).', flag_values=fv)
+  flags.DEFINE_integer('batch_size', 32, 'Images per SigLIP extraction batch.', flag_values=fv)
+  flags.DEFINE_string('labels', None, 'Tag labels file, one a line (default: the 1,600 Visual '
+                      'Genome object classes).', flag_values=fv)
+  flags.DEFINE_string('phrases', None, 'Phrase file (input_pipeline/phrase_files.py formats); '
+                      'default: the built-in rule-based extractor.', flag_values=fv)
+  flags.DEFINE_string('data_dir', None, 'TFDS data_dir the builder writes its array_record '
+                      'dataset to.', flag_values=fv)
+  flags.DEFINE_string('config', None, 'Builder config (Karpathy: captions5 | all_captions).',
                       flag_values=fv)
-  flags.DEFINE_string('retrieval_out', None, 'retrieval task folder', flag_values=fv)
-  flags.DEFINE_list('retrieval_splits', ['test=test'], 'OUT=BUILT+BUILT,...', flag_values=fv)
+  flags.DEFINE_bool('beam', False, 'Write the records with an Apache Beam pipeline (needs '
+                    "pip install 'mvp-jax[sources]').", flag_values=fv)
+  flags.DEFINE_string('beam_pipeline_options', '', 'Comma-separated Beam pipeline options '
+                      'without the leading --, e.g. runner=DataflowRunner,project=P.',
+                      flag_values=fv)
+  flags.DEFINE_float('max_error_fraction', 0.01, 'Fail when more than this fraction of the '
+                     'samples were skipped as broken.', flag_values=fv)
+  flags.DEFINE_string('pretrain_out', None, 'Also lay the built splits out as a pre-training '
+                      'dataset folder here (needs --tokenizer).', flag_values=fv)
+  flags.DEFINE_list('pretrain_splits', ['train'], 'Built splits that go into --pretrain_out.',
+                    flag_values=fv)
+  flags.DEFINE_string('tokenizer', None, 'Word tokenizer of --pretrain_out: a BERT vocab.txt or '
+                      'a SentencePiece .model.', flag_values=fv)
+  flags.DEFINE_string('concepts', None, 'Concept vocabulary id2phrase.json (default: built from '
+                      'the phrases).', flag_values=fv)
+  flags.DEFINE_string('retrieval_out', None, 'Also write retrieval task sets here (needs '
+                      '--pretrain_out for the vocabularies).', flag_values=fv)
+  flags.DEFINE_list('retrieval_splits', ['test=test'], 'Retrieval splits as OUT=BUILT+BUILT, '
+                    'e.g. train=train+restval,test=test.', flag_values=fv)
 
 
 def make_source(fv):
@@ -105,7 +127,8 @@ def run_build(fv, log=print) -> None:
                                    id_column=fv.id_column, **common)
   options = None
   if fv.beam:
-    import apache_beam as beam  # pylint: disable=import-outside-toplevel
+    from input_pipeline import optional  # pylint: disable=import-outside-toplevel
+    beam = optional.require('apache_beam', 'Writing records with --beam')
     options = beam.options.pipeline_options.PipelineOptions(
         [f'--{o}' for o in fv.beam_pipeline_options.split(',') if o])
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
@@ -132,6 +155,9 @@ def run_build(fv, log=print) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv if argv is None else ['build'] + list(argv))
+  if cli.wants_help(argv[1:]):
+    print(cli.help_text('python -m input_pipeline.sources.build extract|build', __doc__, _define))
+    return 0
   if len(argv) < 2 or argv[1] not in ('extract', 'build'):
     print(__doc__, file=sys.stderr)
     return 2

@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 
 import tensorflow_datasets as tfds
 
+from input_pipeline import optional
 from input_pipeline import storage
 from input_pipeline.sources import hf_table
 from input_pipeline.sources import karpathy
@@ -73,13 +74,19 @@ class _RecordsBuilder(tfds.core.GeneratorBasedBuilder):
     self.report_dir = report_dir or os.fspath(self.data_dir).rstrip('/') + '.reports'
 
   def _info(self) -> tfds.core.DatasetInfo:
-    if self._regions is None:
-      raise ValueError(f'{self.name}: pass regions=regions.SiglipRegions(...) or '
-                       'regions.GivenRegions(...) to build; read a built dataset with '
-                       'tfds.builder_from_directory(data_dir).')
+    if self._regions is not None:
+      features = storage.record_features(self._regions.feature_dim)
+    elif (self.data_path / 'features.json').exists():
+      # Reading a built dataset by name (tfds.load / tfds.data_source / tfds.builder): the
+      # region width is the one it was built with.
+      features = tfds.features.FeatureConnector.from_config(os.fspath(self.data_path))
+    else:
+      raise ValueError(f'{self.name}: no built dataset in {self.data_path}; to build it pass '
+                       'regions=regions.SiglipRegions(...) or regions.GivenRegions(...) '
+                       '(or run python -m input_pipeline.sources.build build).')
     return self.dataset_info_from_configs(
         description=f'mvp-jax image records from {self.name} (input_pipeline/features.py).',
-        features=storage.record_features(self._regions.feature_dim), disable_shuffling=True,
+        features=features, disable_shuffling=True,
         homepage='https://github.com/Junyang-Li/MVPTR')
 
   def _source(self, manual_dir) -> samples_lib.Source:
@@ -96,7 +103,7 @@ class _RecordsBuilder(tfds.core.GeneratorBasedBuilder):
     work = _ShardWork(source, self._regions, self._phrases, split, self.report_dir)
     items = list(enumerate(shards))
     if self._use_beam:
-      beam = tfds.core.lazy_imports.apache_beam
+      beam = optional.require('apache_beam', f'{self.name}: use_beam=True')
       return (f'Shards_{split}' >> beam.Create(items) | f'Records_{split}' >> beam.FlatMap(work))
     return (example for item in items for example in work(item))
 

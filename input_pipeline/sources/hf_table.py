@@ -14,6 +14,7 @@ import glob
 import os
 from typing import Optional
 
+from input_pipeline import optional
 from input_pipeline.sources import samples as samples_lib
 
 
@@ -35,7 +36,7 @@ class HfTableSource:
 
   def _load(self) -> dict:
     if self._tables is None:
-      import datasets  # pylint: disable=import-outside-toplevel
+      datasets = optional.require('datasets', f'Reading the Hugging Face table {self.path}')
       if os.path.isdir(self.path) and not glob.glob(os.path.join(self.path, '*.parquet')):
         loaded = datasets.load_from_disk(self.path)
         tables = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {'train': loaded}

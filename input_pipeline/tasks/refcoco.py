@@ -123,7 +123,7 @@ def import_refcoco(*, refs: str, instances: str, ref_split: str, out_dir: str, s
 
 def _define(v: flags.FlagValues) -> None:
   flags.DEFINE_string('refs', None, 'refs(unc).p (pickle) or a JSON list', flag_values=v)
-  flags.DEFINE_string('instances', None, 'instances.json', flag_values=v)
+  flags.DEFINE_string('instances', None, 'COCO instances.json with the boxes of the referred objects', flag_values=v)
   flags.DEFINE_string('ref_split', None, 'train, val, testA, testB, test (and the default '
                       '--split)', flag_values=v)
 

@@ -78,7 +78,7 @@ def import_snli_ve(*, jsonl: str, out_dir: str, split: str,
 
 
 def _define(v: flags.FlagValues) -> None:
-  flags.DEFINE_string('jsonl', None, 'snli_ve_{split}.jsonl', flag_values=v)
+  flags.DEFINE_string('jsonl', None, 'SNLI-VE jsonl file (snli_ve_{split}.jsonl) of the split', flag_values=v)
   flags.DEFINE_string('phrases', None, '{split}_sgs.json ([[tuples, pairID]])', flag_values=v)
   flags.DEFINE_bool('builtin_phrases', True, 'phrases from the built-in extractor',
                     flag_values=v)

@@ -250,8 +250,8 @@ def _load_json(path: str) -> Any:
 
 
 def _define(v: flags.FlagValues) -> None:
-  flags.DEFINE_string('questions', None, 'v2_OpenEnded_mscoco_*_questions.json', flag_values=v)
-  flags.DEFINE_string('annotations', None, 'v2_mscoco_*_annotations.json', flag_values=v)
+  flags.DEFINE_string('questions', None, 'VQA v2 questions file (v2_OpenEnded_mscoco_*_questions.json)', flag_values=v)
+  flags.DEFINE_string('annotations', None, 'VQA v2 answers file (v2_mscoco_*_annotations.json)', flag_values=v)
   flags.DEFINE_string('qla', None, 'VinVL *_qla_mrcnn.json (instead of questions)',
                       flag_values=v)
   flags.DEFINE_string('answer_vocab', None, 'trainval_ans2label.pkl or a JSON list/dict',

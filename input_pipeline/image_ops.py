@@ -49,7 +49,10 @@ def decode(data: tf.Tensor, image_id: tf.Tensor) -> tf.Tensor:
        '); pixel mode needs records written with their images.'], summarize=8)
   with tf.control_dependencies([check]):
     data = tf.identity(data)
-  image = tf.io.decode_image(data, channels=3, expand_animations=False)
+  # JPEG with libjpeg's accurate integer DCT, as PIL (and so the offline extractor) decodes it.
+  image = tf.cond(is_jpeg,
+                  lambda: tf.io.decode_jpeg(data, channels=3, dct_method='INTEGER_ACCURATE'),
+                  lambda: tf.io.decode_png(data, channels=3))
   return tf.ensure_shape(image, [None, None, 3])
 
 

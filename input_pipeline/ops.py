@@ -301,11 +301,14 @@ PIXEL_AUGMENT['vqa'] = ''
 
 
 def pixel_preprocess(spec: str, *, image_size: int, image_norm='minus_one_to_one',
-                     augment: str = '') -> str:
+                     augment: str = '', resize_method: str = 'bicubic') -> str:
   """The pixel-mode op string of `spec`: decode, the `augment` ops (training: e.g.
-  'random_crop(scale=(0.5, 1.0))|flip_lr(0.5)'; '' for none), resize, normalise, then `spec`."""
+  'random_crop(scale=(0.5, 1.0))|flip_lr(0.5)'; '' for none), resize (bicubic as PIL and the
+  offline extractor; 'bilinear' costs about half on large images), normalise, then `spec`."""
+  resize = (f'resize({int(image_size)})' if resize_method == 'bicubic' else
+            f'resize({int(image_size)}, method={resize_method!r})')
   ops = ['decode_image'] + ([augment] if augment else []) + [
-      f'resize({int(image_size)})', f'normalise({image_norm!r})', spec]
+      resize, f'normalise({image_norm!r})', spec]
   return '|'.join(ops)
 
 

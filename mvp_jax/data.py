@@ -182,7 +182,8 @@ def create_iterator(data_config: ml_collections.ConfigDict, directory: str, spli
 def _pixel_preprocess(data_config, task: str, preprocess: Optional[str], train: bool,
                       corrupt: bool) -> str:
   """The op string with the image ops in front: `data.augment` (None: ops.PIXEL_AUGMENT[task])
-  when training, then resize to `data.image_size` and normalise by `data.image_norm`."""
+  when training, then resize to `data.image_size` (`data.image_resize`: 'bicubic' or 'bilinear')
+  and normalise by `data.image_norm`."""
   if not data_config.get('image_size'):
     raise ValueError('data.pixels=True needs data.image_size (the tower\'s resolution).')
   if preprocess is None and task == 'pretrain':
@@ -195,7 +196,8 @@ def _pixel_preprocess(data_config, task: str, preprocess: Optional[str], train: 
   augment = ops.PIXEL_AUGMENT[task] if augment is None else augment
   return ops.pixel_preprocess(preprocess, image_size=data_config.image_size,
                               image_norm=data_config.get('image_norm', 'minus_one_to_one'),
-                              augment=augment if train else '')
+                              augment=augment if train else '',
+                              resize_method=data_config.get('image_resize', 'bicubic'))
 
 
 def to_global(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> Dict[str, jax.Array]:

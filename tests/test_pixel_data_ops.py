@@ -171,3 +171,5 @@ def test_pixel_preprocess_composes_the_op_string():
                   "normalise('clip')|unique_tags|assemble|no_corrupt")
   assert [name for name, _, _ in ops.parse(spec)][:5] == [
       'decode_image', 'random_crop', 'flip_lr', 'resize', 'normalise']
+  assert "resize(32, method='bilinear')|" in ops.pixel_preprocess(
+      'assemble|no_corrupt', image_size=32, resize_method='bilinear')

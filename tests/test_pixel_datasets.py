@@ -144,3 +144,18 @@ def test_one_shape_vqa_set_read_by_the_custom_path(tmp_path):
                       '--feature_dim=20', '--vocab_size=200']) == 0
   assert storage.RecordSource(str(tmp_path / 'feats'), 'train').feature_dim == 20
   assert os.path.exists(os.path.join(folder, 'train', '000005.png'))
+
+
+def test_custom_pixels_from_image_records(shapesworld, tmp_path):
+  directory, world = shapesworld
+  lines = tmp_path / 'train.jsonl'
+  lines.write_text(json.dumps({'image_id': generate.image_id('val', 1), 'text': 'a shape'}) + '\n')
+  out = str(tmp_path / 'ds')
+  custom.build_custom_dataset(task='retrieval', splits={'train': str(lines)}, out_dir=out,
+                              image_records=directory, image_records_split='val', pixels=True,
+                              vocab_size=100)
+  record = next(iter(storage.read_dataset(out, 'train')))
+  want = generate.generate_record(world, 'val', 1)
+  assert record['image_png'].numpy() == want['image_png']
+  np.testing.assert_allclose(record['region_features'].numpy(),
+                             want['region_features'][:, -features.NUM_BOX_DIMS:], atol=1e-6)

@@ -6,9 +6,13 @@ Produces `vocab.txt` (a compact WordPiece vocabulary of every ShapesWorld word),
 (concepts seen in at least `min_concept_count` training captions), the `train` / `val` /
 `test` splits (image records, `input_pipeline.storage`) and per split `truth_<split>.npz`, which
 captions are true of which images (`truth.py`, read by `input_pipeline/true_matches.py`); a
-complete folder built before truth files existed gets them added. A directory that is already
-complete with the same configuration is otherwise left untouched, so re-running is free; a
-different configuration in the same directory is an error rather than a silent mix.
+complete folder built before truth files existed gets them added. Every record holds its rendering
+as a PNG and its regions' pixel boxes (the shapes, the whole image and random boxes, as a detector
+would give them) beside the hand-made region features, so the same directory serves the features
+path and pixel mode (`config.data.pixels=True`: the vision tower reads the PNG and the boxes in the
+training graph, input_pipeline/features.py). A directory that is already complete with the same
+configuration is otherwise left untouched, so re-running is free; a different configuration in the
+same directory is an error rather than a silent mix.
 """
 
 import dataclasses

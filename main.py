@@ -36,12 +36,14 @@ def main(argv):
   # Keep TensorFlow (used only for tf.data) off any accelerator JAX needs.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
+  from mvp_jax import quickstart  # pylint: disable=g-import-not-at-top
   from mvp_jax import train  # pylint: disable=g-import-not-at-top
   results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   logging.info('Final metrics: %s', results)
   for name in sorted(results):
     print(f'{name}: {results[name]:.4f}' if isinstance(results[name], float)
           else f'{name}: {results[name]}')
+  print(quickstart.report(FLAGS.config, FLAGS.workdir, results))
 
 
 def define_flags(values: flags.FlagValues) -> None:

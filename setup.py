@@ -38,26 +38,6 @@ def requirements(name):
   return out
 
 
-# The commands users type most; each runs the module's own absl main (`python -m MODULE` works
-# the same). tests/test_console_scripts.py reads this table.
-CONSOLE_SCRIPTS = {
-    'mvp-train': 'main:run',
-    'mvp-extract': 'input_pipeline.extract_regions:main',
-    'mvp-sources': 'input_pipeline.sources.build:main',
-    'mvp-import-vinvl': 'input_pipeline.import_vinvl:main',
-    'mvp-import-vqa': 'input_pipeline.tasks.vqa:main',
-    'mvp-import-snli-ve': 'input_pipeline.tasks.snli_ve:main',
-    'mvp-import-refcoco': 'input_pipeline.tasks.refcoco:main',
-    'mvp-import-custom': 'input_pipeline.tasks.custom:main',
-    'mvp-import-authors': 'mvp_jax.import_authors:run',
-    'mvp-export': 'mvp_jax.export_hf:run',
-    'mvp-predict': 'mvp_jax.inference_cli:run',
-    'mvp-shapesworld': 'input_pipeline.shapesworld.build:main',
-    'mvp-phrases': 'input_pipeline.phrase_extractor:main',
-    'mvp-train-vocab': 'input_pipeline.train_vocab:main',
-}
-
-
 setuptools.setup(
     name='mvp-jax',
     version='0.1.0',

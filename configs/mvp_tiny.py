@@ -29,6 +29,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       kind='shapesworld', directory='', train_split='train',
       max_seq_length=20, max_phrases=6, max_tag_length=8, max_img_seq_length=7,
       mask_prob=0.15,
+      # Captions true of another image of the batch are no ITC / ITM negatives
+      # (input_pipeline/true_matches.py): 'truth' (ShapesWorld's scene graphs), 'duplicates', 'none'.
+      true_matches='truth', max_true_meanings=256,
       shapesworld=dict(num_train_images=8000, num_val_images=200, feature_dim=134,
                        image_size=64, captions_per_image=3, seed=0)))
   config.batch_size = 64
@@ -37,6 +40,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.schedule = 'joint'
   config.stage1_steps = 0
   config.negatives = 'global'
+  # None: the hardest in-batch ITM negatives (the authors); T: sampled from softmax(sim / T).
+  config.negative_temperature = ml_collections.config_dict.placeholder(float)
   config.optimizer.update(lr=5e-4, warmup_steps=100, grad_clip_norm=1.0)
   config.mesh_shape = (-1, 1, 1)
   config.sharding_rules = 'data_parallel'

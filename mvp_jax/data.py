@@ -24,6 +24,7 @@ from input_pipeline import ops
 from input_pipeline import ownership
 from input_pipeline import pretraining
 from input_pipeline import storage
+from input_pipeline import true_matches
 from input_pipeline.shapesworld import build
 from input_pipeline.tasks import examples as examples_lib
 from input_pipeline.tasks import iterators as task_iterators
@@ -162,19 +163,65 @@ def create_iterator(data_config: ml_collections.ConfigDict, directory: str, spli
   (with `data.tags_as_list`, `unique_tags|assemble` becomes `assemble(tags='tags')`).
   """
   preprocess = preprocess or data_config.get('preprocess') or None
+  if data_config.get('pixels'):  # Pixel mode (input_pipeline/features.py): images, not features.
+    preprocess = _pixel_preprocess(data_config, task, preprocess, train, corrupt)
   common = dict(lengths=lengths(data_config), batch_size=per_host_batch_size, seed=seed,
                 shuffle=train, repeat=train, pad_final_batch=not train)
   if task == 'pretrain':
     tokenizer, concept_vocab = storage.load_vocabularies(directory)
-    return pretraining.create_pretraining_iterator(
+    iterator = pretraining.create_pretraining_iterator(
         directory, split, tokenizer=tokenizer, concept_vocab=concept_vocab,
         corrupt=corrupt, mask_prob=data_config.mask_prob, preprocess=preprocess, **common)
+    truth = split_true_matches(data_config, directory, split, train)
+    return iterator if truth is None else true_matches.WithTrueMatches(iterator, truth)
   default_preprocess, default_keys = PIPELINES[task]
   if data_config.get('tags_as_list'):  # COCO retrieval: all tags, duplicates in region order.
     default_preprocess = default_preprocess.replace('unique_tags|assemble', "assemble(tags='tags')")
   return task_iterators.create_task_iterator(
       directory, task, split, preprocess=preprocess or default_preprocess,
       batch_keys=default_keys if batch_keys is None else batch_keys, **common)
+
+
+def split_true_matches(data_config: ml_collections.ConfigDict, directory: str, split: str,
+                       train: bool) -> Optional[true_matches.TrueMatches]:
+  """The truth columns' source of a pre-training split (input_pipeline/true_matches.py).
+
+  Training uses `data.true_matches` ('none' | 'truth' | 'duplicates'). Evaluation uses it too,
+  and the split's truth file when there is one even with 'none' (truth-aware metrics of a run
+  that trained without exclusion).
+  """
+  mode = data_config.get('true_matches', 'none')
+  if not train and mode == 'none' and true_matches.truth_path(directory, split).exists():
+    mode = 'truth'
+  captions = None
+  if mode == 'duplicates':
+    captions = [list(r['captions']) for r in storage.read_dataset(directory, split)
+                .map(lambda r: {'captions': r['captions']}).as_numpy_iterator()]
+    captions = [[t.decode('utf-8') for t in texts] for texts in captions]
+  return true_matches.load(directory, split, mode, captions=captions,
+                           max_width=data_config.get('max_true_meanings',
+                                                     true_matches.DEFAULT_MAX_WIDTH))
+
+
+def _pixel_preprocess(data_config, task: str, preprocess: Optional[str], train: bool,
+                      corrupt: bool) -> str:
+  """The op string with the image ops in front: `data.augment` (None: ops.PIXEL_AUGMENT[task])
+  when training, then resize to `data.image_size` (`data.image_resize`: 'bicubic' or 'bilinear')
+  and normalise by `data.image_norm`."""
+  if not data_config.get('image_size'):
+    raise ValueError('data.pixels=True needs data.image_size (the tower\'s resolution).')
+  if preprocess is None and task == 'pretrain':
+    preprocess = pretraining.default_preprocess(corrupt, data_config.mask_prob)
+  elif preprocess is None:
+    preprocess = PIPELINES[task][0]
+    if data_config.get('tags_as_list'):
+      preprocess = preprocess.replace('unique_tags|assemble', "assemble(tags='tags')")
+  augment = data_config.get('augment')
+  augment = ops.PIXEL_AUGMENT[task] if augment is None else augment
+  return ops.pixel_preprocess(preprocess, image_size=data_config.image_size,
+                              image_norm=data_config.get('image_norm', 'minus_one_to_one'),
+                              augment=augment if train else '',
+                              resize_method=data_config.get('image_resize', 'bicubic'))
 
 
 def to_global(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> Dict[str, jax.Array]:

@@ -16,7 +16,7 @@ accumulation over k micro-batches with G = 1 therefore equals one step with G = 
 Shapes: B batch, La text length, L cross-modal length, R region slots, V word vocabulary.
 """
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -83,7 +83,26 @@ def masked_concept_loss(vis_mlm_logits: Array, mlm_labels_b: Array,
   return masked_token_loss(vis_mlm_logits[:, :mlm_labels_b.shape[1]], mlm_labels_b, num_groups)
 
 
-def contrastive_loss(sim_mat: Array, logit_scale: Array, num_groups: int = 1) -> LossAndMetrics:
+def true_match_mask(caption_meaning: Array, image_meanings: Array) -> Array:
+  """[B, B] bool: caption i is true of image j (input_pipeline/true_matches.py columns).
+
+  Args:
+    caption_meaning: [B] int32 meaning id of each row's caption, -1 on padding rows.
+    image_meanings: [B, K] int32 ids true of each row's image, padded with -1.
+  """
+  hit = (image_meanings[None, :, :] == caption_meaning[:, None, None]).any(-1)
+  return hit & (caption_meaning >= 0)[:, None]
+
+
+def _false_negatives(true_matches: Array, num_groups: int, block: int) -> Array:
+  """The off-diagonal true matches of each group: [B, B] -> [G, b, b] bool."""
+  blocks = true_matches if true_matches.ndim == 3 else negatives.group_blocks(true_matches,
+                                                                              num_groups)
+  return blocks & ~jnp.eye(block, dtype=bool)
+
+
+def contrastive_loss(sim_mat: Array, logit_scale: Array, num_groups: int = 1,
+                     true_matches: Optional[Array] = None) -> LossAndMetrics:
   """Symmetric InfoNCE on exp(logit_scale)·sim (ITC/VSC, spec §2.4).
 
   Args:
@@ -92,6 +111,9 @@ def contrastive_loss(sim_mat: Array, logit_scale: Array, num_groups: int = 1) ->
     logit_scale: [] learnable log-temperature (not clamped, as in the reference).
     num_groups: `local` negatives: each of the G contiguous groups only sees its own samples and
       the loss is the mean over groups (what averaging per-GPU losses did); 1 = global batch.
+    true_matches: optional [B, B] bool (`true_match_mask`): caption i is true of image j. The
+      off-diagonal true matches are false negatives and are left out of both softmax
+      denominators (logit -inf); None computes exactly the authors' loss.
 
   Returns:
     (loss, {'t2i_correct', 'i2t_correct', 'count'}).
@@ -99,6 +121,9 @@ def contrastive_loss(sim_mat: Array, logit_scale: Array, num_groups: int = 1) ->
   scaled = sim_mat * jnp.exp(logit_scale)
   logits = scaled if scaled.ndim == 3 else negatives.group_blocks(scaled, num_groups)  # [G, b, b]
   targets = jnp.arange(logits.shape[1])
+  if true_matches is not None:
+    logits = jnp.where(_false_negatives(true_matches, num_groups, logits.shape[1]), -jnp.inf,
+                       logits)
 
   def cross_entropy(x):
     log_probs = jax.nn.log_softmax(x, axis=-1)

@@ -153,6 +153,7 @@ class MVPPretrainingModel(nn.Module):
 
   def __call__(self, batch: Batch, deterministic: bool = True, run_cross: bool = True,
                hard_negatives: Optional[Any] = None, negative_groups: int = 1,
+               mining: Optional[Dict[str, Any]] = None,
                return_layer: Optional[int] = None) -> Dict[str, Array]:
     """All pre-training outputs.
 
@@ -168,6 +169,8 @@ class MVPPretrainingModel(nn.Module):
         themselves only (`local` negatives, one group per data shard); 1 = the global batch.
         With G > 1 every gather of the re-encode is group-local (no cross-device traffic when a
         group is one data shard) and `sim_blocks` holds the G diagonal blocks of `sim_mat`.
+      mining: optional keyword arguments of `negatives.mine_hard_negatives` (`true_matches`
+        [B, B] bool to leave false negatives out, `temperature` to sample); None = reference.
       return_layer: also return the output of this cross-modal layer as `mid_output`.
 
     Returns:
@@ -205,9 +208,10 @@ class MVPPretrainingModel(nn.Module):
     if isinstance(hard_negatives, (tuple, list)):
       txt_index, img_index = (jnp.asarray(i, jnp.int32) for i in hard_negatives)
     elif negative_groups == 1:
-      txt_index, img_index = negatives.mine_hard_negatives(hard_negatives, outputs['sim_mat'])
+      txt_index, img_index = negatives.mine_hard_negatives(hard_negatives, outputs['sim_mat'],
+                                                           **(mining or {}))
     else:
-      txt_index, img_index = mine_in_groups(hard_negatives, outputs['sim_blocks'])
+      txt_index, img_index = mine_in_groups(hard_negatives, outputs['sim_blocks'], **(mining or {}))
     regions, region_mask = self.backbone.region_slots(outputs['vis_encoder_output'],
                                                       batch['attention_mask_b'], num_tags)
     take = lambda x, index: sharding.take_within_groups(x, index, negative_groups)
@@ -248,7 +252,8 @@ class MVPPretrainingModel(nn.Module):
                     f'{name}_positions': positions, f'{name}_dropped': dropped})
 
 
-def mine_in_groups(rng: Array, sim_blocks: Array):
+def mine_in_groups(rng: Array, sim_blocks: Array, true_matches: Optional[Array] = None,
+                   temperature: Optional[float] = None):
   """`negatives.mine_hard_negatives` run in each group on its own block: global indices [B].
 
   Group g uses key `split(rng, G)[g]`. Only the block [b, b] of each group is read, so the
@@ -256,8 +261,13 @@ def mine_in_groups(rng: Array, sim_blocks: Array):
   `mine_hard_negatives(rng, sim_mat, G)`, from a different random stream.
   """
   groups, block = sim_blocks.shape[:2]
-  mine = lambda key, sim: negatives.mine_hard_negatives(key, sim, 1)
-  txt, img = jax.vmap(mine)(jax.random.split(rng, groups), sim_blocks)  # [G, b] local
+  keys = jax.random.split(rng, groups)
+  if true_matches is None:
+    mine = lambda key, sim: negatives.mine_hard_negatives(key, sim, 1, temperature=temperature)
+    txt, img = jax.vmap(mine)(keys, sim_blocks)  # [G, b] local
+  else:
+    mine = lambda key, sim, true: negatives.mine_hard_negatives(key, sim, 1, true, temperature)
+    txt, img = jax.vmap(mine)(keys, sim_blocks, negatives.group_blocks(true_matches, groups))
   offset = (jnp.arange(groups, dtype=jnp.int32) * block)[:, None]
   return (txt + offset).reshape(-1), (img + offset).reshape(-1)
 

@@ -8,7 +8,7 @@ expressed on the arrays themselves, the result does not depend on the mesh and r
 one device, which is what makes sharded and unsharded runs bit-comparable.
 """
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +27,9 @@ def group_blocks(matrix: Array, num_groups: int) -> Array:
   return blocks[index, :, index, :]
 
 
-def mine_hard_negatives(rng: Array, sim_mat: Array, num_groups: int = 1
-                        ) -> Tuple[Array, Array]:
+def mine_hard_negatives(rng: Array, sim_mat: Array, num_groups: int = 1,
+                        true_matches: Optional[Array] = None,
+                        temperature: Optional[float] = None) -> Tuple[Array, Array]:
   """Pairs every sample with its hardest in-group negative, half text-side, half image-side.
 
   Within each group of b samples: S = sim − 2·I; the hardest image of text i is argmax_j S[i, j]
@@ -40,6 +41,12 @@ def mine_hard_negatives(rng: Array, sim_mat: Array, num_groups: int = 1
     rng: PRNG key for the permutation.
     sim_mat: [B, B] text-image similarities (rows texts, columns images).
     num_groups: number of contiguous groups mining independently (1 = global batch).
+    true_matches: optional [B, B] bool, caption i is true of image j. True matches are not
+      negatives: they are chosen only when a sample has no false pair in its group (then the most
+      similar true match, the old behaviour), never the sample itself. None = the reference rule.
+    temperature: None picks the hardest negative (the reference); a float T samples it from
+      softmax(S / T) over the same scores instead (softer negatives for small T^-1; true
+      matches and the sample itself stay all but excluded for T <= 0.5).
 
   Returns:
     (hard_txt_index [B], hard_img_index [B]) int32: row k of the negatives pairs text
@@ -51,9 +58,19 @@ def mine_hard_negatives(rng: Array, sim_mat: Array, num_groups: int = 1
   block = blocks.shape[1]
   if block < 2:
     raise ValueError(f'Each negative group needs at least 2 samples, got {block}.')
-  blocks = blocks - 2.0 * jnp.eye(block, dtype=blocks.dtype)
-  hardest_image = jnp.argmax(blocks, axis=2)  # [G, b] for each text
-  hardest_text = jnp.argmax(blocks, axis=1)  # [G, b] for each image
+  eye = jnp.eye(block, dtype=blocks.dtype)
+  if true_matches is None:
+    blocks = blocks - 2.0 * eye
+  else:  # cosines lie in [-1, 1]: false pairs > true matches (-4) > the sample itself (-8)
+    true_blocks = group_blocks(true_matches, num_groups).astype(blocks.dtype)
+    blocks = blocks - 4.0 * jnp.maximum(true_blocks, eye) - 4.0 * eye
+  if temperature is None:
+    hardest_image = jnp.argmax(blocks, axis=2)  # [G, b] for each text
+    hardest_text = jnp.argmax(blocks, axis=1)  # [G, b] for each image
+  else:
+    image_rng, text_rng = jax.random.split(jax.random.fold_in(rng, 1))
+    hardest_image = jax.random.categorical(image_rng, blocks / temperature, axis=2)
+    hardest_text = jax.random.categorical(text_rng, blocks / temperature, axis=1)
   perm = jnp.argsort(jax.random.uniform(rng, (num_groups, block)), axis=1)
   half = block // 2
   text_side, image_side = perm[:, :half], perm[:, half:]

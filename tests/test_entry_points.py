@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -49,16 +50,24 @@ def test_importing_the_packages_defines_no_flag_and_starts_no_tensorflow():
 
 
 def test_importing_every_command_line_module_defines_no_flag():
+  # The listed command lines, then every other module of both packages (a CLI added later is
+  # covered without being listed).
   result = _python(f'''
       from absl import flags
-      import importlib
-      for name in {CLI_MODULES!r}:
+      import importlib, pkgutil
+      import mvp_jax, input_pipeline
+      names = list({CLI_MODULES!r})
+      for package in (mvp_jax, input_pipeline):
+        names += [m.name for m in pkgutil.walk_packages(package.__path__, package.__name__ + '.')]
+      for name in names:
         importlib.import_module(name)
-      print(sorted(m for m, f in flags.FLAGS.flags_by_module_dict().items()
-                   if m.split('.')[0] in ('mvp_jax', 'input_pipeline') and f))
+      print(len(set(names)), sorted(m for m, f in flags.FLAGS.flags_by_module_dict().items()
+                                    if m.split('.')[0] in ('mvp_jax', 'input_pipeline') and f))
   ''')
   assert result.returncode == 0, result.stderr
-  assert result.stdout.strip().splitlines()[-1] == '[]'
+  count, project_flags = result.stdout.strip().splitlines()[-1].split(' ', 1)
+  assert int(count) > 50  # the walk found the packages' modules, not only the list
+  assert project_flags == '[]'
 
 
 def test_a_user_script_with_its_own_seed_flag_builds_and_reads_shapesworld(tmp_path):
@@ -116,3 +125,12 @@ def test_phrase_extractor_cli_follows_its_flags(tmp_path, capsys):
   assert 'nothing to do' in capsys.readouterr().err
   assert phrase_extractor.main(['--evaluate', '--num_captions=20']) == 0
   assert json.loads(capsys.readouterr().out)['captions'] == 20
+
+
+def test_readme_quickstart_trains_the_configured_number_of_steps():
+  """Issue 10 item 15: the README's quickstart step count is the one configs/mvp_tiny.py sets."""
+  from configs import mvp_tiny  # pylint: disable=g-import-not-at-top
+  readme = (ROOT / 'README.md').read_text(encoding='utf-8')
+  claimed = re.findall(r'trains ([\d,]+) steps', readme)
+  assert claimed, 'the README no longer says how many steps the quickstart trains'
+  assert {int(c.replace(',', '')) for c in claimed} == {mvp_tiny.get_config().total_steps}

@@ -3,13 +3,17 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from mvp_jax import config as config_lib
 from mvp_jax import losses
 from mvp_jax import model as model_lib
+from mvp_jax import optim
 from mvp_jax import sharding
+from mvp_jax import trainer_lib
+from mvp_jax.tasks import pretrain
 
 BATCH, TEXT, TAGS, REGIONS = 8, 8, 4, 4
 INIT_KEY, NEGATIVE_KEY, WPG_KEY = (jax.random.PRNGKey(i) for i in range(3))
@@ -147,3 +151,35 @@ def test_activation_constraints_apply_under_set_mesh(reference):
   # The constraint on the encoder output splits the batch over (data, fsdp).
   assert text.addressable_shards[0].data.shape[0] == BATCH // 8
   np.testing.assert_allclose(text, ref_outputs['txt_encoder_output'], atol=1e-5, rtol=0)
+
+
+def test_sharded_init_state_is_unboxed_and_adam_moments_follow_their_parameters():
+  """Issue 9 item 4: the train state holds plain arrays (no nn.Partitioned), its shardings sit
+  beside it, and every Adam moment, also inside a stage's held group, is sharded as its
+  parameter."""
+  setup = trainer_lib.create_mesh(ml_collections.ConfigDict(dict(mesh_shape=(4, 2, 1),
+                                                                 sharding_rules='fsdp')))
+  optimizer = optim.create_optimizer(
+      ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=0, weight_decay=0.01, b1=0.9,
+                                     b2=0.999, eps=1e-8, grad_clip_norm=1.0)),
+      10, BATCH, group_prefixes=pretrain.STAGE1_FROZEN, held_groups=pretrain.STAGE1_FROZEN)
+  state, state_sharding = trainer_lib.sharded_init(_init, optimizer, INIT_KEY, setup)
+  is_box = lambda x: isinstance(x, nn.Partitioned)
+  assert not any(is_box(x) for x in jax.tree_util.tree_leaves(state, is_leaf=is_box))
+  params_rng, _ = jax.random.split(INIT_KEY)  # sharded_init's split of (params, state) keys
+  jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(state.params),
+                         nn.unbox(jax.device_get(jax.jit(_init)(params_rng))))
+  jax.tree_util.tree_map(lambda x, s: x.sharding.is_equivalent_to(s, x.ndim) or pytest.fail(
+      f'{x.shape}: {x.sharding} is not the recorded {s}'), state, state_sharding)
+  params = {tuple(k.key for k in path): leaf
+            for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)}
+  checked = set()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state.opt_state):
+    keys = tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+    for name in (('backbone', 'text_encoder', 'layer_0', 'intermediate', 'kernel'),
+                 ('backbone', 'cross_encoder', 'layer_0', 'attention', 'query', 'kernel')):
+      if keys[-len(name):] == name and leaf.shape == params[name].shape:
+        assert not params[name].sharding.is_fully_replicated
+        assert leaf.sharding.is_equivalent_to(params[name].sharding, leaf.ndim), (path, name)
+        checked.add(name[1])
+  assert checked == {'text_encoder', 'cross_encoder'}  # a trained and a held group's moments

@@ -6,6 +6,7 @@ to the previous one; `:smok` and `--config.model.hidden=64` are refused by name)
 """
 
 import hashlib
+import logging
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from configs import overrides
 from configs import switches
 from mvp_jax import checkpointing
 from mvp_jax import train
+from mvp_jax.config import ModelConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -82,6 +84,23 @@ def test_resume_with_a_changed_lr_or_total_steps_is_allowed(shapesworld_dir, fin
   config = smoke_config(shapesworld_dir, total_steps=5)
   config.optimizer.lr = 1e-4
   assert train.train_and_evaluate(config, workdir)['final_step'] == 5
+
+
+def test_resume_check_warns_on_a_changed_lr_or_total_steps_and_writes_nothing(tmp_path, caplog):
+  """Issue 10 item 9: lr / total_steps may change on a resume, with a warning naming each."""
+  config = smoke_config(str(tmp_path / 'data'), total_steps=4)
+  model_cfg = ModelConfig(vocab_size=60, word_vocab_size=40)
+  checkpointing.save_run_configs(str(tmp_path), config, model_cfg)
+  before = snapshot(str(tmp_path))
+  changed = smoke_config(str(tmp_path / 'data'), total_steps=9)
+  changed.optimizer.lr = 1e-4
+  caplog.set_level(logging.WARNING, logger='absl')
+  checkpointing.check_resume(str(tmp_path), changed, model_config=model_cfg)
+  warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert any('changed total_steps: saved 4, now 9' in m for m in warned), warned
+  assert any('changed optimizer.lr: saved ' in m and 'now 0.0001' in m for m in warned), warned
+  assert len(warned) == 2
+  assert snapshot(str(tmp_path)) == before
 
 
 def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(shapesworld_dir,

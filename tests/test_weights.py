@@ -221,6 +221,25 @@ def test_our_run_directory_and_a_step_folder():
   weights.load(run, target, model_config=config, vocab_dir=os.path.join(run, 'data'))
 
 
+def test_a_run_directory_with_other_vocabularies_is_refused(tmp_path):
+  """Issue 10 item 16: `init_from` a pre-training run into a dataset whose ids mean other words
+  (a custom set built with its own vocabulary) is refused, naming the first differing id."""
+  from mvp_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  run = make_run()
+  config, params, _ = checkpointing.load_trained(run)
+  target = jax.tree_util.tree_map(np.zeros_like, jax.device_get(params))
+  data = os.path.join(run, 'data')
+  with open(os.path.join(data, 'vocab.txt'), encoding='utf-8') as f:
+    words = [line.rstrip('\n') for line in f]
+  with open(os.path.join(data, 'id2phrase.json'), encoding='utf-8') as f:
+    concepts = json.load(f)
+  swapped = words[:5] + [words[6], words[5]] + words[7:]  # same size, two ids exchanged
+  other = write_vocab(tmp_path / 'custom_vqa', swapped, concepts)
+  with pytest.raises(weights.WeightsError,
+                     match=f"id 5 is {words[5]!r} in the checkpoint and {words[6]!r} in the run"):
+    weights.load(run, target, model_config=config, vocab_dir=other)
+
+
 def test_abstract_target_needs_everything():
   config = mvp_jax.config.tiny(region_feature_dim=12)
   _, state = pretrain_state(config)

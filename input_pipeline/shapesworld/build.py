@@ -3,10 +3,16 @@
   python -m input_pipeline.shapesworld.build --out_dir=/tmp/shapesworld --num_train=8000
 
 Produces `vocab.txt` (a compact WordPiece vocabulary of every ShapesWorld word), `id2phrase.json`
-(concepts seen in at least `min_concept_count` training captions), and the `train` / `val` /
-`test` splits (image records, `input_pipeline.storage`). A directory that is already complete
-with the same configuration is left untouched, so re-running is free; a different configuration
-in the same directory is an error rather than a silent mix.
+(concepts seen in at least `min_concept_count` training captions), the `train` / `val` /
+`test` splits (image records, `input_pipeline.storage`) and per split `truth_<split>.npz`, which
+captions are true of which images (`truth.py`, read by `input_pipeline/true_matches.py`); a
+complete folder built before truth files existed gets them added. Every record holds its rendering
+as a PNG and its regions' pixel boxes (the shapes, the whole image and random boxes, as a detector
+would give them) beside the hand-made region features, so the same directory serves the features
+path and pixel mode (`config.data.pixels=True`: the vision tower reads the PNG and the boxes in the
+training graph, input_pipeline/features.py). A directory that is already complete with the same
+configuration is otherwise left untouched, so re-running is free; a different configuration in the
+same directory is an error rather than a silent mix.
 """
 
 import dataclasses
@@ -20,11 +26,14 @@ from absl import logging
 
 from input_pipeline import cli
 from input_pipeline import concepts
+from input_pipeline import jsonio
 from input_pipeline import ownership
 from input_pipeline import storage
 from input_pipeline import tokenizers
 from input_pipeline import train_vocab
+from input_pipeline import true_matches
 from input_pipeline.shapesworld import generate
+from input_pipeline.shapesworld import truth
 
 BUILD_FILE = ownership.SHAPESWORLD_BUILD_FILE
 
@@ -55,6 +64,21 @@ def _describe(config: BuildConfig) -> dict:
   return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
+def _splits(config: BuildConfig) -> list:
+  return [('train', config.num_train_images), ('val', config.num_val_images),
+          ('test', config.num_test_images)]
+
+
+def write_truth(directory: str, config: BuildConfig, split: str, captions: list) -> None:
+  """`truth_<split>.npz`: the split's captions (per image, stored order) against its scenes."""
+  scene_list = [generate.generate_scene(config.world, split, i)[0] for i in range(len(captions))]
+  try:
+    table = truth.split_truth(scene_list, captions)
+  except ValueError as e:
+    raise ValueError(f'{directory}/{split}: {e}') from None
+  true_matches.save(directory, split, table)
+
+
 def build_dataset(directory: str, config: BuildConfig) -> str:
   """Generates (or verifies) ShapesWorld in `directory`; returns the directory."""
   marker = os.path.join(directory, BUILD_FILE)
@@ -65,21 +89,23 @@ def build_dataset(directory: str, config: BuildConfig) -> str:
     if existing != wanted:
       raise ValueError(f'{directory} holds ShapesWorld built with {existing}, not {wanted}; '
                        'use another data.directory or delete it.')
+    for split, count in _splits(config):
+      if count > 0 and not true_matches.truth_path(directory, split).exists():
+        captions = [generate.generate_record(config.world, split, i)['captions']
+                    for i in range(count)]
+        write_truth(directory, config, split, captions)
     return directory
   ownership.claim(directory, 'shapesworld')  # Refuses a folder it did not write, unchanged.
   vocab_path = os.path.join(directory, 'vocab.txt')
   train_vocab.write_vocab(generate.word_list(), vocab_path)
   tokenizer = tokenizers.load_tokenizer(vocab_path)
-  splits = [('train', config.num_train_images), ('val', config.num_val_images),
-            ('test', config.num_test_images)]
   concept_vocab = None
-  for split, count in splits:
+  for split, count in _splits(config):
     if count <= 0:
       continue
     logging.info('ShapesWorld: writing %d %s images to %s.', count, split, directory)
-    records = generate.generate_records(config.world, split, count)
+    records = list(generate.generate_records(config.world, split, count))
     if split == 'train':
-      records = list(records)
       concept_vocab = concepts.ConceptVocab.build(
           (phrases for r in records for phrases in r['phrases']), tokenizer,
           config.min_concept_count)
@@ -87,11 +113,10 @@ def build_dataset(directory: str, config: BuildConfig) -> str:
     # A split left by an interrupted build of this folder is replaced.
     storage.write_dataset(records, directory, split, metadata={'source': 'shapesworld'},
                           overwrite=True)
+    write_truth(directory, config, split, [r['captions'] for r in records])
   if concept_vocab is None:
     raise ValueError('ShapesWorld needs num_train_images > 0 to build its concept vocabulary.')
-  with open(marker + '.tmp', 'w', encoding='utf-8') as f:
-    json.dump(wanted, f, indent=1)
-  os.replace(marker + '.tmp', marker)  # written last: the directory is complete
+  jsonio.write_json_atomically(wanted, marker)  # written last: the directory is complete
   return directory
 
 

@@ -14,7 +14,6 @@ not rewritten: the builder wrote them with storage.record_features, the spec the
 caption, `{image_id}#{k}`, images in built order) from one or more built splits each.
 """
 
-import json
 import os
 import shutil
 import uuid
@@ -25,6 +24,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from input_pipeline import concepts
+from input_pipeline import jsonio
 from input_pipeline import storage
 from input_pipeline import tokenizers
 from input_pipeline.tasks import examples as examples_lib
@@ -136,7 +136,4 @@ def _merge_metadata(directory: str, new: dict) -> None:
   clashes = {k: (old[k], v) for k, v in new.items() if k in old and old[k] != v}
   if clashes:
     raise ValueError(f'{path}: disagrees with this source (key: (stored, new)): {clashes}.')
-  tmp = f'{path}.tmp-{uuid.uuid4().hex}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump({**old, **new}, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  jsonio.write_json_atomically({**old, **new}, path, sort_keys=True)

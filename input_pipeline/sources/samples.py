@@ -15,9 +15,9 @@ build fails when more than `max_error_fraction` of the samples read were skipped
 import dataclasses
 import json
 import os
-import uuid
 from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 
+from input_pipeline import jsonio
 from input_pipeline import phrase_extractor
 from input_pipeline import phrase_files
 from input_pipeline import vinvl
@@ -134,12 +134,9 @@ def write_problems(report_dir: str, split: str, shard: str, problems: Iterable[P
   """Writes one shard's problem report atomically (workers of a Beam run each write their own)."""
   folder = os.path.join(report_dir, split)
   os.makedirs(folder, exist_ok=True)
-  path = os.path.join(folder, f'{shard}.json')
-  tmp = f'{path}.tmp-{uuid.uuid4().hex}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump({'shard': shard, 'samples_read': samples_read, 'records': records,
-               'problems': [p.to_dict() for p in problems]}, f, indent=1)
-  os.replace(tmp, path)
+  jsonio.write_json_atomically({'shard': shard, 'samples_read': samples_read, 'records': records,
+                                'problems': [p.to_dict() for p in problems]},
+                               os.path.join(folder, f'{shard}.json'))
 
 
 def read_problems(report_dir: str, split: str, shards: Sequence[str]) -> dict:

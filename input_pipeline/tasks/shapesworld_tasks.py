@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 from absl import flags
 
 from input_pipeline import cli
+from input_pipeline import jsonio
 from input_pipeline import ownership
 from input_pipeline import phrase_extractor
 from input_pipeline.shapesworld import build
@@ -123,10 +124,7 @@ def build_task_dataset(task: str, out_dir: str, pretraining_dir: Optional[str] =
                                          overwrite=True)
   if info is None:
     raise ValueError('all split sizes are 0.')
-  tmp = done + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(wanted, f, indent=1)
-  os.replace(tmp, done)  # Written last: the task directory is complete.
+  jsonio.write_json_atomically(wanted, done)  # Written last: the task directory is complete.
   return info
 
 

@@ -22,6 +22,11 @@ Every phase runs a number of steps agreed by all hosts, padding with dummy rows 
 its slice of every rerank chunk of `score_batch_size` pairs.
 
 Metrics: {t2i, i2t, coarse_t2i, coarse_i2t}_R@{k} for k in `ks`, num_captions, num_images.
+With the truth columns in the batches (`caption_meaning`, `image_meanings`:
+input_pipeline/true_matches.py) also the truth-aware ranks, where a hit is any image (caption)
+the query is true of: truth_{t2i, i2t, coarse_t2i, coarse_i2t}_R@{k}, their chance
+truth_{t2i, i2t}_chance_R@{k}, and the ITM head on the truth-checked reranked pairs:
+truth_itm_accuracy (balanced, chance 0.5), truth_itm_{true, false}_accuracy and pair counts.
 """
 
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
@@ -161,20 +166,22 @@ class RetrievalEvaluator(base.Evaluator):
     `image_index` [I]."""
     batches, text_steps, rows = self.read()
     padding = base.dummy_batch(batches[0])
-    text_keys = TEXT_INPUTS + ('image_index', 'example_valid')
+    truth = 'caption_meaning' in batches[0]  # truth columns: kept beside the embeddings
+    text_truth, image_truth = (('caption_meaning',), ('image_meanings',)) if truth else ((), ())
+    text_keys = TEXT_INPUTS + ('image_index', 'example_valid') + text_truth
 
     def text_batch(step: int) -> Columns:
       batch = batches[step] if step < len(batches) else padding
       return {k: batch[k] for k in text_keys}
 
     texts = _valid(self._stream(params, self._encode_text, 'encode texts', text_steps,
-                                text_batch, keep=('attention_mask_a', 'image_index')))
+                                text_batch, keep=('attention_mask_a', 'image_index') + text_truth))
     texts['mask'] = texts.pop('attention_mask_a')
 
     pointers, counts = image_owners(batches)
     if not sum(counts):
       raise ValueError(f'evals.{self.name}: split {self.split!r} has no valid row.')
-    keys = VISUAL_INPUTS + ('image_index',)
+    keys = VISUAL_INPUTS + ('image_index',) + image_truth
     # The fixed dummy row: pad ids and zero features, attending to every slot (a fully masked
     # row would give a softmax over nothing).
     blank = {k: np.zeros_like(np.asarray(batches[0][k][0])) for k in keys}
@@ -189,7 +196,8 @@ class RetrievalEvaluator(base.Evaluator):
       return out
 
     images = _valid(self._stream(params, self._encode_visual, 'encode images',
-                                 -(-max(counts) // rows), image_batch, keep=('image_index',)))
+                                 -(-max(counts) // rows), image_batch,
+                                 keep=('image_index',) + image_truth))
     order = np.argsort(images['image_index'], kind='stable')
     return texts, {k: v[order] for k, v in images.items()}
 
@@ -226,7 +234,13 @@ class RetrievalEvaluator(base.Evaluator):
     return scores[:total].astype(np.float32)
 
   def ranks(self, params) -> Dict[str, np.ndarray]:
-    """Fine and coarse ranks: {'t2i', 'i2t', 'coarse_t2i', 'coarse_i2t'} -> [queries] int."""
+    """Fine and coarse ranks: {'t2i', 'i2t', 'coarse_t2i', 'coarse_i2t'} (and with truth
+    columns the same four `truth_*`) -> [queries] int."""
+    return self.evaluate(params)[0]
+
+  def evaluate(self, params) -> Tuple[Dict[str, np.ndarray], Dict[str, float]]:
+    """(ranks, truth metrics): `ranks` and, with truth columns, the chance R@K and ITM
+    accuracy on truth-checked pairs (module docstring; empty without)."""
     texts, images = self.encode(params)
     missing = ~np.isin(texts['image_index'], images['image_index'])
     if missing.any():
@@ -250,16 +264,32 @@ class RetrievalEvaluator(base.Evaluator):
       return retrieval_metrics.rerank_ranks(candidate_scores,
                                             np.take_along_axis(query_is_match, candidates, 1))
 
-    return {
+    ranks = {
         't2i': fine(t2i, scores[:t2i.size], similarity, is_match),
         'i2t': fine(i2t, scores[t2i.size:], similarity.T, is_match.T),
         'coarse_t2i': retrieval_metrics.full_ranks(similarity, is_match),
         'coarse_i2t': retrieval_metrics.full_ranks(similarity.T, is_match.T),
     }
+    extras: Dict[str, float] = {}
+    if 'caption_meaning' in texts:
+      truth = retrieval_metrics.truth_matrix(texts['caption_meaning'], images['image_meanings'])
+      ranks.update(
+          truth_t2i=fine(t2i, scores[:t2i.size], similarity, truth),
+          truth_i2t=fine(i2t, scores[t2i.size:], similarity.T, truth.T),
+          truth_coarse_t2i=retrieval_metrics.full_ranks(similarity, truth),
+          truth_coarse_i2t=retrieval_metrics.full_ranks(similarity.T, truth.T))
+      for name, matrix in (('t2i', truth), ('i2t', truth.T)):
+        for k, value in retrieval_metrics.chance_recall_at_k(matrix, self.ks).items():
+          extras[f'truth_{name}_chance_R@{k}'] = value
+      pair_truth = np.concatenate([np.take_along_axis(truth, t2i, 1).reshape(-1),
+                                   np.take_along_axis(truth.T, i2t, 1).reshape(-1)])
+      itm = retrieval_metrics.matching_accuracy(scores, pair_truth)
+      extras.update({f'truth_itm_{k}': v for k, v in itm.items()})
+    return ranks, extras
 
   def run(self, params: Any) -> base.Metrics:
-    ranks = self.ranks(params)
-    results = []
+    ranks, extras = self.evaluate(params)
+    results = [(self.metric(name), value) for name, value in extras.items()]
     for name, values in ranks.items():
       for k, value in retrieval_metrics.recall_at_k(values, self.ks).items():
         results.append((self.metric(f'{name}_R@{k}'), value))

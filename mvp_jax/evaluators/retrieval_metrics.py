@@ -43,3 +43,50 @@ def top_k_candidates(similarity: np.ndarray, k: int) -> np.ndarray:
   part = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
   order = np.argsort(-np.take_along_axis(similarity, part, axis=1), axis=1, kind='stable')
   return np.take_along_axis(part, order, axis=1)
+
+
+def truth_matrix(caption_meaning: np.ndarray, image_meanings: np.ndarray) -> np.ndarray:
+  """[C, I] bool, caption c is true of image i, from the truth columns
+  (input_pipeline/true_matches.py): caption_meaning [C] int, image_meanings [I, K] int (-1 pad).
+  """
+  caption_meaning = np.asarray(caption_meaning)
+  image_meanings = np.asarray(image_meanings)
+  out = np.zeros((len(caption_meaning), len(image_meanings)), bool)
+  for image, ids in enumerate(image_meanings):
+    out[:, image] = np.isin(caption_meaning, ids[ids >= 0])
+  return out & (caption_meaning >= 0)[:, None]
+
+
+def chance_recall_at_k(is_match: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> Dict[int, float]:
+  """R@K of a ranking drawn uniformly at random: per query 1 - C(n - t, K) / C(n, K) with t of
+  its n items true; mean over queries. is_match: [queries, items] bool."""
+  match = np.asarray(is_match, bool)
+  n = match.shape[1]
+  true = match.sum(1)
+  out = {}
+  for k in ks:
+    k_eff = min(k, n)
+    # C(n - t, K) / C(n, K) = prod_{r < K} (n - t - r) / (n - r), 0 once n - t < K.
+    miss = np.ones(len(true))
+    for r in range(k_eff):
+      miss *= np.clip(n - true - r, 0, None) / (n - r)
+    out[k] = float(np.mean(1.0 - miss))
+  return out
+
+
+def matching_accuracy(probability: np.ndarray, is_true: np.ndarray) -> Dict[str, float]:
+  """ITM accuracy on truth-checked pairs: p(matched) > 0.5 against the truth.
+
+  Returns 'accuracy' (balanced: the mean of the accuracies on true and on false pairs, chance
+  0.5 whatever the mix; the one there is when a kind is missing), 'true_accuracy',
+  'false_accuracy', 'true_pairs', 'false_pairs'.
+  """
+  probability = np.asarray(probability).reshape(-1)
+  is_true = np.asarray(is_true, bool).reshape(-1)
+  predicted = probability > 0.5
+  true_acc = float(predicted[is_true].mean()) if is_true.any() else 0.0
+  false_acc = float((~predicted[~is_true]).mean()) if (~is_true).any() else 0.0
+  present = [a for a, has in ((true_acc, is_true.any()), (false_acc, (~is_true).any())) if has]
+  return {'accuracy': float(np.mean(present)) if present else 0.0, 'true_accuracy': true_acc,
+          'false_accuracy': false_acc, 'true_pairs': float(is_true.sum()),
+          'false_pairs': float((~is_true).sum())}

@@ -9,7 +9,7 @@ construction. The frozen parameters keep an Adam state of their own that starts 
 (`mvp_jax/optim.py`), so their first update is a first Adam step.
 """
 
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -75,7 +75,8 @@ def frozen(config: ml_collections.ConfigDict, stage: int) -> Tuple[str, ...]:
 
 def compute_losses(model: nn.Module, params: Any, batch: Mapping[str, Array], rng: Array, *,
                    stage: int, num_groups: int, weights: Mapping[str, float],
-                   deterministic: bool = False) -> Tuple[Array, Dict[str, Array]]:
+                   deterministic: bool = False,
+                   negative_temperature: Optional[float] = None) -> Tuple[Array, Dict[str, Array]]:
   """Weighted sum of the stage's losses, and the metrics of each.
 
   Args:
@@ -87,6 +88,13 @@ def compute_losses(model: nn.Module, params: Any, batch: Mapping[str, Array], rn
     num_groups: negative groups (`local` = one per data shard, `global` = 1); also the loss
       normalisation (per-group means, `mvp_jax/losses.py`).
     weights: per-loss weights (missing = 1).
+    negative_temperature: None mines the hardest ITM negatives; T samples them from
+      softmax(sim / T) (`negatives.mine_hard_negatives`).
+
+  With the truth columns in the batch (`caption_meaning`, `image_meanings`:
+  `data.true_matches`, input_pipeline/true_matches.py) the captions true of another image of the
+  batch are left out of the ITC denominators and of the ITM negatives; `true_match_rate` is the
+  fraction of off-diagonal pairs that were true.
 
   Returns:
     (total loss, metrics) where metrics has `loss_<name>` for each computed loss and the counts
@@ -94,15 +102,24 @@ def compute_losses(model: nn.Module, params: Any, batch: Mapping[str, Array], rn
   """
   dropout_rng, negatives_rng, wpg_rng = jax.random.split(rng, 3)
   run_cross = stage == 2
+  true_matches = None
+  if 'caption_meaning' in batch:
+    true_matches = losses.true_match_mask(batch['caption_meaning'], batch['image_meanings'])
+  mining = {}
+  if true_matches is not None:
+    mining['true_matches'] = true_matches
+  if negative_temperature is not None:
+    mining['temperature'] = float(negative_temperature)
   outputs = model.apply({'params': params}, batch, deterministic=deterministic,
                         run_cross=run_cross, hard_negatives=negatives_rng if run_cross else None,
-                        negative_groups=num_groups, rngs={'dropout': dropout_rng})
+                        negative_groups=num_groups, mining=mining or None,
+                        rngs={'dropout': dropout_rng})
   values, metrics = {}, {}
   # Heads on every position or only on the gathered masked ones (`prediction_positions`).
   values['mcr'], mcr = losses.masked_concept_loss(
       *model_lib.concept_predictions(outputs, batch), num_groups)
   values['itc'], itc = losses.contrastive_loss(outputs['sim_blocks'], outputs['logit_scale'],
-                                               num_groups)
+                                               num_groups, true_matches)
   metrics.update(mcr_correct=mcr['correct'], mcr_count=mcr['count'],
                  itc_correct=itc['t2i_correct'] + itc['i2t_correct'], itc_count=2 * itc['count'],
                  logit_scale=outputs['logit_scale'],
@@ -120,6 +137,9 @@ def compute_losses(model: nn.Module, params: Any, batch: Mapping[str, Array], rn
                    mlm_dropped=outputs.get('mlm_dropped', jnp.zeros((), jnp.int32)))
   total = sum(weights.get(name, 1.0) * value for name, value in values.items())
   metrics.update({f'loss_{name}': value for name, value in values.items()})
+  size = batch['input_ids_a'].shape[0]
+  metrics['true_match_rate'] = (jnp.zeros(()) if true_matches is None else (
+      true_matches.sum() - jnp.trace(true_matches)) / max(size * (size - 1), 1))
   metrics['loss'] = total
   return total, metrics
 
@@ -128,10 +148,11 @@ def loss_fn(model: nn.Module, config: ml_collections.ConfigDict, *, stage: int,
             num_groups: int):
   """`(params, batch, rng) -> (loss, metrics)` of `stage` with `config.loss_weights`."""
   weights = dict(config.get('loss_weights') or {})
+  temperature = config.get('negative_temperature')
 
   def fn(params, batch, rng):
     return compute_losses(model, params, batch, rng, stage=stage, num_groups=num_groups,
-                          weights=weights)
+                          weights=weights, negative_temperature=temperature)
 
   return fn
 
@@ -139,13 +160,14 @@ def loss_fn(model: nn.Module, config: ml_collections.ConfigDict, *, stage: int,
 def metrics(stage: int):
   """Stage 1: MCR + ITC; stage 2 (and joint): all five losses."""
   if stage == 1:
-    return metrics_lib.collection(('loss_mcr', 'loss_itc', 'mcr_dropped'), ('mcr', 'itc'),
+    return metrics_lib.collection(('loss_mcr', 'loss_itc', 'mcr_dropped', 'true_match_rate'),
+                                  ('mcr', 'itc'),
                                   ('logit_scale',))
   # `*_dropped`: labelled positions beyond the masked-head slots (prediction_positions='masked';
   # sized so that this is ~1e-6 per sequence), logged so that a too-small bound is visible.
   return metrics_lib.collection(
       ('loss_mcr', 'loss_itc', 'loss_mlm', 'loss_itm', 'loss_wpg', 'wpg_pos', 'wpg_neg',
-       'mcr_dropped', 'mlm_dropped'),
+       'mcr_dropped', 'mlm_dropped', 'true_match_rate'),
       ('mcr', 'itc', 'mlm', 'itm'), ('logit_scale',))
 
 

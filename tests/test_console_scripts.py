@@ -11,11 +11,13 @@ import ast
 import importlib
 import importlib.metadata
 import importlib.util
+import json
 import os
 import pathlib
 import re
 import subprocess
 import sys
+import urllib.parse
 
 import pytest
 
@@ -98,13 +100,14 @@ def test_help_exits_zero_and_explains_every_flag(script, monkeypatch, capsys):
 
 
 def _installed_here() -> bool:
+  """Whether pip installed mvp-jax from this checkout (its direct_url.json names ROOT)."""
   try:
-    dist = importlib.metadata.distribution('mvp-jax')
+    direct_url = importlib.metadata.distribution('mvp-jax').read_text('direct_url.json')
   except importlib.metadata.PackageNotFoundError:
     return False
-  module = importlib.util.find_spec('main')
-  return bool(dist.entry_points) and module is not None and pathlib.Path(
-      module.origin).resolve().parent == pathlib.Path(ROOT).resolve()
+  url = json.loads(direct_url or '{}').get('url', '')
+  return url.startswith('file://') and pathlib.Path(
+      urllib.parse.unquote(url[len('file://'):])).resolve() == pathlib.Path(ROOT).resolve()
 
 
 def test_installed_console_scripts_run_as_subprocesses():

@@ -143,3 +143,9 @@ def normalise(image: tf.Tensor, norm) -> tf.Tensor:
     norm = NORMS[norm]
   mean, std = (tf.constant(v, tf.float32) for v in norm)
   return (tf.cast(image, tf.float32) - mean) / std
+
+
+def eval_pixels(image, size: int, norm='minus_one_to_one', method: str = 'bicubic'):
+  """The evaluation-pipeline `pixels` (resize, normalise) of one uint8 [H, W, 3] image, eagerly:
+  for inference on images outside the records, so the tower sees what it saw in training."""
+  return normalise(resize(tf.convert_to_tensor(image, tf.uint8), size, method), norm).numpy()

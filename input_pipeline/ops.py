@@ -69,7 +69,8 @@ class Context:
   Attributes:
     tokenizer, concept_vocab: the dataset's vocabularies.
     lengths: sequence lengths of the layout.
-    seed: the iterator's seed (corruption draws from it, the epoch and the example index).
+    seed: the iterator's seed (corruption, crops and flips draw from it, the epoch and the
+      example index).
     num_answers: size of the VQA answer vocabulary (0 when there is none).
   """
   tokenizer: tokenizers.Tokenizer

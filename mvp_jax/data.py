@@ -216,6 +216,8 @@ def _pixel_preprocess(data_config, task: str, preprocess: Optional[str], train: 
     preprocess = PIPELINES[task][0]
     if data_config.get('tags_as_list'):
       preprocess = preprocess.replace('unique_tags|assemble', "assemble(tags='tags')")
+  if preprocess.startswith('decode_image'):  # Already a pixel op string: used as it is.
+    return preprocess
   augment = data_config.get('augment')
   augment = ops.PIXEL_AUGMENT[task] if augment is None else augment
   return ops.pixel_preprocess(preprocess, image_size=data_config.image_size,

@@ -81,6 +81,8 @@ def test_decode_resize_normalise_match_pil_and_numpy():
   np.testing.assert_allclose(out['pixels'].numpy(), (ours - np.float32(mean)) / np.float32(std),
                              rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(out['region_boxes'].numpy(), [[0, 0, 1, 1]])
+  np.testing.assert_array_equal(image_ops.eval_pixels(image, 32, 'imagenet'),
+                                out['pixels'].numpy())
   with pytest.raises(ValueError, match='unknown image_norm'):
     ops.build("decode_image|resize(32)|normalise('vgg')", _context())
 

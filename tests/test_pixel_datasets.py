@@ -12,6 +12,7 @@ import pytest
 
 from input_pipeline import features
 from input_pipeline import storage
+from input_pipeline import true_matches
 from input_pipeline.shapesworld import build
 from input_pipeline.shapesworld import generate
 from input_pipeline.shapesworld import scenes
@@ -49,7 +50,9 @@ def shapesworld(tmp_path_factory):
 def test_shapesworld_pixels_read_back_through_the_pipeline(shapesworld):
   directory, world = shapesworld
   batch = next(_iterator(_data_config(), directory, 'val'))
-  assert set(batch) == set(features.PIXEL_BATCH_KEYS) and 'img_feats' not in batch
+  # Evaluation of a ShapesWorld split also carries its truth columns (input_pipeline/true_matches).
+  assert set(batch) == set(features.PIXEL_BATCH_KEYS) | set(true_matches.COLUMNS)
+  assert 'img_feats' not in batch
   assert batch['pixels'].shape == (4, 64, 64, 3) and batch['pixels'].dtype == np.float32
   assert batch['region_boxes'].shape == (4, 7, 4)
   for row in range(4):

@@ -36,19 +36,19 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
                        image_size=64, captions_per_image=3, seed=0)))
   config.batch_size = 64
   config.eval_batch_size = 128
-  config.total_steps = 1500
+  config.total_steps = 600
   config.schedule = 'joint'
   config.stage1_steps = 0
   config.negatives = 'global'
   # None: the hardest in-batch ITM negatives (the authors); T: sampled from softmax(sim / T).
   config.negative_temperature = ml_collections.config_dict.placeholder(float)
-  config.optimizer.update(lr=5e-4, warmup_steps=100, grad_clip_norm=1.0)
+  config.optimizer.update(lr=1e-3, warmup_steps=50, grad_clip_norm=1.0)
   config.mesh_shape = (-1, 1, 1)
   config.sharding_rules = 'data_parallel'
-  config.log_every = 100
+  config.log_every = 50
   # The tiny ITM head alone is weak: rerank by ITM + contrastive.
-  config.evals = mvp_base.pretraining_evals(every=1500, top_k=16, add_contrastive=True)
-  config.checkpoint_every = 500
+  config.evals = mvp_base.pretraining_evals(every=600, top_k=16, add_contrastive=True)
+  config.checkpoint_every = 600
   config.keep_checkpoints = 2
   if smoke:
     config.data.shapesworld.update(num_train_images=64, num_val_images=16)

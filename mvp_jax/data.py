@@ -188,11 +188,18 @@ def split_true_matches(data_config: ml_collections.ConfigDict, directory: str, s
 
   Training uses `data.true_matches` ('none' | 'truth' | 'duplicates'). Evaluation uses it too,
   and the split's truth file when there is one even with 'none' (truth-aware metrics of a run
-  that trained without exclusion).
+  that trained without exclusion). 'truth' on a folder that is not ShapesWorld is 'none', with
+  a warning (the folder decides, as for `data.kind`).
   """
   mode = data_config.get('true_matches', 'none')
   if not train and mode == 'none' and true_matches.truth_path(directory, split).exists():
     mode = 'truth'
+  if mode == 'truth' and dataset_kind(directory) != 'shapesworld':
+    # Like data.kind: the folder decides. Only ShapesWorld knows the truth of its world.
+    logging.warning("data.true_matches='truth' needs ShapesWorld; %s holds a %r dataset, so no "
+                    "true matches are excluded (use 'duplicates' for real data).", directory,
+                    dataset_kind(directory))
+    mode = 'none'
   captions = None
   if mode == 'duplicates':
     captions = [list(r['captions']) for r in storage.read_dataset(directory, split)

@@ -5,8 +5,12 @@ input iterator), so a resumed run continues with the same step, rng and batches.
 step to a temporary folder and renames it when complete, so `latest_step()` only ever sees
 complete checkpoints; a complete step that cannot be read (a damaged disk, a truncated copy) is
 moved to `<workdir>/corrupt_checkpoints/` and the previous one restored
-(`restore_with_fallback`). SIGTERM (TPU preemption, `kill`, Ctrl-\\) sets a flag that the
-training loop polls; it then saves, waits for the write and exits cleanly.
+(`restore_with_fallback`). SIGTERM (TPU preemption, `kill`, Ctrl-\\) stops the run cleanly: the
+training loop polls `PreemptionFlag.should_stop(step)` after every step, then saves, waits for the
+write and exits. On one host a Python signal handler sets a flag; on several hosts the signal
+goes to JAX's coordination service (set up by `jax.distributed.initialize`), and orbax's
+`reached_preemption(step)` makes every host stop after the same step, even when only one host
+got the signal.
 
 The train state holds plain (unboxed) arrays, so a checkpoint's `params` is the nested dict of
 the model's parameters. Beside the checkpoints sit the run's `config.json` and
@@ -25,7 +29,6 @@ from typing import Any, Dict, List, Optional, Tuple
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
-from jax.experimental import multihost_utils
 
 from mvp_jax.config import ModelConfig
 
@@ -78,20 +81,30 @@ class CheckpointManager:
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
+  def reached_preemption(self, step: int) -> bool:
+    """Whether every host agrees to stop after `step` (JAX's preemption sync point)."""
+    return self._manager.reached_preemption(step)
+
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
 
 
 class PreemptionFlag:
-  """Set by SIGTERM; `should_stop()` agrees across hosts so every host saves the same step."""
+  """SIGTERM -> stop after the current step, the same step on every host.
+
+  One process: a Python SIGTERM handler sets a flag. Several processes: no Python handler (it
+  would replace the one of JAX's coordination service, which forwards a SIGTERM of any host to
+  all of them); `should_stop` asks `CheckpointManager.reached_preemption(step)` instead, which
+  answers True on every host at the same step.
+  """
 
   def __init__(self):
     self._event = threading.Event()
     self._previous = None
 
   def install(self) -> 'PreemptionFlag':
-    if threading.current_thread() is threading.main_thread():
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
@@ -104,11 +117,10 @@ class PreemptionFlag:
     logging.warning('SIGTERM received: saving a checkpoint and stopping.')
     self._event.set()
 
-  def should_stop(self) -> bool:
-    stop = self._event.is_set()
+  def should_stop(self, step: int, manager: 'CheckpointManager') -> bool:
     if jax.process_count() > 1:
-      stop = bool(multihost_utils.process_allgather(stop).any())
-    return stop
+      return manager.reached_preemption(step)
+    return self._event.is_set()
 
 
 def has_checkpoints(workdir: str) -> bool:

@@ -176,7 +176,7 @@ def save_or_stop(manager, preemption, state, train_iter, done: int, is_last: boo
                  guard: NonFiniteGuard) -> bool:
   """Periodic (and final) save; on SIGTERM a forced save, a wait, and True to stop the loop."""
   manager.save(done, state, train_iter.get_state(), force=is_last)
-  if is_last or not preemption.should_stop():
+  if is_last or not preemption.should_stop(done, manager):
     return False
   guard.check()
   manager.save(done, state, train_iter.get_state(), force=True)

@@ -5,8 +5,12 @@ input iterator), so a resumed run continues with the same step, rng and batches.
 step to a temporary folder and renames it when complete, so `latest_step()` only ever sees
 complete checkpoints; a complete step that cannot be read (a damaged disk, a truncated copy) is
 moved to `<workdir>/corrupt_checkpoints/` and the previous one restored
-(`restore_with_fallback`). SIGTERM (TPU preemption, `kill`, Ctrl-\\) sets a flag that the
-training loop polls; it then saves, waits for the write and exits cleanly.
+(`restore_with_fallback`). SIGTERM (TPU preemption, `kill`, Ctrl-\\) stops the run cleanly: the
+training loop polls `PreemptionFlag.should_stop(step)` after every step, then saves, waits for the
+write and exits. On one host a Python signal handler sets a flag; on several hosts the signal
+goes to JAX's coordination service (set up by `jax.distributed.initialize`), and orbax's
+`reached_preemption(step)` makes every host stop after the same step, even when only one host
+got the signal.
 
 The train state holds plain (unboxed) arrays, so a checkpoint's `params` is the nested dict of
 the model's parameters. Beside the checkpoints sit the run's `config.json` and
@@ -16,8 +20,6 @@ written.
 
 import dataclasses
 import json
-import os
-import shutil
 import signal
 import threading
 from typing import Any, Dict, List, Optional, Tuple
@@ -25,7 +27,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
-from jax.experimental import multihost_utils
+from etils import epath
 
 from mvp_jax.config import ModelConfig
 
@@ -78,20 +80,30 @@ class CheckpointManager:
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
+  def reached_preemption(self, step: int) -> bool:
+    """Whether every host agrees to stop after `step` (JAX's preemption sync point)."""
+    return self._manager.reached_preemption(step)
+
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
 
 
 class PreemptionFlag:
-  """Set by SIGTERM; `should_stop()` agrees across hosts so every host saves the same step."""
+  """SIGTERM -> stop after the current step, the same step on every host.
+
+  One process: a Python SIGTERM handler sets a flag. Several processes: no Python handler (it
+  would replace the one of JAX's coordination service, which forwards a SIGTERM of any host to
+  all of them); `should_stop` asks `CheckpointManager.reached_preemption(step)` instead, which
+  answers True on every host at the same step.
+  """
 
   def __init__(self):
     self._event = threading.Event()
     self._previous = None
 
   def install(self) -> 'PreemptionFlag':
-    if threading.current_thread() is threading.main_thread():
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
@@ -104,17 +116,16 @@ class PreemptionFlag:
     logging.warning('SIGTERM received: saving a checkpoint and stopping.')
     self._event.set()
 
-  def should_stop(self) -> bool:
-    stop = self._event.is_set()
+  def should_stop(self, step: int, manager: 'CheckpointManager') -> bool:
     if jax.process_count() > 1:
-      stop = bool(multihost_utils.process_allgather(stop).any())
-    return stop
+      return manager.reached_preemption(step)
+    return self._event.is_set()
 
 
 def has_checkpoints(workdir: str) -> bool:
   """Whether `workdir/checkpoints` holds a step folder (read-only: creates nothing)."""
-  directory = os.path.join(workdir, CHECKPOINTS)
-  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+  directory = epath.Path(workdir) / CHECKPOINTS
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
 def restore_with_fallback(manager: CheckpointManager, target: Any, workdir: str
@@ -134,10 +145,10 @@ def restore_with_fallback(manager: CheckpointManager, target: Any, workdir: str
       failures.append((step, e))
       continue
     if failures and jax.process_index() == 0:
-      aside = os.path.join(workdir, CORRUPT_CHECKPOINTS)
-      os.makedirs(aside, exist_ok=True)
+      aside = epath.Path(workdir) / CORRUPT_CHECKPOINTS
+      aside.mkdir(parents=True, exist_ok=True)
       for bad, _ in failures:
-        shutil.move(os.path.join(workdir, CHECKPOINTS, str(bad)), os.path.join(aside, str(bad)))
+        (epath.Path(workdir) / CHECKPOINTS / str(bad)).rename(aside / str(bad))
         logging.warning('Moved the unreadable checkpoint %d to %s; resuming from step %d.', bad,
                         aside, step)
     if failures:
@@ -173,17 +184,15 @@ def check_resume(workdir: str, config: Any = None,
   trainer compares config.json before it prepares data, model_config.json after).
   """
   differences, warnings = [], []
-  model_path = os.path.join(workdir, MODEL_CONFIG_FILE)
-  if model_config is not None and os.path.exists(model_path):
-    with open(model_path, encoding='utf-8') as f:
-      saved = json.load(f)
+  model_path = epath.Path(workdir) / MODEL_CONFIG_FILE
+  if model_config is not None and model_path.exists():
+    saved = json.loads(model_path.read_text(encoding='utf-8'))
     new = dataclasses.asdict(model_config)
     differences += [f'model.{k}: saved {saved.get(k)!r}, now {new.get(k)!r}'
                     for k in sorted(set(saved) | set(new)) if saved.get(k) != new.get(k)]
-  config_path = os.path.join(workdir, CONFIG_FILE)
-  if config is not None and os.path.exists(config_path):
-    with open(config_path, encoding='utf-8') as f:
-      saved = _flatten(json.load(f))
+  config_path = epath.Path(workdir) / CONFIG_FILE
+  if config is not None and config_path.exists():
+    saved = _flatten(json.loads(config_path.read_text(encoding='utf-8')))
     new = _flatten(json.loads(config.to_json_best_effort()))
     for name in sorted(set(saved) | set(new)):
       if saved.get(name) == new.get(name):
@@ -206,11 +215,11 @@ def save_run_configs(workdir: str, config, model_config: ModelConfig) -> None:
   """Writes the run's ConfigDict and resolved ModelConfig beside the checkpoints (process 0)."""
   if jax.process_index() != 0:
     return
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, MODEL_CONFIG_FILE), 'w', encoding='utf-8') as f:
-    json.dump(dataclasses.asdict(model_config), f, indent=1)
-  with open(os.path.join(workdir, CONFIG_FILE), 'w', encoding='utf-8') as f:
-    f.write(config.to_json_best_effort(indent=1))
+  directory = epath.Path(workdir)
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / MODEL_CONFIG_FILE).write_text(
+      json.dumps(dataclasses.asdict(model_config), indent=1), encoding='utf-8')
+  (directory / CONFIG_FILE).write_text(config.to_json_best_effort(indent=1), encoding='utf-8')
 
 
 def load_trained(workdir: str, step: Optional[int] = None):
@@ -219,12 +228,11 @@ def load_trained(workdir: str, step: Optional[int] = None):
   Params are returned unboxed (a nested dict of arrays) on the default device, in the layout of
   `MVPPretrainingModel` or of the downstream model the run trained.
   """
-  config_path = os.path.join(workdir, MODEL_CONFIG_FILE)
-  if not os.path.exists(config_path):
+  config_path = epath.Path(workdir) / MODEL_CONFIG_FILE
+  if not config_path.exists():
     raise FileNotFoundError(f'{config_path} is missing: {workdir} is not an mvp-jax run.')
-  with open(config_path, encoding='utf-8') as f:
-    model_config = ModelConfig.from_dict(json.load(f))
-  manager = ocp.CheckpointManager(os.path.join(workdir, CHECKPOINTS))
+  model_config = ModelConfig.from_dict(json.loads(config_path.read_text(encoding='utf-8')))
+  manager = ocp.CheckpointManager(epath.Path(workdir) / CHECKPOINTS)
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'{workdir}/checkpoints holds no complete checkpoint.')

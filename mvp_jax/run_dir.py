@@ -5,12 +5,16 @@ A run directory (written by the trainer) holds `model_config.json` (the resolved
 (`mvp_jax.export_hf`, `mvp_jax.import_authors`) holds `config.json` with an `mvp_jax` section,
 `model.safetensors` in the authors' layout and the dataset's vocabularies. A dataset folder holds
 one tokenizer file (`vocab.txt` or a SentencePiece `*.model`) and `id2phrase.json`.
+
+Every path goes through `etils.epath`, so any of them may be a `gs://` (or other gfile) URI.
 """
 
 import json
 import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
+
+from etils import epath
 
 MODEL_CONFIG_FILE = 'model_config.json'
 CONFIG_FILE = 'config.json'
@@ -23,12 +27,12 @@ _CONCEPT_FILES = (CONCEPTS_FILE, 'id2phrase_new.json')
 
 def is_run(path: str) -> bool:
   """Whether `path` is a run directory of ours (it holds model_config.json)."""
-  return os.path.isfile(os.path.join(path, MODEL_CONFIG_FILE))
+  return (epath.Path(path) / MODEL_CONFIG_FILE).is_file()
 
 
 def run_and_step(path: str) -> Optional[Tuple[str, Optional[int]]]:
   """(workdir, step) of a run directory (step None = latest) or of `<workdir>/checkpoints/<n>`."""
-  path = os.path.abspath(path)
+  path = path if '://' in path else os.path.abspath(path)
   if is_run(path):
     return path, None
   parent, name = os.path.split(path)
@@ -40,28 +44,27 @@ def run_and_step(path: str) -> Optional[Tuple[str, Optional[int]]]:
 
 
 def read_json(path: str) -> Dict[str, Any]:
-  with open(path, encoding='utf-8') as f:
-    try:
-      return json.load(f)
-    except json.JSONDecodeError as error:
-      raise ValueError(f'{path} is not valid JSON: {error}.') from error
+  try:
+    return json.loads(epath.Path(path).read_text(encoding='utf-8'))
+  except json.JSONDecodeError as error:
+    raise ValueError(f'{path} is not valid JSON: {error}.') from error
 
 
 def read_run_config(workdir: str) -> Dict[str, Any]:
   """The run's `config.json` (the training ConfigDict as JSON); {} when absent."""
   path = os.path.join(workdir, CONFIG_FILE)
-  return read_json(path) if os.path.exists(path) else {}
+  return read_json(path) if epath.Path(path).exists() else {}
 
 
 def read_folder_config(directory: str) -> Dict[str, Any]:
   """The `config.json` of an exported, authors' or Hugging Face folder; {} when absent."""
   path = os.path.join(directory, CONFIG_FILE)
-  return read_json(path) if os.path.exists(path) else {}
+  return read_json(path) if epath.Path(path).exists() else {}
 
 
 def has_vocabularies(directory: str) -> bool:
-  return bool(directory) and os.path.isdir(directory) and any(
-      os.path.exists(os.path.join(directory, n)) for n in _CONCEPT_FILES + ('vocab.txt',))
+  return bool(directory) and epath.Path(directory).is_dir() and any(
+      (epath.Path(directory) / n).exists() for n in _CONCEPT_FILES + ('vocab.txt',))
 
 
 def find_dataset_dir(workdir: str, dataset_dir: Optional[str] = None) -> str:
@@ -71,7 +74,7 @@ def find_dataset_dir(workdir: str, dataset_dir: Optional[str] = None) -> str:
       data.get('directory'), os.path.join(workdir, data.get('kind') or 'shapesworld'),
       os.path.join(workdir, 'shapesworld')]
   for candidate in filter(None, candidates):
-    if os.path.exists(os.path.join(candidate, CONCEPTS_FILE)):
+    if (epath.Path(candidate) / CONCEPTS_FILE).exists():
       return candidate
   raise FileNotFoundError(f'No dataset folder with {CONCEPTS_FILE} among {candidates}; pass '
                           '--dataset_dir (the folder holding vocab.txt and id2phrase.json).')
@@ -79,7 +82,7 @@ def find_dataset_dir(workdir: str, dataset_dir: Optional[str] = None) -> str:
 
 def tokenizer_file(directory: str) -> str:
   """The tokenizer file (vocab.txt or one *.model) of a dataset or exported folder."""
-  names = [n for n in sorted(os.listdir(directory)) if n == 'vocab.txt' or n.endswith('.model')]
+  names = [n for n in _names(directory) if n == 'vocab.txt' or n.endswith('.model')]
   if len(names) != 1:
     raise FileNotFoundError(f'{directory}: expected one tokenizer file (vocab.txt or *.model), '
                             f'found {names}.')
@@ -89,14 +92,18 @@ def tokenizer_file(directory: str) -> str:
 def concepts_file(directory: str) -> str:
   """The concept vocabulary file of a folder (id2phrase.json, or the authors' id2phrase_new)."""
   for name in _CONCEPT_FILES:
-    if os.path.exists(os.path.join(directory, name)):
+    if (epath.Path(directory) / name).exists():
       return os.path.join(directory, name)
   raise FileNotFoundError(f'{directory} holds no concept vocabulary ({CONCEPTS_FILE}).')
 
 
 def write_json(value: Any, path: str) -> None:
-  with open(path, 'w', encoding='utf-8') as f:
-    json.dump(value, f, indent=1)
+  epath.Path(path).write_text(json.dumps(value, indent=1), encoding='utf-8')
+
+
+def _names(directory: str) -> List[str]:
+  """The sorted names in a folder."""
+  return sorted(p.name for p in epath.Path(directory).iterdir())
 
 
 def _concepts(directory: str) -> Optional[Dict[str, Any]]:
@@ -109,15 +116,14 @@ def _concepts(directory: str) -> Optional[Dict[str, Any]]:
 
 def _words(directory: str) -> Optional[Tuple[str, Any]]:
   """('lines', [token]) of a vocab.txt, ('model', bytes) of a SentencePiece model, or None."""
-  names = [n for n in sorted(os.listdir(directory)) if n == 'vocab.txt' or n.endswith('.model')]
+  names = [n for n in _names(directory) if n == 'vocab.txt' or n.endswith('.model')]
   if not names:
     return None
-  path = os.path.join(directory, names[0])
+  path = epath.Path(directory) / names[0]
   if names[0] == 'vocab.txt':
-    with open(path, encoding='utf-8') as f:
-      return 'lines', [line.rstrip('\n') for line in f]
-  with open(path, 'rb') as f:
-    return 'model', f.read()
+    lines = path.read_text(encoding='utf-8').split('\n')
+    return 'lines', lines[:-1] if lines[-1] == '' else lines
+  return 'model', path.read_bytes()
 
 
 def vocabulary_differences(source_dir: str, run_vocab_dir: str) -> List[str]:

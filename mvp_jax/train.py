@@ -18,6 +18,7 @@ import jax
 import ml_collections
 from absl import logging
 from clu import periodic_actions
+from etils import epath
 
 from mvp_jax import checkpointing
 from mvp_jax import data
@@ -29,6 +30,7 @@ from mvp_jax import train_step as train_step_lib
 from mvp_jax import trainer_lib
 from mvp_jax import weights
 from mvp_jax.config import ModelConfig
+from mvp_jax.evaluators import cache as eval_cache
 
 
 METRICS_FILE = trainer_lib.METRICS_FILE
@@ -42,8 +44,7 @@ def model_config(config: ml_collections.ConfigDict, directory: Optional[str],
   values = dict(config.model)
   source = _our_run(config.get('init_from'))
   if source:
-    with open(os.path.join(source, checkpointing.MODEL_CONFIG_FILE), encoding='utf-8') as f:
-      saved = json.load(f)
+    saved = json.loads((epath.Path(source) / checkpointing.MODEL_CONFIG_FILE).read_text())
     for key in ('vocab_size', 'word_vocab_size'):
       if values.get(key, 0) < 0:
         values[key] = saved[key]
@@ -61,7 +62,7 @@ def model_config(config: ml_collections.ConfigDict, directory: Optional[str],
 
 def _our_run(path: Optional[str]) -> Optional[str]:
   """`path` if it is an mvp-jax run directory (model_config.json beside checkpoints)."""
-  if path and os.path.exists(os.path.join(path, checkpointing.MODEL_CONFIG_FILE)):
+  if path and (epath.Path(path) / checkpointing.MODEL_CONFIG_FILE).exists():
     return path
   return None
 
@@ -85,8 +86,8 @@ def _data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   source = _our_run(config.get('init_from'))
   if ('pretraining_dir' in data_config and not data_config.pretraining_dir and source
       and data_config.kind == 'shapesworld'):
-    with open(os.path.join(source, checkpointing.CONFIG_FILE), encoding='utf-8') as f:
-      source_data = json.load(f).get('data', {})
+    source_data = json.loads((epath.Path(source) / checkpointing.CONFIG_FILE).read_text()).get(
+        'data', {})
     data_config.pretraining_dir = (source_data.get('directory')
                                    or os.path.join(source, source_data.get('kind', '')))
   return data_config
@@ -203,17 +204,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     logging.info('No init_from: %s starts from random weights.', task.NAME)
   start_step = int(jax.device_get(state.step))
 
-  # --- Evaluators (config.evals), on host batches read once per (split, corrupt) -------------
+  # --- Evaluators (config.evals), on host batches read once per (split, corrupt), each image's
+  # visual columns held once (evaluators/cache.py) -------------------------------------------
   cache: Dict[Any, list] = {}
 
   def eval_batches(split: str, corrupt: bool):
     if (split, corrupt) not in cache:
-      cache[split, corrupt] = list(data.create_iterator(
+      cache[split, corrupt] = eval_cache.hold(data.create_iterator(
           data_config, directory, split, task=task.NAME,
           per_host_batch_size=config.eval_batch_size // jax.process_count(),
-          seed=config.seed + 1, train=False, corrupt=corrupt))
-      if not cache[split, corrupt]:
-        raise ValueError(f'{directory}: evaluation split {split!r} yielded no batch.')
+          seed=config.seed + 1, train=False, corrupt=corrupt), where=f'{directory}/{split}')
     return cache[split, corrupt]
 
   context = evaluators.EvalContext(model=model, task=task.NAME, batches=eval_batches,

@@ -6,7 +6,6 @@ FLOP counting, the host side of the NaN guard, and the save-or-stop step of the 
 
 import dataclasses
 import json
-import os
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -17,6 +16,7 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers
+from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mvp_jax import metrics as metrics_lib
@@ -35,7 +35,7 @@ class ScalarWriter:
   """TensorBoard + console (clu) and `<workdir>/metrics.jsonl` (process 0) for notebooks."""
 
   def __init__(self, workdir: str, config: Optional[ml_collections.ConfigDict] = None):
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     self.workdir = workdir
     self.writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=False)
@@ -46,7 +46,7 @@ class ScalarWriter:
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     self.writer.write_scalars(step, scalars)
     if jax.process_index() == 0:
-      with open(os.path.join(self.workdir, METRICS_FILE), 'a', encoding='utf-8') as f:
+      with (epath.Path(self.workdir) / METRICS_FILE).open('a', encoding='utf-8') as f:
         f.write(json.dumps({'step': step, **{k: float(v) for k, v in scalars.items()}}) + '\n')
 
   def flush(self) -> None:
@@ -174,12 +174,17 @@ def _format_indices(indices: Sequence[int], limit: int = 64) -> str:
 
 def save_or_stop(manager, preemption, state, train_iter, done: int, is_last: bool,
                  guard: NonFiniteGuard) -> bool:
-  """Periodic (and final) save; on SIGTERM a forced save, a wait, and True to stop the loop."""
-  manager.save(done, state, train_iter.get_state(), force=is_last)
-  if is_last or not preemption.should_stop():
+  """Periodic (and final) save; on SIGTERM a forced save, a wait, and True to stop the loop.
+
+  The stop is decided before the save: on several hosts orbax's `save` itself saves a step at
+  which the hosts reached their preemption sync point, so that step must be NaN-checked first.
+  """
+  stop = not is_last and preemption.should_stop(done, manager)
+  if stop:
+    guard.check()
+  manager.save(done, state, train_iter.get_state(), force=is_last or stop)
+  if not stop:
     return False
-  guard.check()
-  manager.save(done, state, train_iter.get_state(), force=True)
   manager.wait()
   logging.warning('Preempted: saved step %d and stopped.', done)
   return True

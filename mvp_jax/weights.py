@@ -41,6 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import traverse_util
 from safetensors.numpy import save_file
 
@@ -116,9 +117,9 @@ def read(source: Union[str, os.PathLike, Mapping[str, Any], Source]) -> Source:
   run = run_dir.run_and_step(path)
   if run is not None:
     return _read_run(*run)
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     raise FileNotFoundError(f'Checkpoint {path} does not exist.')
-  folder = path if os.path.isdir(path) else os.path.dirname(path)
+  folder = path if epath.Path(path).is_dir() else os.path.dirname(path)
   fields = run_dir.read_folder_config(folder)
   state = convert.load_state_dict(path)
   vocab_dir = folder if run_dir.has_vocabularies(folder) else None

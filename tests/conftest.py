@@ -33,3 +33,18 @@ def reference_dir() -> pathlib.Path:
     pytest.skip(f'{REFERENCE_DIR} is absent (a fresh clone without ../shared): the golden '
                 'parity test needs the authors\' reference outputs.')
   return REFERENCE_DIR
+
+
+def pytest_configure(config):
+  config.addinivalue_line('markers', 'multiprocess: launches several JAX processes (slow); '
+                          'deselected unless `-m multiprocess` is given')
+
+
+def pytest_collection_modifyitems(config, items):
+  """Deselects the `multiprocess` tests unless the -m expression names them."""
+  if 'multiprocess' in (config.option.markexpr or ''):
+    return
+  kept = [item for item in items if item.get_closest_marker('multiprocess') is None]
+  if len(kept) < len(items):
+    config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+    items[:] = kept

@@ -22,14 +22,9 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
 
-jax.config.update('jax_platforms', 'cpu')
-jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-jax.config.update('jax_disable_most_optimizations', True)  # as tests/conftest.py
-jax.config.update('jax_compilation_cache_dir',
-                  os.environ.get('MVP_JAX_TEST_CACHE', '/tmp/mvp_jax_test_xla_cache'))
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
-if NUM_PROCESSES > 1:
-  jax.distributed.initialize(f'localhost:{PORT}', NUM_PROCESSES, PROCESS_ID)
+import jax_processes  # pylint: disable=g-import-not-at-top
+
+jax_processes.start(PROCESS_ID, NUM_PROCESSES, PORT)
 
 from mvp_jax import evaluators  # pylint: disable=g-import-not-at-top
 from mvp_jax import sharding  # pylint: disable=g-import-not-at-top

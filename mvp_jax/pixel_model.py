@@ -108,18 +108,59 @@ def tower_params_from(siglip_params: Dict[str, Any], target: Dict[str, Any],
     raise ValueError(f'{where} does not fit model.vision ({len(problems)} problems): '
                      + '; '.join(problems[:6]) + '. Set model.vision.size / widths to the '
                      "checkpoint's (or image_size / posemb_grid to its grid).")
+  from mvp_jax import weights  # pylint: disable=g-import-not-at-top
   out: Dict[str, Any] = {}
   for path, leaf in wanted.items():
     node = out
     for key in path[:-1]:
       node = node.setdefault(key, {})
-    value = np.asarray(source[path], leaf.dtype)
-    sharding = getattr(leaf, 'sharding', None)
-    node[path[-1]] = jax.device_put(value, sharding) if sharding is not None else jnp.asarray(
-        value)
-  unused = ['img/' + '/'.join(p) for p in source if p not in wanted]
-  unused += [top for top in siglip_params if top != 'img']
+    node[path[-1]] = weights._place(source[path], leaf)  # pylint: disable=protected-access
+  unused = [f'{top} (the whole subtree)' for top in siglip_params if top != 'img']
+  unused += ['img/' + '/'.join(p) for p in source if p not in wanted]
   return out, ['/'.join(TOWER_PATH + p) for p in wanted], unused
+
+
+def split_tower(params: Dict[str, Any], model_config, source, tower: Optional[str]):
+  """(params without the tower, the tower subtree) when the tower has its own origin: a model
+  with a tower whose MVPTR source (`weights.Source`) is not a pixel run, or with `tower` given;
+  else (params, None): the tower comes with the rest (or there is none)."""
+  if model_config.vision is None:
+    return params, None
+  own = (source is not None and source.tree is not None and not tower
+         and any(p[:2] == TOWER_PATH for p in source.tree))
+  if own:
+    return params, None
+  backbone = dict(params['backbone'])
+  part = backbone.pop(TOWER_PATH[1])
+  return dict(params, backbone=backbone), part
+
+
+def join_tower(rest: Dict[str, Any], part: Optional[Dict[str, Any]], tower: Optional[str],
+               report) -> Dict[str, Any]:
+  """`rest` with the tower put back: from the SigLIP checkpoint `tower` (`vision.checkpoint.load`)
+  or fresh; records what it did in the `weights.LoadReport`."""
+  from mvp_jax.vision import checkpoint  # pylint: disable=g-import-not-at-top
+  if part is None:
+    if TOWER_PATH[1] in rest['backbone']:
+      report.origins[TOWER_PREFIX] = f'{report.source} (the run\'s own tower)'
+    return rest
+  where = 'random initialisation'
+  if tower:
+    part, loaded, unused = tower_params_from(checkpoint.load(tower)[1], part, tower)
+    report.loaded += loaded
+    where = f'the SigLIP checkpoint {tower} ({len(loaded)} parameters)'
+    report.notes.append(f'not used from {tower}: {", ".join(unused[:6])}'
+                        + (f' and {len(unused) - 6} more.' if len(unused) > 6 else '.'))
+  else:
+    report.fresh += [TOWER_PREFIX + '/' + name for name in flat_names(part)]
+  report.origins[TOWER_PREFIX] = where
+  return dict(rest, backbone=dict(rest['backbone'], **{TOWER_PATH[1]: part}))
+
+
+def flat_names(tree: Dict[str, Any], prefix: str = '') -> list:
+  """'a/b/c' names of the leaves of a nested dict."""
+  return [n for k, v in tree.items() for n in (
+      flat_names(v, f'{prefix}{k}/') if isinstance(v, dict) else [prefix + k])]
 
 
 def image_inputs(image: Any, spec: PixelConfig,

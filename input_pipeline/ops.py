@@ -27,6 +27,13 @@ Op strings of the layouts (spec §1.2), see `PRESETS`:
   VQA      unique_tags|assemble|no_corrupt|tags_after_sep|soft_targets
   SNLI-VE  unique_tags|assemble|no_corrupt   (the example's `label` is kept as it is)
   RE       drop_phrases|unique_tags|assemble|no_corrupt|region_iou
+
+Pixel mode (features.py; `pixel_preprocess` prefixes any of the above) reads the record's image
+(`image_png`, `image_size`, `image_id`) and writes `pixels` and `region_boxes`; `assemble` then
+lays out `region_boxes` as the region rows instead of `region_features`:
+  training    decode_image|random_crop(scale=(0.5, 1.0))|flip_lr(0.5)|resize(64)|normalise(...)
+  evaluation  decode_image|resize(64)|normalise('minus_one_to_one')
+Random ops draw from (seed, stream, epoch, example_index) like `corrupt` (`example_seed`).
 """
 
 import ast
@@ -37,6 +44,7 @@ import tensorflow as tf
 
 from input_pipeline import assembly
 from input_pipeline import concepts
+from input_pipeline import image_ops
 from input_pipeline import masking
 from input_pipeline import tokenizers
 
@@ -61,7 +69,8 @@ class Context:
   Attributes:
     tokenizer, concept_vocab: the dataset's vocabularies.
     lengths: sequence lengths of the layout.
-    seed: the iterator's seed (corruption draws from it, the epoch and the example index).
+    seed: the iterator's seed (corruption, crops and flips draw from it, the epoch and the
+      example index).
     num_answers: size of the VQA answer vocabulary (0 when there is none).
   """
   tokenizer: tokenizers.Tokenizer
@@ -155,15 +164,33 @@ def _drop_phrases(context: Context) -> Op:
 @register('assemble')
 def _assemble(context: Context, tags: str = 'visual_tags') -> Op:
   """The model-input layout of text A and the visual stream; the tags of the visual stream are
-  `example[tags]` as they are (after `unique_tags`: the set; 'tags': all, in region order)."""
+  `example[tags]` as they are (after `unique_tags`: the set; 'tags': all, in region order).
+  In pixel mode (the example holds `pixels`) the region rows are `region_boxes` [R, 4], written
+  as `region_boxes` instead of `img_feats`."""
   assembler = assembly.ExampleAssembler(context.tokenizer, context.concept_vocab,
                                         context.lengths, assembly.LayoutOptions(tags_as_list=True))
 
   def op(example):
-    example.update(assembler(example['text'], example['phrases'], example['phrase_regions'],
-                             example[tags], example['region_features']))
+    pixels = 'pixels' in example
+    rows = example['region_boxes'] if pixels else example['region_features']
+    out = assembler(example['text'], example['phrases'], example['phrase_regions'],
+                    example[tags], rows)
+    if pixels:
+      out['region_boxes'] = out.pop('img_feats')
+    example.update(out)
     return example
   return op
+
+
+# Random streams of example_seed; 0 is the example order (iterators.host_example_order).
+STREAM_CORRUPT, STREAM_CROP, STREAM_FLIP = 1, 2, 3
+
+
+def example_seed(seed: int, stream: int, example: Example) -> tf.Tensor:
+  """int64 [2] stateless seed of one random stream of one example in one epoch."""
+  return tf.random.experimental.stateless_fold_in(
+      tf.random.experimental.stateless_fold_in(tf.constant([seed, stream], tf.int64),
+                                               example['epoch']), example['example_index'])
 
 
 @register('corrupt')
@@ -174,11 +201,116 @@ def _corrupt(context: Context, mask_prob: float = 0.15) -> Op:
   seed = context.seed
 
   def op(example):
-    rng = tf.random.experimental.stateless_fold_in(
-        tf.random.experimental.stateless_fold_in(tf.constant([seed, 1], tf.int64),
-                                                 example['epoch']), example['example_index'])
-    return corruption(example, rng)
+    return corruption(example, example_seed(seed, STREAM_CORRUPT, example))
   return op
+
+
+@register('decode_image')
+def _decode_image(context: Context, inkey: str = 'image_png') -> Op:
+  """`image` uint8 [h, w, 3] from the record's PNG/JPEG bytes (an error names the record), and
+  `region_boxes` float32 [N, 4]: `boxes` normalised by the record's `image_size`."""
+  del context
+
+  def op(example):
+    example['image'] = image_ops.decode(example[inkey], example['image_id'])
+    example['region_boxes'] = image_ops.normalised_boxes(example['boxes'], example['image_size'])
+    return example
+  return op
+
+
+@register('random_crop')
+def _random_crop(context: Context, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3),
+                 cover: bool = True, min_size: float = 1 / 64) -> Op:
+  """Random area-`scale`, aspect-`ratio` window of `image`, widened to hold the grounded boxes of
+  the text and a `target_box` when `cover` (image_ops docstring); `region_boxes` follow."""
+  seed = context.seed
+
+  def op(example):
+    image, boxes = example['image'], example['region_boxes']
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    cover_box = tf.constant([1.0, 1.0, 0.0, 0.0])
+    if cover:
+      links = tf.cast(example['phrase_regions'], tf.int32)
+      linked = tf.gather(boxes, tf.boolean_mask(links, (links >= 0)
+                                               & (links < tf.shape(boxes)[0])))
+      if 'target_box' in example:
+        target = image_ops.normalised_boxes(example['target_box'][None], example['image_size'])
+        linked = tf.concat([linked, target], 0)
+      cover_box = image_ops.union_box(linked)
+    window = image_ops.sample_window(example_seed(seed, STREAM_CROP, example), height, width,
+                                     tuple(scale), tuple(ratio), cover_box)
+    example['image'], example['region_boxes'] = image_ops.crop(image, boxes, window, min_size)
+    return example
+  return op
+
+
+@register('flip_lr')
+def _flip_lr(context: Context, prob: float = 0.5, swaps=image_ops.DEFAULT_SWAPS) -> Op:
+  """With probability `prob`: mirror `image` and `region_boxes`, and swap the words of each
+  pair in `swaps` ('left' <-> 'right') in `text` and `phrases`. Refused for VQA, whose answers
+  ('left') would not follow."""
+  if context.num_answers:
+    raise ValueError('flip_lr would mirror VQA images without swapping their answers; '
+                     'drop it from the VQA op string.')
+  seed = context.seed
+  swaps = tuple(tuple(p) for p in swaps)
+
+  def op(example):
+    u = tf.random.stateless_uniform([], example_seed(seed, STREAM_FLIP, example))
+    do = u < prob
+    image, boxes = image_ops.flip(example['image'], example['region_boxes'])
+    example['image'] = tf.cond(do, lambda: image, lambda: example['image'])
+    example['region_boxes'] = tf.where(do, boxes, example['region_boxes'])
+    example['text'] = tf.where(do, image_ops.swap_words(example['text'], swaps),
+                               example['text'])
+    words = example['phrases']
+    example['phrases'] = words.with_flat_values(tf.where(
+        do, image_ops.swap_words(words.flat_values, swaps), words.flat_values))
+    return example
+  return op
+
+
+@register('resize')
+def _resize(context: Context, size: int, method: str = 'bicubic') -> Op:
+  """`image` resampled to float32 [size, size, 3] on [0, 255] (boxes are normalised: unchanged)."""
+  del context
+
+  def op(example):
+    example['image'] = image_ops.resize(example['image'], size, method)
+    return example
+  return op
+
+
+@register('normalise')
+def _normalise(context: Context, norm='minus_one_to_one') -> Op:
+  """`pixels` float32 [S, S, 3] = normalised `image` (image_ops.NORMS name or (mean, std))."""
+  del context
+  image_ops.normalise(tf.zeros([1, 1, 3]), norm)  # Refuses an unknown name when built.
+
+  def op(example):
+    example['pixels'] = image_ops.normalise(example.pop('image'), norm)
+    return example
+  return op
+
+
+# Default train-time augmentation of pixel mode per task: crop + flip where the text follows the
+# flip; none for VQA (answers such as 'left' would not follow, and without grounded phrases a crop
+# could cut away the object a question asks about).
+PIXEL_AUGMENT = {task: 'random_crop(scale=(0.5, 1.0))|flip_lr(0.5)'
+                 for task in ('pretrain', 'retrieval', 've', 're')}
+PIXEL_AUGMENT['vqa'] = ''
+
+
+def pixel_preprocess(spec: str, *, image_size: int, image_norm='minus_one_to_one',
+                     augment: str = '', resize_method: str = 'bicubic') -> str:
+  """The pixel-mode op string of `spec`: decode, the `augment` ops (training: e.g.
+  'random_crop(scale=(0.5, 1.0))|flip_lr(0.5)'; '' for none), resize (bicubic as PIL and the
+  offline extractor; 'bilinear' costs about half on large images), normalise, then `spec`."""
+  resize = (f'resize({int(image_size)})' if resize_method == 'bicubic' else
+            f'resize({int(image_size)}, method={resize_method!r})')
+  ops = ['decode_image'] + ([augment] if augment else []) + [
+      resize, f'normalise({image_norm!r})', spec]
+  return '|'.join(ops)
 
 
 @register('no_corrupt')

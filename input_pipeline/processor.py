@@ -7,9 +7,9 @@ An example source says what example `i` of a split is:
                      `image_id` must be that of the record it points to.
 `ExampleProcessor` reads the records of a chunk of example indices (`read`), then per example
 builds the op input (ops.py), runs the ops, adds the bookkeeping keys and returns exactly
-`features.BATCH_KEYS + batch_keys`. Rows with example_index -1 pad the final evaluation batch:
-they read example 0 and are blanked (example_valid 0, `features.NEGATIVE_PADDING_KEYS` -1, the
-rest 0).
+`features.batch_keys(pixels) + batch_keys` (pixel mode: an op string that writes `pixels`).
+Rows with example_index -1 pad the final evaluation batch: they read example 0 and are blanked
+(example_valid 0, `features.NEGATIVE_PADDING_KEYS` -1, the rest 0).
 """
 
 from typing import Any, Callable, Mapping, Sequence
@@ -96,8 +96,7 @@ class ExampleProcessor:
     self._source = source
     self._examples = examples
     self._op = op
-    self.keys = tuple(features.BATCH_KEYS) + tuple(k for k in batch_keys
-                                                  if k not in features.BATCH_KEYS)
+    self._batch_keys = tuple(batch_keys)
     spec = {'epoch': tf.TensorSpec([], tf.int64), 'example_index': tf.TensorSpec([], tf.int64),
             'image_index': tf.TensorSpec([], tf.int64), 'record': tf.TensorSpec([], tf.string),
             **examples.item_spec}
@@ -118,7 +117,9 @@ class ExampleProcessor:
   def _process_item(self, item: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     record = self._source.parse(item['record'])
     example = {'tags': record['tags'], 'region_features': record['region_features'],
-               'boxes': record['boxes'], 'epoch': item['epoch'],
+               'boxes': record['boxes'], 'image_id': record['image_id'],
+               'image_png': record['image_png'], 'image_size': record['image_size'],
+               'epoch': item['epoch'],
                'example_index': item['example_index'],
                **self._examples.fields(item, record)}
     example = self._op(example)
@@ -126,13 +127,19 @@ class ExampleProcessor:
     example['image_index'] = tf.cast(item['image_index'], tf.int32)
     example['example_index'] = item['example_index']
     example['example_valid'] = tf.cast(valid, tf.int32)
-    missing = [k for k in self.keys if k not in example]
+    keys = self.keys_for(pixels='pixels' in example)
+    missing = [k for k in keys if k not in example]
     if missing:
-      raise ValueError(f'the preprocess ops produced no {missing} (batch keys {self.keys}); '
+      raise ValueError(f'the preprocess ops produced no {missing} (batch keys {keys}); '
                        'add the op that writes them.')
     return {k: iterators.blank_unless(valid, example[k],
                                       -1 if k in features.NEGATIVE_PADDING_KEYS else 0)
-            for k in self.keys}
+            for k in keys}
+
+  def keys_for(self, pixels: bool) -> tuple[str, ...]:
+    """The batch keys: `features.batch_keys(pixels)` then the task's extra keys."""
+    base = features.batch_keys(pixels)
+    return base + tuple(k for k in self._batch_keys if k not in base)
 
 
 def _ragged(rows: list, dtype) -> tf.RaggedTensor:

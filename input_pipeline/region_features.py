@@ -58,7 +58,13 @@ def _check_inputs(image: np.ndarray, boxes: np.ndarray, feature_dim: int) -> Non
   if not isinstance(feature_dim, (int, np.integer)) or feature_dim < features.NUM_BOX_DIMS + 1:
     raise ValueError(f'feature_dim must be an int >= {features.NUM_BOX_DIMS + 1} '
                      f'(appearance + {features.NUM_BOX_DIMS} box dims), got {feature_dim!r}.')
-  height, width = image.shape[:2]
+  check_boxes(boxes, *image.shape[:2])
+
+
+def check_boxes(boxes: np.ndarray, height: int, width: int) -> None:
+  """Raises ValueError naming the first pixel box [N, 4] that is empty or outside the image."""
+  if boxes.ndim != 2 or boxes.shape[1] != 4:
+    raise ValueError(f'boxes must be [N, 4] (x1, y1, x2, y2), got shape {boxes.shape}.')
   eps = 1e-3
   for x1, y1, x2, y2 in boxes.tolist():
     if not (x1 >= -eps and y1 >= -eps and x2 <= width + eps and y2 <= height + eps):

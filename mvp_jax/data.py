@@ -162,6 +162,8 @@ def create_iterator(data_config: ml_collections.ConfigDict, directory: str, spli
   (with `data.tags_as_list`, `unique_tags|assemble` becomes `assemble(tags='tags')`).
   """
   preprocess = preprocess or data_config.get('preprocess') or None
+  if data_config.get('pixels'):  # Pixel mode (input_pipeline/features.py): images, not features.
+    preprocess = _pixel_preprocess(data_config, task, preprocess, train, corrupt)
   common = dict(lengths=lengths(data_config), batch_size=per_host_batch_size, seed=seed,
                 shuffle=train, repeat=train, pad_final_batch=not train)
   if task == 'pretrain':
@@ -175,6 +177,27 @@ def create_iterator(data_config: ml_collections.ConfigDict, directory: str, spli
   return task_iterators.create_task_iterator(
       directory, task, split, preprocess=preprocess or default_preprocess,
       batch_keys=default_keys if batch_keys is None else batch_keys, **common)
+
+
+def _pixel_preprocess(data_config, task: str, preprocess: Optional[str], train: bool,
+                      corrupt: bool) -> str:
+  """The op string with the image ops in front: `data.augment` (None: ops.PIXEL_AUGMENT[task])
+  when training, then resize to `data.image_size` (`data.image_resize`: 'bicubic' or 'bilinear')
+  and normalise by `data.image_norm`."""
+  if not data_config.get('image_size'):
+    raise ValueError('data.pixels=True needs data.image_size (the tower\'s resolution).')
+  if preprocess is None and task == 'pretrain':
+    preprocess = pretraining.default_preprocess(corrupt, data_config.mask_prob)
+  elif preprocess is None:
+    preprocess = PIPELINES[task][0]
+    if data_config.get('tags_as_list'):
+      preprocess = preprocess.replace('unique_tags|assemble', "assemble(tags='tags')")
+  augment = data_config.get('augment')
+  augment = ops.PIXEL_AUGMENT[task] if augment is None else augment
+  return ops.pixel_preprocess(preprocess, image_size=data_config.image_size,
+                              image_norm=data_config.get('image_norm', 'minus_one_to_one'),
+                              augment=augment if train else '',
+                              resize_method=data_config.get('image_resize', 'bicubic'))
 
 
 def to_global(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> Dict[str, jax.Array]:

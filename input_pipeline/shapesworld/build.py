@@ -4,7 +4,11 @@
 
 Produces `vocab.txt` (a compact WordPiece vocabulary of every ShapesWorld word), `id2phrase.json`
 (concepts seen in at least `min_concept_count` training captions), and the `train` / `val` /
-`test` splits (image records, `input_pipeline.storage`). A directory that is already complete
+`test` splits (image records, `input_pipeline.storage`). Every record holds its rendering as a
+PNG and its regions' pixel boxes (the shapes, the whole image and random boxes, as a detector
+would give them) beside the hand-made region features, so the same directory serves the
+features path and pixel mode (`config.data.pixels=True`: the vision tower reads the PNG and the
+boxes in the training graph, input_pipeline/features.py). A directory that is already complete
 with the same configuration is left untouched, so re-running is free; a different configuration
 in the same directory is an error rather than a silent mix.
 """

@@ -1,7 +1,7 @@
 """Builds a task dataset from hand-written JSON lines and plain images or precomputed features.
 
   python -m input_pipeline.tasks.custom --task=ve --train=train.jsonl --val=val.jsonl \\
-      --image_root=DIR --out_dir=DIR [--feature_dim=134] [--vocab=vocab.txt]
+      --image_root=DIR --out_dir=DIR [--feature_dim=134 | --pixels] [--vocab=vocab.txt]
 
 Format: one JSON object per line, one task example per line. Paths are relative to
 `--image_root` (default: the folder of the JSON-lines file).
@@ -11,6 +11,8 @@ Format: one JSON object per line, one task example per line. Paths are relative 
                            `region_features.extract_region_features` on "boxes"
                            ([[x1, y1, x2, y2], ...] pixels) when given, else on
                            `grid_boxes(h, w, --grid)`: the grid cells and the whole image.
+                           `--pixels` (config.data.pixels) keeps the image and these boxes for
+                           the vision tower and runs no extractor (tasks/custom_images.py).
     "features": "a.npz"    precomputed regions: `features` float32 [N, D] with D = feature_dim
                            (the last 6 dims the normalised box, spec §5.1) or feature_dim - 6 (the
                            box dims are then appended from `boxes` and `image_size` [2] = (h, w),
@@ -39,7 +41,6 @@ Any malformed line stops the build with an error naming the file and line.
 """
 
 import collections
-import io
 import json
 import os
 import sys
@@ -48,19 +49,16 @@ from typing import Any, Mapping, Optional, Sequence
 
 from absl import flags
 from absl import logging
-import numpy as np
-from PIL import Image
 
 from input_pipeline import cli
 from input_pipeline import concepts
 from input_pipeline import ownership
 from input_pipeline import phrase_extractor
-from input_pipeline import region_features
 from input_pipeline import storage
 from input_pipeline import tokenizers
 from input_pipeline import train_vocab
+from input_pipeline.tasks import custom_images
 from input_pipeline.tasks import examples as examples_lib
-from input_pipeline.tasks import importing
 
 TaskDataError = examples_lib.TaskDataError
 VE_LABELS = {name: i for i, name in enumerate(examples_lib.VE_LABELS)}
@@ -74,7 +72,7 @@ def build_custom_dataset(*, task: str, splits: Mapping[str, str], out_dir: str,
                          min_concept_count: int = 1, min_answer_count: int = 1,
                          image_records: Optional[str] = None,
                          image_records_split: Optional[str] = None,
-                         overwrite: bool = False) -> examples_lib.TaskInfo:
+                         overwrite: bool = False, pixels: bool = False) -> examples_lib.TaskInfo:
   """Builds `out_dir` from {split: JSON-lines path} (see the module docstring); needs 'train'
   unless the vocabularies are given and the task is not VQA. Returns the TaskInfo.
 
@@ -82,6 +80,8 @@ def build_custom_dataset(*, task: str, splits: Mapping[str, str], out_dir: str,
   pre-training dataset of the checkpoint to fine-tune) is copied unchanged, words and concept
   rows alike, so a fine-tuned checkpoint's embedding rows keep their meaning; `vocab` (+
   `id2phrase`, kept as it is) gives them as files; otherwise both are built from 'train'.
+  `pixels` stores the images for the vision tower (tasks/custom_images.py) instead of running
+  the hand-made extractor; `feature_dim` is then unused.
   """
   if task not in examples_lib.TASKS:
     raise ValueError(f'Unknown task {task!r}; expected one of {examples_lib.TASKS}.')
@@ -99,8 +99,9 @@ def build_custom_dataset(*, task: str, splits: Mapping[str, str], out_dir: str,
   ownership.claim(out_dir, 'task')
   if task == 'vqa':
     _warn_single_answers(parsed)
-  records = {split: _records(lines, feature_dim, grid, image_records,
-                             image_records_split or split) for split, lines in parsed.items()}
+  records = {split: custom_images.image_records(lines, feature_dim, grid, image_records,
+                                                image_records_split or split, pixels)
+             for split, lines in parsed.items()}
   train_lines = parsed.get('train', [])
   if vocab_dir is not None:
     examples_lib.copy_vocabularies(vocab_dir, out_dir)
@@ -242,98 +243,6 @@ def _answers(entry: Mapping[str, Any], fail) -> dict[str, float]:
   return {}
 
 
-def _records(lines, feature_dim, grid, image_records, image_records_split) -> dict[str, dict]:
-  """{image_id: image record} of the images the lines name, in order of first mention."""
-  specs = {}
-  for line in lines:
-    image_id, spec = line['example']['image_id'], line['image']
-    if image_id in specs:
-      first = {k: v for k, v in specs[image_id].items() if k != 'where'}
-      if first != {k: v for k, v in spec.items() if k != 'where'}:
-        raise TaskDataError(f'{spec["where"]}: image {image_id!r} was described differently at '
-                            f'{specs[image_id]["where"]}.')
-      continue
-    specs[image_id] = spec
-  external = [i for i, s in specs.items() if 'image' not in s and 'features' not in s]
-  found = {}
-  if external:
-    if image_records is None:
-      raise TaskDataError(f'{specs[external[0]]["where"]}: "image_id" {external[0]!r} without '
-                          '"image" or "features" needs --image_records.')
-    found = importing.load_image_records([(image_records, image_records_split)], external,
-                                            normalize_ids=False)
-  records = {}
-  for image_id, spec in specs.items():
-    if image_id in external:
-      if image_id not in found:
-        raise TaskDataError(f'{spec["where"]}: image {image_id!r} is not in '
-                            f'{image_records}/{image_records_split}.')
-      records[image_id] = found[image_id]
-    else:
-      records[image_id] = _record(image_id, spec, feature_dim, grid)
-  return records
-
-
-def _record(image_id: str, spec: Mapping[str, Any], feature_dim: int, grid: int) -> dict:
-  where = spec['where']
-  image, png = None, b''
-  if 'image' in spec:
-    try:
-      with Image.open(spec['image']) as img:
-        image = np.asarray(img.convert('RGB'), np.uint8)
-    except OSError as e:
-      raise TaskDataError(f'{where}: cannot read image {spec["image"]} ({e}).') from None
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format='PNG')
-    png = buffer.getvalue()
-  if 'features' in spec:
-    feats, boxes, tags, size = _load_npz(spec['features'], where)
-    if size is None and image is not None:
-      size = image.shape[:2]
-    if feats.shape[1] == feature_dim - 6:
-      if size is None:
-        raise TaskDataError(f'{where}: {spec["features"]} has no box dims and no image_size.')
-      feats = np.concatenate([feats, region_features.box_features(boxes, *size)], axis=1)
-    elif feats.shape[1] != feature_dim:
-      raise TaskDataError(f'{where}: {spec["features"]} features are {feats.shape[1]} wide; '
-                          f'expected feature_dim {feature_dim} or {feature_dim - 6}.')
-    size = size if size is not None else (1, 1)
-  else:
-    height, width = image.shape[:2]
-    boxes = (np.asarray(spec['boxes'], np.float32) if 'boxes' in spec
-             else region_features.grid_boxes(height, width, grid))
-    try:
-      feats = region_features.extract_region_features(image, boxes, feature_dim)
-    except ValueError as e:
-      raise TaskDataError(f'{where}: {e}') from None
-    tags, size = None, (height, width)
-  tags = spec.get('tags', tags)
-  if tags is None:
-    tags = [''] * len(boxes)  # No detector classes: an empty tag list in the batch.
-  if len(tags) != len(boxes) or not all(isinstance(t, str) for t in tags):
-    raise TaskDataError(f'{where}: "tags" must hold one string per region ({len(boxes)}).')
-  return {'image_id': image_id, 'image_png': png, 'image_size': np.asarray(size, np.int32),
-          'region_features': np.asarray(feats, np.float32),
-          'boxes': np.asarray(boxes, np.float32).reshape(-1, 4), 'tags': list(tags),
-          'captions': [], 'phrases': [], 'phrase_regions': []}
-
-
-def _load_npz(path: str, where: str) -> tuple:
-  try:
-    with np.load(path) as data:
-      feats = np.asarray(data['features'], np.float32)
-      boxes = np.asarray(data['boxes'], np.float32)
-      tags = [str(t) for t in data['tags']] if 'tags' in data else None
-      size = tuple(int(v) for v in data['image_size']) if 'image_size' in data else None
-  except (OSError, KeyError, ValueError) as e:
-    raise TaskDataError(f'{where}: {path} needs arrays "features" [N, D] and "boxes" [N, 4] '
-                        f'({e}).') from None
-  if feats.ndim != 2 or boxes.shape != (feats.shape[0], 4):
-    raise TaskDataError(f'{where}: {path}: features {feats.shape} and boxes {boxes.shape} do '
-                        'not describe the same N regions.')
-  return feats, boxes, tags, size
-
-
 def _define(v: flags.FlagValues) -> None:
   flags.DEFINE_enum('task', None, list(examples_lib.TASKS), 'task of the dataset', flag_values=v)
   for split in ('train', 'val', 'test'):
@@ -359,6 +268,9 @@ def _define(v: flags.FlagValues) -> None:
   flags.DEFINE_string('image_records_split', None, 'its split (default: the split built)',
                       flag_values=v)
   flags.DEFINE_bool('overwrite', False, 'replace complete splits', flag_values=v)
+  flags.DEFINE_bool('pixels', False, 'pixel mode: store the images (and boxes) for the vision '
+                    'tower instead of running the hand-made region-feature extractor',
+                    flag_values=v)
 
 
 def _run(a: flags.FlagValues) -> int:
@@ -368,7 +280,7 @@ def _run(a: flags.FlagValues) -> int:
       feature_dim=a.feature_dim, grid=a.grid, vocab=a.vocab, id2phrase=a.id2phrase,
       vocab_dir=a.vocab_dir, vocab_size=a.vocab_size, min_concept_count=a.min_concept_count,
       min_answer_count=a.min_answer_count, image_records=a.image_records,
-      image_records_split=a.image_records_split, overwrite=a.overwrite)
+      image_records_split=a.image_records_split, overwrite=a.overwrite, pixels=a.pixels)
   print(json.dumps({'task': info.task, 'splits': info.splits}, indent=1))
   return 0
 

@@ -173,7 +173,7 @@ def image_inputs(image: Any, spec: PixelConfig,
   (height, width) of the original image).
   """
   size = spec.image_size
-  if isinstance(image, (str, bytes)) or hasattr(image, '__fspath__'):
+  if isinstance(image, str) or hasattr(image, '__fspath__'):
     decoded = images_lib.read(image, size)
     pixels, height, width = decoded.pixels, decoded.height, decoded.width
   else:
@@ -192,3 +192,38 @@ def image_inputs(image: Any, spec: PixelConfig,
   else:
     norm = regions_lib.normalise_boxes(boxes, height, width)
   return normalise(pixels), norm, (height, width)
+
+
+def image_record(image: Any, spec: PixelConfig, feature_dim: int) -> Dict[str, Any]:
+  """An image record (`input_pipeline/features.py`) of a plain RGB image (array, PIL or path)
+  for a pixel model: its grid_cells x grid_cells cells and the whole image as regions, no tags,
+  the tower's inputs under 'pixels' / 'region_boxes' ('region_features' are zeros: only their
+  count is read when the example is laid out)."""
+  pixels, boxes, (height, width) = image_inputs(image, spec)
+  return {'image_id': str(image) if isinstance(image, str) else 'image', 'image_png': b'',
+          'image_size': np.array([height, width], np.int32), 'pixels': pixels,
+          'region_boxes': boxes, 'boxes': boxes * np.float32([width, height, width, height]),
+          'region_features': np.zeros([len(boxes), feature_dim], np.float32), 'tags': [],
+          'captions': [], 'phrases': [], 'phrase_regions': []}
+
+
+def batch_inputs(records, num_regions: int, spec: PixelConfig) -> Dict[str, np.ndarray]:
+  """pixels [N, S, S, 3] and region_boxes [N, num_regions, 4] (zero padded) of image records:
+  their own 'pixels' / 'region_boxes', else their PNG and pixel boxes; blank records give 0."""
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  size = spec.image_size
+  pixels = np.zeros((len(records), size, size, 3), np.float32)
+  boxes = np.zeros((len(records), num_regions, 4), np.float32)
+  for i, record in enumerate(records):
+    if 'pixels' in record:
+      image, norm = record['pixels'], record['region_boxes']
+    elif record.get('image_png'):
+      with Image.open(io.BytesIO(record['image_png'])) as png:
+        image, norm, _ = image_inputs(png.convert('RGB'), spec, record['boxes'])
+    else:
+      continue
+    pixels[i] = image
+    norm = np.asarray(norm, np.float32)[:num_regions]
+    boxes[i, :len(norm)] = norm
+  return {'pixels': pixels, 'region_boxes': boxes}

@@ -140,3 +140,36 @@ def test_tower_lr_multiplier_and_weight_decay():
       'fc1']['kernel'])
   np.testing.assert_allclose(kernel(base) - kernel(decayed), 1e-3 * 0.01 * kernel(params),
                              atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize('task', ['retrieval', 'vqa', 've', 're'])
+def test_task_models_take_the_tower(task):
+  """Each fine-tuning task's model (built by its task module, as the trainer does) runs the tower:
+  a frozen tower gives the outputs of the features model fed the tower's region features."""
+  from mvp_jax import tasks  # pylint: disable=g-import-not-at-top
+  cfg = _config(freeze=True).replace(qa_num_answers=5 if task == 'vqa' else 0)
+  options = ml_collections.ConfigDict(dict(num_labels=3, phrase_layer=0))
+  module = tasks.get(task)
+  images, boxes, batch = _inputs()
+  batch = dict(batch, pixels=jnp.asarray(pixel_model.normalise(images)),
+               region_boxes=jnp.asarray(boxes))
+  batch.pop('mlm_labels_a'), batch.pop('mlm_labels_b')
+  model = module.create_model(options, cfg)
+  params = nn.unbox(module.init_params(model, jax.random.PRNGKey(0), batch))
+  assert 'vision_tower' in params['backbone']
+  out = jax.jit(lambda p, b: model.apply({'params': p}, b))(params, batch)
+  feats = model_lib.MVPBackbone(cfg).apply(
+      {'params': params['backbone']}, batch,
+      method=lambda m, b: pixel_model.region_features(m.vision_tower, b, cfg.vision))
+  features_model = module.create_model(options, cfg.replace(vision=None))
+  rest = dict(params, backbone={k: v for k, v in params['backbone'].items()
+                                if k != 'vision_tower'})
+  ref = jax.jit(lambda p, b: features_model.apply({'params': p}, b))(
+      rest, dict({k: v for k, v in batch.items() if k not in ('pixels', 'region_boxes')},
+                 img_feats=feats))
+  head = {'retrieval': 'match_logits', 'vqa': 'answer_logits', 've': 'class_logits',
+          're': 'region_logits'}[task]
+  keys = [k for k in (head, 'pooled_output', 'txt_encoder_output') if k in ref]
+  assert head in keys, sorted(ref)
+  for name in keys:
+    np.testing.assert_allclose(out[name], ref[name], atol=1e-5, rtol=0, err_msg=name)

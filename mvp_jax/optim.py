@@ -69,7 +69,8 @@ def decay_mask(params: Any) -> Any:
 
   def decays(path, _):
     names = param_path(path)
-    norm = 'layernorm' in names[-2] or names[-2].startswith('ln') or names[-2].endswith('_norm')
+    parent = names[-2] if len(names) > 1 else ''
+    norm = 'layernorm' in parent or parent.startswith('ln') or parent.endswith('_norm')
     return not (names[-1] == 'bias' or (names[-1] == 'scale' and norm))
 
   return jax.tree_util.tree_map_with_path(decays, params)

@@ -8,6 +8,8 @@ this dataclass.
 import dataclasses
 from typing import Any, Mapping, Optional
 
+from mvp_jax.vision import pixel_config
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -47,6 +49,8 @@ class ModelConfig:
       derived from the length and `mask_prob` (`model.max_predictions_for`).
     cross_tag_slots: extra tag slots that enter the cross-modal encoder in front of the regions. 0 is
       the clean default; 10 reproduces the authors' VQA fine-tuning quirk (spec §10.1).
+    vision: None ('features': regions from `img_feats`) or a `vision.pixel_config.PixelConfig`
+      (a mapping is converted): a tower in the model turns `pixels` + `region_boxes` into them.
   """
   vocab_size: int = 86051
   word_vocab_size: int = 30522
@@ -75,8 +79,13 @@ class ModelConfig:
   max_predictions_a: int = 0
   max_predictions_b: int = 0
   cross_tag_slots: int = 0
+  vision: Optional[pixel_config.PixelConfig] = None
 
   def __post_init__(self):
+    object.__setattr__(self, 'vision', pixel_config.from_value(self.vision))
+    if self.vision is not None and self.region_feature_dim != self.vision.feature_dim:
+      raise ValueError(f'region_feature_dim {self.region_feature_dim} must be the tower width '
+                       f'+ 6 = {self.vision.feature_dim} with model.vision set.')
     if self.hidden_size % self.num_heads:
       raise ValueError(f'hidden_size {self.hidden_size} is not a multiple of num_heads '
                        f'{self.num_heads}.')

@@ -9,8 +9,9 @@ r"""Inference with a trained MVPTR: masked words, image-text matching, retrieval
 
 An `example` is an image record (`input_pipeline/features.py`), an int (the index of a ShapesWorld
 image of the run's dataset configuration, split `val`), or an RGB image (uint8 [H, W, 3] array or
-PIL image) whose regions are a fixed grid (`region_features.grid_boxes`) described by the
-deterministic extractor of `input_pipeline.region_features` and which has no object tags.
+PIL image; with a vision tower also a file path) whose regions are a fixed grid and which has no
+object tags: described by the deterministic extractor of `input_pipeline.region_features`, or,
+for a pixel model (`config.vision`), read through the tower (`pixel_model.image_record`).
 Captions are laid out exactly as in training (`input_pipeline.assembly.ExampleAssembler`, spec
 §1.2); their phrases come from `input_pipeline.phrase_extractor` unless given, and phrases outside
 the concept vocabulary are dropped, as the authors do. Every method takes one (example, text) pair
@@ -42,6 +43,7 @@ from input_pipeline.shapesworld import render
 
 from mvp_jax import api
 from mvp_jax import model as model_lib
+from mvp_jax import pixel_model
 from mvp_jax import run_dir
 from mvp_jax import weights
 from mvp_jax.config import ModelConfig
@@ -169,6 +171,8 @@ class Predictor:
     return self._image_record(example)
 
   def _image_record(self, image) -> Dict[str, Any]:
+    if self.config.vision is not None:  # through the tower: the image itself, grid regions
+      return pixel_model.image_record(image, self.config.vision, self.config.region_feature_dim)
     if hasattr(image, 'convert'):  # a PIL image
       image = np.asarray(image.convert('RGB'))
     image = np.asarray(image)
@@ -215,6 +219,9 @@ class Predictor:
       rows.append(row)
       records.append(record)
     batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    if self.config.vision is not None:  # the tower reads pixels and boxes, not img_feats
+      batch.update(pixel_model.batch_inputs(records, batch.pop('img_feats').shape[1],
+                                            self.config.vision))
     return batch, records, kept
 
   def _run(self, fn, batch: Dict[str, np.ndarray]):
@@ -335,7 +342,7 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 
 
 def _is_single_example(example) -> bool:
-  if isinstance(example, (Mapping, int, np.integer)) or hasattr(example, 'convert'):
+  if isinstance(example, (Mapping, int, np.integer, str)) or hasattr(example, 'convert'):
     return True
   return isinstance(example, np.ndarray) and example.ndim == 3
 

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from mvp_jax import layers
 from mvp_jax import negatives
+from mvp_jax import pixel_model
 from mvp_jax import sharding
 from mvp_jax.config import ModelConfig
 
@@ -39,6 +40,8 @@ class MVPBackbone(nn.Module):
     cfg = self.config
     self.embeddings = layers.Embeddings(cfg)
     self.region_embedding = layers.RegionEmbedding(cfg)
+    if cfg.vision is not None:  # regions from pixels: the tower in the graph (pixel_model.py)
+      self.vision_tower = pixel_model.tower_module(cfg)
     self.text_encoder = layers.Encoder(cfg, cfg.num_text_layers)
     self.visual_encoder = layers.Encoder(cfg, cfg.num_visual_layers)
     self.cross_encoder = layers.Encoder(cfg, cfg.num_cross_layers)
@@ -61,9 +64,12 @@ class MVPBackbone(nn.Module):
     return out
 
   def encode_visual(self, batch: Batch, deterministic: bool = True) -> Array:
-    """Tags [B, T] + img_feats [B, R, D] with attention_mask_b [B, T+R] -> [B, T+R, H]."""
+    """Tags [B, T] + img_feats [B, R, D] (or, with config.vision, pixels and region_boxes)
+    with attention_mask_b [B, T+R] -> [B, T+R, H]."""
     tags = self.embeddings(batch['input_ids_b'], batch['token_type_ids_b'], deterministic)
-    regions = self.region_embedding(batch['img_feats'], deterministic)
+    feats = batch['img_feats'] if self.config.vision is None else pixel_model.region_features(
+        self.vision_tower, batch, self.config.vision)
+    regions = self.region_embedding(feats, deterministic)
     x = jnp.concatenate([tags, regions.astype(tags.dtype)], axis=1)
     if x.shape[1] != batch['attention_mask_b'].shape[1]:
       raise ValueError(f'attention_mask_b has length {batch["attention_mask_b"].shape[1]} but '
@@ -339,12 +345,15 @@ def dummy_batch(config: ModelConfig, batch_size: int = 2, text_length: int = 8,
                 tag_length: int = 4, num_regions: int = 4) -> Dict[str, jnp.ndarray]:
   """A well-formed all-ones batch with the given shapes (for init and shape inference)."""
   ones = lambda *shape: jnp.ones(shape, jnp.int32)
-  return dict(
+  pixels = {} if config.vision is None else pixel_model.dummy_inputs(config, batch_size,
+                                                                     num_regions)
+  return dict(**pixels,
       input_ids_a=ones(batch_size, text_length), attention_mask_a=ones(batch_size, text_length),
       token_type_ids_a=ones(batch_size, text_length) * 0,
       input_ids_b=ones(batch_size, tag_length), token_type_ids_b=ones(batch_size, tag_length),
       attention_mask_b=ones(batch_size, tag_length + num_regions),
-      img_feats=jnp.zeros((batch_size, num_regions, config.region_feature_dim), jnp.float32),
+      **({} if pixels else dict(img_feats=jnp.zeros(
+          (batch_size, num_regions, config.region_feature_dim), jnp.float32))),
       phrase_index=jnp.tile(jnp.array([[1, 2]], jnp.int32), (batch_size, 1)),
       img_index=jnp.tile(jnp.array([[text_length, text_length + num_regions]], jnp.int32),
                          (batch_size, 1)))

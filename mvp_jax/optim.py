@@ -14,9 +14,14 @@ correction of an advanced step counter and is several times off. `create_optimiz
 held_groups=...)` keeps one Adam state per group of `group_prefixes`; a held group's state does
 not advance (and its updates are 0) in the stages that freeze it. The learning-rate schedule and
 the weight decay follow the global step for every parameter.
+
+A subtree can also have an optimiser of its own (`Subtree`: the vision tower of a pixel model,
+`pixel_model.optimizer_subtrees`): frozen (zero updates, no Adam state, no decay), or Adam with
+its own learning-rate multiplier (× the global schedule) and weight decay. Clipping stays global.
 """
 
-from typing import Any, Sequence, Tuple
+import dataclasses
+from typing import Any, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +29,15 @@ import ml_collections
 import optax
 
 TRAINED = 'trained'  # group label of the parameters outside every group prefix
+
+
+@dataclasses.dataclass(frozen=True)
+class Subtree:
+  """An 'a/b' parameter prefix with its own optimiser; weight_decay None = the global one."""
+  prefix: str
+  lr_multiplier: float = 1.0
+  weight_decay: Optional[float] = None
+  frozen: bool = False
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int,
@@ -50,11 +64,14 @@ def param_path(path) -> Tuple[str, ...]:
 
 
 def decay_mask(params: Any) -> Any:
-  """True for parameters that get weight decay: everything but biases and LayerNorm scales."""
+  """True for parameters that get weight decay: everything but biases and LayerNorm scales
+  (`*layernorm*` in MVPTR, `ln_*` / `*_norm` in the vision towers)."""
 
   def decays(path, _):
     names = param_path(path)
-    return not (names[-1] == 'bias' or (names[-1] == 'scale' and 'layernorm' in names[-2]))
+    parent = names[-2] if len(names) > 1 else ''
+    norm = 'layernorm' in parent or parent.startswith('ln') or parent.endswith('_norm')
+    return not (names[-1] == 'bias' or (names[-1] == 'scale' and norm))
 
   return jax.tree_util.tree_map_with_path(decays, params)
 
@@ -99,7 +116,8 @@ def hold(inner: optax.GradientTransformation) -> optax.GradientTransformation:
 
 def create_optimizer(config: ml_collections.ConfigDict, total_steps: int,
                      global_batch_size: int, *, group_prefixes: Sequence[str] = (),
-                     held_groups: Sequence[str] = ()) -> optax.GradientTransformation:
+                     held_groups: Sequence[str] = (),
+                     subtrees: Sequence[Subtree] = ()) -> optax.GradientTransformation:
   """AdamW (+ optional global-norm clipping) with the reference schedule and decay mask.
 
   Args:
@@ -110,9 +128,12 @@ def create_optimizer(config: ml_collections.ConfigDict, total_steps: int,
       the other parameters form the TRAINED group. Every stage of a run must pass the same list.
     held_groups: the groups of `group_prefixes` that this stage does not train: their Adam
       state does not advance and their Adam updates are 0 (the trainer also zeroes their decay).
+    subtrees: `Subtree`s with an optimiser of their own, checked before `group_prefixes`.
   """
   schedule = learning_rate_schedule(config, total_steps, global_batch_size)
   adam = lambda: optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps)
+  if subtrees:
+    return _with_subtrees(config, schedule, adam, group_prefixes, held_groups, subtrees)
   if group_prefixes:
     prefixes = tuple(group_prefixes)
     unknown = sorted(set(held_groups) - set(prefixes))
@@ -128,6 +149,33 @@ def create_optimizer(config: ml_collections.ConfigDict, total_steps: int,
     chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
   chain += [moments, optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
             optax.scale_by_learning_rate(schedule)]
+  return optax.chain(*chain)
+
+
+def _with_subtrees(config, schedule, adam, group_prefixes, held_groups,
+                   subtrees) -> optax.GradientTransformation:
+  """One `multi_transform` over subtrees, then groups, then TRAINED; each label its own Adam,
+  decay and learning rate; a frozen subtree `set_to_zero`."""
+  prefixes = tuple(s.prefix for s in subtrees) + tuple(group_prefixes)
+  if len(set(prefixes)) != len(prefixes):
+    raise ValueError(f'subtree / group prefixes repeat: {list(prefixes)}.')
+
+  def scaled(moments, decay, multiplier=1.0):
+    lr = schedule if multiplier == 1.0 else (lambda step: multiplier * schedule(step))
+    return optax.chain(moments, optax.add_decayed_weights(decay, mask=decay_mask),
+                       optax.scale_by_learning_rate(lr))
+
+  transforms = {TRAINED: scaled(adam(), config.weight_decay)}
+  transforms.update({p: scaled(hold(adam()) if p in held_groups else adam(), config.weight_decay)
+                     for p in group_prefixes})
+  for s in subtrees:
+    decay = config.weight_decay if s.weight_decay is None else s.weight_decay
+    transforms[s.prefix] = (optax.set_to_zero() if s.frozen
+                            else scaled(adam(), decay, s.lr_multiplier))
+  chain = []
+  if config.get('grad_clip_norm') and config.grad_clip_norm > 0:
+    chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
+  chain.append(optax.multi_transform(transforms, lambda params: group_labels(params, prefixes)))
   return optax.chain(*chain)
 
 

@@ -25,6 +25,7 @@ from mvp_jax import data
 from mvp_jax import evaluators
 from mvp_jax import metrics as metrics_lib
 from mvp_jax import optim
+from mvp_jax import pixel_model
 from mvp_jax import tasks
 from mvp_jax import train_step as train_step_lib
 from mvp_jax import trainer_lib
@@ -153,7 +154,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   groups = sorted({prefix for stage in stages for prefix in task.frozen(config, stage)})
   optimizer_for = lambda stage: optim.create_optimizer(
       config.optimizer, total_steps, config.batch_size, group_prefixes=groups,
-      held_groups=task.frozen(config, stage))
+      held_groups=task.frozen(config, stage),
+      subtrees=pixel_model.optimizer_subtrees(model_cfg))  # the vision tower's own group
   schedule_fn = optim.learning_rate_schedule(config.optimizer, total_steps, config.batch_size)
 
   # --- Sharded init: boxed eval_shape -> shardings -> jit(init), unboxed once ----------------
@@ -193,9 +195,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     train_iter.set_state(data_state)
     first_batch = None
     logging.info('Resumed from step %d.', restored)
-  elif init_from:
-    params, report = weights.load(
-        init_from, state.params, model_config=model_cfg, task=task.NAME,
+  elif init_from or (model_cfg.vision and model_cfg.vision.checkpoint):
+    params, report = weights.init_from(
+        state.params, model_config=model_cfg, mvptr=init_from or None, task=task.NAME,
+        tower=model_cfg.vision.checkpoint if model_cfg.vision else None,
         skip=tuple(config.get('init_skip', ())),
         vqa_init_from_mlm=config.get('vqa_init_from_mlm', False), vocab_dir=directory)
     logging.info('init_from %s: %s', init_from, report.summary())

@@ -1,34 +1,29 @@
-"""One way to load weights into a model (`load`) and one way to write them out (`export`).
+"""One way to load weights into a model (`load`, `init_from`) and one to write them (`export`).
 
   params, report = weights.load(source, target, model_config=cfg, task='vqa', vocab_dir=data_dir)
-  logging.info(report.summary())
+  params, report = weights.init_from(target, model_config=cfg, mvptr=source, tower=siglip_dir)
 
-`source` is, recognised by `read` in this order:
-  - our run directory (model_config.json + checkpoints/; `<run>/checkpoints/<step>` picks a step),
-  - a Hugging Face BERT folder (`BertModel` / `BertForPreTraining` save_pretrained; `hf_bert.py`),
-  - an exported folder (config.json with an `mvp_jax` section + model.safetensors, from `export`),
-  - the authors' checkpoints: a `.bin` / `.pt` / `.pth` / `.safetensors` file or a folder holding
-    `model.safetensors` / `pytorch_model.bin` (fp16 or fp32; pre-training, retrieval, VQA, SNLI-VE
-    or RE layout; with or without the image LayerNorm), a golden-style `.npz`, or an in-memory
-    {torch name: array} state dict.
-What the source is (pre-training, backbone only or a task) is decided once, in `read`: from the
-run's `task` / parameter tree, the exported folder's `mvp_jax.task`, or the head tensors
-(`convert.source_task`).
+`source`, recognised by `read` in this order: our run directory (`<run>/checkpoints/<step>` picks
+a step); a Hugging Face BERT folder (`hf_bert.py`); an exported folder (from `export`); the
+authors' checkpoints (a `.bin` / `.pt` / `.pth` / `.safetensors` file or a folder holding
+`model.safetensors` / `pytorch_model.bin`; fp16 or fp32; pre-training, retrieval, VQA, SNLI-VE or
+RE layout; with or without the image LayerNorm), a golden-style `.npz`, or an in-memory {torch
+name: array} state dict. What it is (pre-training, backbone only or a task) is decided once, in
+`read`: the run's `task` / tree, the exported `mvp_jax.task`, or the heads (`convert.source_task`).
 
 The rules of `load`, the same for init_from, fine-tuning, inference and `load_checkpoint`:
   - Backbone: every target backbone parameter comes from the source with the same shape, else
-    WeightsError naming the parameter and both shapes. Two exceptions, reported: `logit_scale`
-    (absent from the authors' VQA / SNLI-VE / RE dicts) is set to `model_config.logit_scale_init`,
-    and an image LayerNorm the source lacks starts as the identity (as the authors' code does).
-  - Heads are copied when the source is of the target's task (a backbone-only source counts as
-    pre-training); a head of another shape stays fresh and is reported. For task='vqa' with a
-    pre-training source, `vqa_init_from_mlm` copies the MLM head's transform into the answer head.
-  - `skip` regexes (matched on our path 'a/b/c' and on the torch name) leave parameters fresh.
-  - Source tensors with no place in the target (another task's head, an image LayerNorm the model
-    does not use, extra layers) are listed in `report.skipped`; nothing is dropped silently.
-  - `vocab_dir` (the run's dataset folder): when the source carries vocabularies (a run's dataset,
-    an exported or authors' folder with vocab.txt / id2phrase.json) their contents must be the
-    run's, else WeightsError saying what differs. A BERT folder's words are matched by token.
+    WeightsError naming the parameter and both shapes. Reported exceptions: `logit_scale` (absent
+    from the authors' VQA / SNLI-VE / RE dicts) is `model_config.logit_scale_init`; an image
+    LayerNorm the source lacks starts as the identity (as the authors' code does).
+  - Heads are copied when the source is of the target's task (backbone-only counts as
+    pre-training); a head of another shape stays fresh, reported. task='vqa' from pre-training:
+    `vqa_init_from_mlm` copies the MLM head's transform into the answer head.
+  - `skip` regexes (on our path 'a/b/c' and on the torch name) leave parameters fresh.
+  - Source tensors with no place in the target are listed in `report.skipped`, with why.
+  - `vocab_dir` (the run's dataset): vocabularies the source carries (vocab.txt, id2phrase.json)
+    must be the run's, else WeightsError saying what differs (a BERT folder's: by token).
+`init_from` also fills a pixel model's tower (`backbone/vision_tower`) from a SigLIP checkpoint.
 """
 
 import dataclasses
@@ -74,10 +69,11 @@ class LoadReport:
   fresh: List[str] = dataclasses.field(default_factory=list)
   skipped: List[str] = dataclasses.field(default_factory=list)
   notes: List[str] = dataclasses.field(default_factory=list)
+  origins: Dict[str, str] = dataclasses.field(default_factory=dict)  # part -> source (init_from)
 
   def summary(self) -> str:
     lines = [f'{self.source} ({self.source_kind}, a {self.source_task} checkpoint): loaded '
-             f'{len(self.loaded)} parameters.']
+             f'{len(self.loaded)} parameters.'] + [f'{k} from {v}' for k, v in self.origins.items()]
     if self.fresh:
       lines.append(f'Not from the source ({len(self.fresh)}): {_short(self.fresh)}.')
     if self.skipped:
@@ -86,8 +82,7 @@ class LoadReport:
 
 
 def _short(names: Sequence[str], limit: int = 12) -> str:
-  return ', '.join(names[:limit]) + (f' and {len(names) - limit} more' if len(names) > limit
-                                     else '')
+  return ', '.join(names[:limit]) + (f' and {len(names) - limit} more' * (len(names) > limit))
 
 
 @dataclasses.dataclass
@@ -217,8 +212,7 @@ def _converted(candidate: _Candidate, shape: Tuple[int, ...], config: ModelConfi
 
 
 def load(source, target: Any, *, model_config: ModelConfig, task: str = 'pretrain',
-         skip: Sequence[str] = (), vqa_init_from_mlm: bool = False,
-         vocab_dir: Optional[str] = None,
+         skip: Sequence[str] = (), vqa_init_from_mlm: bool = False, vocab_dir: Optional[str] = None,
          bert_layer_map: hf_bert.LayerMap = 'split') -> Tuple[Any, LoadReport]:
   """`target` with the source's weights put in; see the module docstring for the rules.
 
@@ -227,15 +221,12 @@ def load(source, target: Any, *, model_config: ModelConfig, task: str = 'pretrai
     target: params pytree of the model (jax / numpy arrays, possibly sharded, or
       jax.ShapeDtypeStruct; boxed or not). Values the source lacks are kept, so an abstract
       target needs a source that provides everything.
-    model_config: the target model's config.
-    task: the target model: 'pretrain', 'retrieval', 'vqa', 've' or 're'.
+    model_config: the target model's config; task: 'pretrain', 'retrieval', 'vqa', 've', 're'.
     skip: regexes of parameters to leave fresh.
     vqa_init_from_mlm: start the VQA answer head's transform from the MLM head.
     vocab_dir: the run's dataset folder, to check the source's vocabularies against.
     bert_layer_map: for a BERT folder, which BERT layers seed which encoder (`hf_bert`).
-
-  Returns:
-    (params with target's tree, dtypes and shardings (unboxed), LoadReport).
+  Returns (params with target's tree, dtypes and shardings (unboxed), LoadReport).
   """
   if task not in convert.TASKS:
     raise WeightsError(f'Unknown task {task!r}; choose from {convert.TASKS}.')
@@ -321,6 +312,19 @@ def load(source, target: Any, *, model_config: ModelConfig, task: str = 'pretrai
   return traverse_util.unflatten_dict(out), report
 
 
+def init_from(target: Any, *, model_config: ModelConfig, mvptr=None, tower: Optional[str] = None,
+              task: str = 'pretrain', **options) -> Tuple[Any, LoadReport]:
+  """(params, report): all but a pixel model's tower from `mvptr` (`load`, `options` as there), the
+  tower from the SigLIP checkpoint `tower` (`pixel_model.split_tower`); `report.origins` says."""
+  from mvp_jax import pixel_model  # pylint: disable=g-import-not-at-top
+  src = read(mvptr) if mvptr else None
+  rest, part = pixel_model.split_tower(nn.unbox(target), model_config, src, tower)
+  rest, report = (load(src, rest, model_config=model_config, task=task, **options) if src else (
+      rest, LoadReport('<none>', 'none', task, fresh=pixel_model.flat_names(rest))))
+  report.origins['MVPTR'] = src.name if src else 'random initialisation'
+  return pixel_model.join_tower(rest, part, tower, report), report
+
+
 def _place(value: np.ndarray, leaf) -> jax.Array:
   value = np.asarray(value, leaf.dtype)
   sharding = getattr(leaf, 'sharding', None)
@@ -349,9 +353,8 @@ def authors_config(config: ModelConfig, task: str = 'pretrain') -> Dict[str, Any
   """The authors' BertConfig-style fields of the task's model (spec §1.1)."""
   depths = {config.num_text_layers, config.num_visual_layers, config.num_cross_layers}
   fields = {
-      'architectures': [ARCHITECTURES[task]], 'model_type': 'bert',
-      'vocab_size': config.vocab_size, 'only_word_size': config.word_vocab_size,
-      'hidden_size': config.hidden_size,
+      'architectures': [ARCHITECTURES[task]], 'model_type': 'bert', 'vocab_size': config.vocab_size,
+      'only_word_size': config.word_vocab_size, 'hidden_size': config.hidden_size,
       'num_hidden_layers': 2 * max(depths), 'num_attention_heads': config.num_heads,
       'intermediate_size': config.mlp_dim, 'hidden_act': 'gelu',
       'hidden_dropout_prob': config.dropout_rate,

@@ -181,7 +181,9 @@ class RetrievalEvaluator(base.Evaluator):
     pointers, counts = image_owners(batches)
     if not sum(counts):
       raise ValueError(f'evals.{self.name}: split {self.split!r} has no valid row.')
-    keys = VISUAL_INPUTS + ('image_index',) + image_truth
+    # Pixel mode (a tower in the model) carries pixels / region_boxes instead of img_feats.
+    keys = tuple(k for k in VISUAL_INPUTS + ('pixels', 'region_boxes') if k in batches[0]) + (
+        'image_index',) + image_truth
     # The fixed dummy row: pad ids and zero features, attending to every slot (a fully masked
     # row would give a softmax over nothing).
     blank = {k: np.zeros_like(np.asarray(batches[0][k][0])) for k in keys}

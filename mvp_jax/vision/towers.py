@@ -16,6 +16,7 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mvp_jax.vision import posemb
 from mvp_jax.vision.config import SiglipConfig, TextConfig, VisionConfig
@@ -26,6 +27,16 @@ MASK_VALUE = -1e9
 
 def _init(axes, init=nn.initializers.xavier_uniform()):
   return nn.with_logical_partitioning(init, axes)
+
+
+def _flat_xavier(num_in: int):
+  """Xavier-uniform of the kernel flattened to [prod(in dims), prod(out dims)], reshaped: the
+  values DenseGeneral draws. Attention uses nn.Einsum, whose kernel is the real multi-dim array,
+  so its logical axis names also hold when it is initialised under sharding rules."""
+  def init(rng, shape, dtype=jnp.float32):
+    flat = (int(np.prod(shape[:num_in])), int(np.prod(shape[num_in:])))
+    return nn.initializers.xavier_uniform()(rng, flat, dtype).reshape(shape)
+  return init
 
 
 def _zeros(axes):
@@ -54,10 +65,10 @@ class Attention(nn.Module):
     head_dim = width // self.num_heads
 
     def project(name, x):
-      return nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype,
-                             param_dtype=jnp.float32, name=name,
-                             kernel_init=_init(('embed', 'heads', 'kv')),
-                             bias_init=_zeros(('heads', 'kv')))(x)
+      return nn.Einsum((width, self.num_heads, head_dim), 'bqe,ehd->bqhd', dtype=self.dtype,
+                       param_dtype=jnp.float32, name=name,
+                       kernel_init=_init(('embed', 'heads', 'kv'), _flat_xavier(1)),
+                       bias_init=_zeros(('heads', 'kv')))(x)
 
     q = project('query', queries) * jnp.asarray(head_dim ** -0.5, self.dtype)
     k, v = project('key', keys), project('value', keys)
@@ -66,9 +77,10 @@ class Attention(nn.Module):
       logits = logits + bias[:, None].astype(jnp.float32)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
-    return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, param_dtype=jnp.float32,
-                           kernel_init=_init(('heads', 'kv', 'embed')),
-                           bias_init=_zeros(('embed',)), name='out')(out)
+    return nn.Einsum((self.num_heads, head_dim, width), 'bqhd,hde->bqe', dtype=self.dtype,
+                     param_dtype=jnp.float32, kernel_init=_init(('heads', 'kv', 'embed'),
+                                                                _flat_xavier(2)),
+                     bias_init=_zeros(('embed',)), name='out')(out)
 
 
 class Mlp(nn.Module):

@@ -5,7 +5,8 @@ r"""XLA:CPU flags of the installed jaxlib on a 4096² fp32 matmul (and optionall
 
 Every flag set runs in its own subprocess with `XLA_FLAGS` set (the flags are read once, when the
 backend starts). The matmul line gives GFLOP/s (best and worst of `--reps` after one warm-up)
-and which library paths the compiled HLO names (`xnn`, `onednn`, `ynn` fusions / custom calls),
+and which library paths the compiled HLO takes (`__ynn_fusion` is the default dot path of
+this jaxlib, `__xnn_fusion`, oneDNN custom calls; `none` = XLA's own emitter / Eigen),
 so a flag that parses but changes nothing shows up as such; torch's matmul on the same threads
 is printed for comparison. The flag names are the `xla_cpu_*` options of this jaxlib (0.10.2);
 `xla_cpu_use_thunk_runtime` is reported by XLA as "no longer supported" and is not listed.
@@ -22,6 +23,8 @@ from absl import flags
 
 FLAG_SETS = {
     'default': '',
+    'eigen': '--xla_cpu_experimental_ynn_fusion_type=',  # no YNNPACK: XLA's Eigen dots
+    'xnnpack_no_ynn': '--xla_cpu_use_xnnpack=true --xla_cpu_experimental_ynn_fusion_type=',
     'xnnpack': '--xla_cpu_use_xnnpack=true',
     'xnn_dot': '--xla_cpu_experimental_xnn_fusion_type=LIBRARY_FUSION_TYPE_DOT',
     'xnn_dot_eltwise': ('--xla_cpu_experimental_xnn_fusion_type=LIBRARY_FUSION_TYPE_DOT,'
@@ -49,8 +52,11 @@ def child_matmul(size: int, reps: int):
   a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
   b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
   compiled = jax.jit(lambda x, y: x @ y).lower(a, b).compile()
-  text = compiled.as_text().lower()
-  libraries = [name for name in ('xnn', 'onednn', 'ynn') if name in text]
+  text = compiled.as_text()
+  # Library fusions carry backend_config kind "__ynn_fusion" / "__xnn_fusion" / ...; oneDNN
+  # calls are custom calls; plain Eigen dots are neither.
+  libraries = sorted(set(re.findall(r'"kind":"(__\w+)"', text))
+                     | set(re.findall(r'custom_call_target="(\w*onednn\w*)"', text)))
   jax.block_until_ready(compiled(a, b))
   times = []
   for _ in range(reps):

@@ -3,42 +3,45 @@ examples/s, per-device FLOPs, XLA memory analysis, for a grid of batch / remat /
 
   python -m benchmarks.base_step --batch_sizes=8 --heads=all,masked --remat=off --steps=3
   python -m benchmarks.base_step --batch_sizes=32 --remat=off,full,dots --steps=0   # memory only
+  python -m benchmarks.base_step --heads=masked --dropout_rng=threefry,rbg --repeats=2
   python -m benchmarks.base_step --dtype=bfloat16 --batch_sizes=512,256,128,64 --largest_only \
       --heads=masked --peak_flops=989e12                                         # a GPU
 
 Runs every combination `--repeats` times, interleaved (combination order repeated), so that a
 noisy shared machine affects all of them alike; prints one line per run and a min-max summary.
 Synthetic batches have the base lengths (35 words + 5 phrases, 20 tags, 50 regions) and 15%
-labels. The loss is `train_step.compute_losses`' five terms read through
-`model.text_predictions` / `model.concept_predictions`, so `--heads=masked` works before the
-trainer adopts them. FLOPs are XLA's cost analysis of the compiled step, which is per device;
-MFU = FLOPs / s / peak per device. `temp` is XLA's temporary buffer size (activations kept for
+labels. The loss is the trainer's (`tasks.pretrain.loss_fn`, all five losses, one negative
+group on one device); `--dropout_rng` picks the dropout PRNG (`ModelConfig.dropout_rng`). FLOPs are XLA's cost analysis of the compiled step, which is per device;
+MFU = FLOPs / s / peak per device. `peak_rss_gib` is the process's peak RSS so far (one grid
+point per process for a clean figure, as `benchmarks.head_to_head` runs it). `temp` is XLA's temporary buffer size (activations kept for
 the backward pass and scratch), `peak` = arguments + outputs + temp - aliased.
 """
 
 import itertools
+import resource
 import time
 
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 from absl import app
 from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec
 
+from benchmarks import base_batch
 from mvp_jax import config as config_lib
-from mvp_jax import losses
 from mvp_jax import model as model_lib
 from mvp_jax import optim
 from mvp_jax import sharding
 from mvp_jax import train_step as train_step_lib
-import ml_collections
-
-TEXT, PHRASES, TAGS, REGIONS = 35, 5, 20, 50
+from mvp_jax.tasks import pretrain
 
 _BATCHES = flags.DEFINE_list('batch_sizes', ['8'], 'Global batch sizes.')
 _HEADS = flags.DEFINE_list('heads', ['all', 'masked'], 'prediction_positions values.')
 _REMAT = flags.DEFINE_list('remat', ['off'], "'off' or remat policies ('full', 'dots', ...).")
+_DROPOUT_RNG = flags.DEFINE_list('dropout_rng', ['threefry'],
+                                 'ModelConfig.dropout_rng values (threefry, rbg, unsafe_rbg).')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
 _STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps after one warm-up (0 = compile only).')
 _REPEATS = flags.DEFINE_integer('repeats', 1, 'Interleaved repetitions of the whole grid.')
@@ -49,42 +52,11 @@ _ATTN_DROPOUT = flags.DEFINE_float('attention_dropout', 0.1,
                                    'Attention dropout (0 lets the fused attention run).')
 
 
-def synthetic_batch(rng: np.random.Generator, cfg: config_lib.ModelConfig, batch: int):
-  text_len = TEXT + PHRASES
-  ids = lambda shape: rng.integers(5, cfg.word_vocab_size, shape).astype(np.int32)
-  labels = lambda shape: np.where(rng.random(shape) < 0.15, ids(shape), -1).astype(np.int32)
-  return dict(
-      input_ids_a=ids((batch, text_len)), attention_mask_a=np.ones((batch, text_len), np.int32),
-      token_type_ids_a=np.zeros((batch, text_len), np.int32), input_ids_b=ids((batch, TAGS)),
-      token_type_ids_b=np.ones((batch, TAGS), np.int32),
-      attention_mask_b=np.ones((batch, TAGS + REGIONS), np.int32),
-      img_feats=rng.standard_normal((batch, REGIONS, cfg.region_feature_dim)).astype(np.float32),
-      phrase_index=np.tile([[TEXT, text_len]], (batch, 1)).astype(np.int32),
-      img_index=np.tile([[text_len, text_len + REGIONS]], (batch, 1)).astype(np.int32),
-      mlm_labels_a=labels((batch, text_len)), mlm_labels_b=labels((batch, TAGS)))
-
-
-def pretraining_loss(model, params, batch, rng):
-  """The five pre-training losses (global negatives), heads read in either mode."""
-  dropout_rng, negatives_rng, wpg_rng = jax.random.split(rng, 3)
-  out = model.apply({'params': params}, batch, deterministic=False, hard_negatives=negatives_rng,
-                    rngs={'dropout': dropout_rng})
-  terms = dict(
-      mcr=losses.masked_concept_loss(*model_lib.concept_predictions(out, batch))[0],
-      itc=losses.contrastive_loss(out['sim_mat'], out['logit_scale'])[0],
-      mlm=losses.masked_language_loss(*model_lib.text_predictions(out, batch))[0],
-      itm=losses.matching_loss(out['itm_logits'])[0],
-      wpg=losses.phrase_grounding_loss(wpg_rng, out['cross_sequence_output'],
-                                       batch['phrase_index'], batch['img_index'])[0])
-  total = sum(terms.values())
-  return total, dict(loss=total, **{f'loss_{k}': v for k, v in terms.items()})
-
-
-def run_one(batch_size: int, heads: str, remat: str):
+def run_one(batch_size: int, heads: str, remat: str, dropout_rng: str):
   cfg = config_lib.base().replace(
       dtype=_DTYPE.value, prediction_positions=heads, remat=remat != 'off',
       remat_policy='full' if remat == 'off' else remat,
-      attention_dropout_rate=_ATTN_DROPOUT.value)
+      attention_dropout_rate=_ATTN_DROPOUT.value, dropout_rng=dropout_rng)
   optimizer_cfg = ml_collections.ConfigDict(dict(
       lr=1e-4, warmup_steps=0, weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8,
       grad_clip_norm=1.0, scale_lr_by_batch=False, reference_batch_size=1024))
@@ -93,9 +65,10 @@ def run_one(batch_size: int, heads: str, remat: str):
   model = model_lib.MVPPretrainingModel(cfg)
   mesh = sharding.create_mesh((-1, 1, 1))
   rules = sharding.logical_rules('data_parallel')
-  batch = synthetic_batch(np.random.default_rng(0), cfg, batch_size)
-  step = train_step_lib.make_update_step(
-      lambda p, b, r: pretraining_loss(model, p, b, r), optimizer, schedule)
+  batch = base_batch.synthetic_batch(np.random.default_rng(0), batch_size, cfg.word_vocab_size,
+                                     cfg.region_feature_dim)
+  loss_fn = pretrain.loss_fn(model, ml_collections.ConfigDict(), stage=2, num_groups=1)
+  step = train_step_lib.make_update_step(loss_fn, optimizer, schedule)
 
   def init(rng):
     params = nn.unbox(model_lib.init_params(cfg, rng, {k: v[:2] for k, v in batch.items()}))
@@ -129,9 +102,10 @@ def run_one(batch_size: int, heads: str, remat: str):
   peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes + temp
           - memory.alias_size_in_bytes)
   mfu = (f' mfu={flops / step_s / _PEAK.value:.3f}' if _PEAK.value and _STEPS.value else '')
-  print(f'batch={batch_size} heads={heads} remat={remat} dtype={_DTYPE.value} '
+  print(f'batch={batch_size} heads={heads} remat={remat} dropout_rng={dropout_rng} dtype={_DTYPE.value} '
         f'compile_s={compile_s:.1f} step_s={step_s:.3f} examples_per_s={batch_size / step_s:.2f} '
-        f'flops_per_device={flops:.3e} temp_gib={gib(temp):.2f} peak_gib={gib(peak):.2f}'
+        f'flops_per_device={flops:.3e} temp_gib={gib(temp):.2f} peak_gib={gib(peak):.2f} '
+        f'peak_rss_gib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.2f}'
         f'{mfu} devices={jax.device_count()} ({jax.devices()[0].device_kind})', flush=True)
   return step_s
 
@@ -139,7 +113,7 @@ def run_one(batch_size: int, heads: str, remat: str):
 def main(argv):
   del argv
   batches = [int(b) for b in _BATCHES.value]
-  grid = list(itertools.product(batches, _HEADS.value, _REMAT.value))
+  grid = list(itertools.product(batches, _HEADS.value, _REMAT.value, _DROPOUT_RNG.value))
   results = {}
   for _ in range(_REPEATS.value):
     for key in grid:
@@ -148,15 +122,15 @@ def main(argv):
       except Exception as error:  # pylint: disable=broad-except
         if 'RESOURCE_EXHAUSTED' not in str(error) and 'out of memory' not in str(error).lower():
           raise
-        print(f'batch={key[0]} heads={key[1]} remat={key[2]}: does not fit ({type(error).__name__})')
+        print(f'batch={key[0]} heads={key[1]} remat={key[2]} dropout_rng={key[3]}: does not fit ({type(error).__name__})')
         continue
       if _LARGEST.value:
         break
     if _LARGEST.value and results:
       break
-  for (batch, heads, remat), times in results.items():
+  for (batch, heads, remat, dropout_rng), times in results.items():
     if _STEPS.value:
-      print(f'summary batch={batch} heads={heads} remat={remat} step_s {min(times):.3f}-'
+      print(f'summary batch={batch} heads={heads} remat={remat} dropout_rng={dropout_rng} step_s {min(times):.3f}-'
             f'{max(times):.3f} examples_per_s {batch / max(times):.2f}-{batch / min(times):.2f} '
             f'(n={len(times)})')
 

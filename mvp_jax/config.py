@@ -38,6 +38,9 @@ class ModelConfig:
     remat_policy: what a rematerialised layer keeps: 'full' (nothing, recompute the layer),
       'dots' (`checkpoint_dots`: keep matmul outputs, recompute the elementwise work) or
       'dots_no_batch' (`checkpoint_dots_with_no_batch_dims`: keep only the weight matmuls).
+    dropout_rng: PRNG implementation of the dropout masks: 'threefry' (JAX's default), 'rbg' or
+      'unsafe_rbg' (XLA's RngBitGenerator; faster, deterministic per seed and backend; see
+      `layers.Dropout`). Nothing else (init, negatives, WPG) changes its PRNG.
     attention_implementation: 'auto' (cuDNN flash attention on GPU in bfloat16, XLA elsewhere),
       'xla' or 'cudnn', for `jax.nn.dot_product_attention`. Training with attention dropout
       always takes the explicit softmax path (the fused kernels have no dropout).
@@ -73,6 +76,7 @@ class ModelConfig:
   dtype: str = 'float32'
   remat: bool = False
   remat_policy: str = 'full'
+  dropout_rng: str = 'threefry'
   attention_implementation: str = 'auto'
   prediction_positions: str = 'all'
   mask_prob: float = 0.15
@@ -95,6 +99,7 @@ class ModelConfig:
     if self.dtype not in ('float32', 'bfloat16'):
       raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}.")
     choices = dict(remat_policy=('full', 'dots', 'dots_no_batch'),
+                   dropout_rng=('threefry', 'rbg', 'unsafe_rbg'),
                    attention_implementation=('auto', 'xla', 'cudnn'),
                    prediction_positions=('all', 'masked'))
     for name, allowed in choices.items():

@@ -28,6 +28,33 @@ REMAT_POLICIES = {
 }
 
 
+class Dropout(nn.Dropout):
+  """`nn.Dropout` whose mask bits come from the PRNG implementation `rng_impl`.
+
+  'threefry' is `nn.Dropout` unchanged (the same masks as before). 'rbg' / 'unsafe_rbg' turn the
+  module's threefry key (`make_rng('dropout')`, so the stream still follows the module path,
+  the step and the seed) into a key of that implementation with 4 threefry words, and the mask
+  bits then come from XLA's `RngBitGenerator`: deterministic for a given seed, program and
+  backend (resume-exact), but a different stream from threefry and, per JAX, not guaranteed
+  equal across backends, JAX versions or shardings. The class keeps the name `Dropout` so
+  Flax's automatic module names (and so the threefry keys) are those of `nn.Dropout`.
+  """
+  rng_impl: str = 'threefry'
+
+  def __call__(self, inputs, deterministic=None, rng=None):
+    deterministic = nn.merge_param('deterministic', self.deterministic, deterministic)
+    if self.rng_impl == 'threefry' or deterministic or self.rate == 0.0:
+      return super().__call__(inputs, deterministic, rng)
+    rng = self.make_rng(self.rng_collection) if rng is None else rng
+    key = jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl=self.rng_impl)
+    return super().__call__(inputs, deterministic, key)
+
+
+def dropout(config: ModelConfig, rate: float) -> Dropout:
+  """The dropout of every site in these layers, with the config's `dropout_rng`."""
+  return Dropout(rate, rng_impl=config.dropout_rng)
+
+
 def _dtype(config: ModelConfig):
   return jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
 
@@ -87,7 +114,7 @@ class Embeddings(nn.Module):
                                           param_dtype=jnp.float32,
                                           embedding_init=_normal(cfg, ('segment', 'embed')))
     self.layernorm = layer_norm(cfg)
-    self.dropout = nn.Dropout(cfg.dropout_rate)
+    self.dropout = dropout(cfg, cfg.dropout_rate)
 
   def __call__(self, input_ids: Array, token_type_ids: Array, deterministic: bool) -> Array:
     """[batch, length] ids and segments -> [batch, length, hidden]; positions 0..length-1."""
@@ -120,7 +147,7 @@ class RegionEmbedding(nn.Module):
     x = dense(cfg, cfg.hidden_size, ('region_feature', 'embed'), 'img_embedding')(img_feats)
     if cfg.use_region_layernorm:
       x = layer_norm(cfg, 'img_layernorm')(x)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = dropout(cfg, cfg.dropout_rate)(x, deterministic=deterministic)
     return constrain(x, ('batch', 'length', 'embed'))
 
 
@@ -174,7 +201,7 @@ class SelfAttention(nn.Module):
       scores = jnp.einsum('bqhd,bkhd->bhqk', query, key) / jnp.sqrt(cfg.head_dim).astype(dtype)
       # Softmax in float32 keeps bfloat16 runs stable; float32 runs are unchanged.
       probs = jax.nn.softmax(scores.astype(jnp.float32) + bias, axis=-1).astype(dtype)
-      probs = nn.Dropout(cfg.attention_dropout_rate)(probs, deterministic=deterministic)
+      probs = dropout(cfg, cfg.attention_dropout_rate)(probs, deterministic=deterministic)
       context = jnp.einsum('bhqk,bkhd->bqhd', probs, value)
     context = constrain(context, ('batch', 'length', 'heads', 'kv'))
     out = nn.Einsum((cfg.num_heads, cfg.head_dim, cfg.hidden_size), 'blnd,ndh->blh',
@@ -193,12 +220,12 @@ class TransformerLayer(nn.Module):
     """x [batch, length, hidden], key_mask [batch, length] -> [batch, length, hidden]."""
     cfg = self.config
     attended = SelfAttention(cfg, name='attention')(x, key_mask, deterministic)
-    attended = nn.Dropout(cfg.dropout_rate)(attended, deterministic=deterministic)
+    attended = dropout(cfg, cfg.dropout_rate)(attended, deterministic=deterministic)
     x = layer_norm(cfg, 'attention_layernorm')(attended + x)
     hidden = gelu(dense(cfg, cfg.mlp_dim, ('embed', 'mlp'), 'intermediate')(x))
     hidden = constrain(hidden, ('batch', 'length', 'mlp'))
     out = dense(cfg, cfg.hidden_size, ('mlp', 'embed'), 'output')(hidden)
-    out = nn.Dropout(cfg.dropout_rate)(out, deterministic=deterministic)
+    out = dropout(cfg, cfg.dropout_rate)(out, deterministic=deterministic)
     out = layer_norm(cfg, 'output_layernorm')(out + x)
     return constrain(out, ('batch', 'length', 'embed'))
 

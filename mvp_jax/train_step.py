@@ -74,18 +74,24 @@ def make_update_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     rng = jax.random.fold_in(state.rng, state.step)
     grads, metrics = accumulated_gradients(loss_fn, state.params, batch, rng, grad_accum_steps)
     grad_norm = optim.global_norm(grads)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    if frozen_mask is not None:
-      updates = jax.tree_util.tree_map(lambda u, m: u * m, updates, frozen_mask)
-    new_params = optax.apply_updates(state.params, updates)
     nonfinite = {f'nonfinite_{k[5:]}': ~jnp.isfinite(v) for k, v in metrics.items()
                  if k.startswith('loss_')}
     nonfinite['nonfinite_loss'] = ~jnp.isfinite(metrics['loss'])
     nonfinite['nonfinite_grad_norm'] = ~jnp.isfinite(grad_norm)
     ok = ~jnp.any(jnp.stack(list(nonfinite.values())))
-    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
-    new_state = state.replace(step=state.step + 1, params=keep(new_params, state.params),
-                              opt_state=keep(opt_state, state.opt_state))
+
+    def apply(operands):
+      params, opt_state, grads = operands
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      if frozen_mask is not None:
+        updates = jax.tree_util.tree_map(lambda u, m: u * m, updates, frozen_mask)
+      return optax.apply_updates(params, updates), opt_state
+
+    # A conditional, not a `where` over every parameter and moment: a finite step runs only the
+    # update (in place on donated buffers), a non-finite one only hands the old state back.
+    new_params, opt_state = jax.lax.cond(ok, apply, lambda operands: operands[:2],
+                                         (state.params, state.opt_state, grads))
+    new_state = state.replace(step=state.step + 1, params=new_params, opt_state=opt_state)
     return new_state, dict(metrics, grad_norm=grad_norm, learning_rate=schedule_fn(state.step),
                            **nonfinite)
 

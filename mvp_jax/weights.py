@@ -19,8 +19,8 @@ The rules of `load`, the same for init_from, fine-tuning, inference and `load_ch
   - Heads are copied when the source is of the target's task (backbone-only counts as
     pre-training); a head of another shape stays fresh, reported. task='vqa' from pre-training:
     `vqa_init_from_mlm` copies the MLM head's transform into the answer head.
-  - `skip` regexes (on our path 'a/b/c' and on the torch name) leave parameters fresh.
-  - Source tensors with no place in the target are listed in `report.skipped`, with why.
+  - `skip` regexes (on our path 'a/b/c' and on the torch name) leave parameters fresh; source
+    tensors with no place in the target are listed in `report.skipped`, with why.
   - `vocab_dir` (the run's dataset): vocabularies the source carries (vocab.txt, id2phrase.json)
     must be the run's, else WeightsError saying what differs (a BERT folder's: by token).
 `init_from` also fills a pixel model's tower (`backbone/vision_tower`) from a SigLIP checkpoint.

@@ -393,8 +393,7 @@ def export(params: Any, model_config: ModelConfig, out_dir: str, *, task: str = 
     section['tokenizer_file'] = os.path.basename(tokenizer)
     section['concepts_file'] = run_dir.CONCEPTS_FILE
     shutil.copyfile(tokenizer, os.path.join(out_dir, os.path.basename(tokenizer)))
-    shutil.copyfile(run_dir.concepts_file(vocab_dir),
-                    os.path.join(out_dir, run_dir.CONCEPTS_FILE))
+    shutil.copyfile(run_dir.concepts_file(vocab_dir), os.path.join(out_dir, run_dir.CONCEPTS_FILE))
   section.update(fields or {})
   config_fields = dict(authors_config(model_config, task), mvp_jax=section)
   run_dir.write_json(config_fields, os.path.join(out_dir, run_dir.CONFIG_FILE))

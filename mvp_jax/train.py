@@ -183,6 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     compiled = jax.jit(ruled, in_shardings=(state_sharding, setup.batch_sharding),
                        out_shardings=(state_sharding, setup.replicated),
                        donate_argnums=(0,)).lower(state, batch).compile()
+    trainer_lib.wait_for_all_hosts(f'compiled stage {stage}')
     return compiled, trainer_lib.flops(compiled)  # FLOPs of one device's program
 
   # --- Checkpoints: resume (past an unreadable latest step), or initialise from init_from ----

@@ -5,6 +5,7 @@ FLOP counting, the host side of the NaN guard, and the save-or-stop step of the 
 """
 
 import dataclasses
+import itertools
 import json
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
@@ -17,6 +18,7 @@ import optax
 from absl import logging
 from clu import metric_writers
 from etils import epath
+from jax._src import distributed as jax_distributed
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mvp_jax import metrics as metrics_lib
@@ -125,6 +127,23 @@ def _values(tree: Any) -> Any:
   """The arrays of a boxed tree, without the sharding constraint `nn.unbox` adds."""
   return jax.tree_util.tree_map(lambda x: x.value if isinstance(x, nn.Partitioned) else x, tree,
                                 is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+_BARRIERS = itertools.count()
+
+
+def wait_for_all_hosts(name: str, timeout_s: int = 3600) -> None:
+  """A barrier of JAX's coordination service (no device collective), a no-op on one host.
+
+  Hosts call it after compiling a step: the first collective of the step then starts on every
+  host at once, so a host that compiled later cannot miss a collective backend's rendezvous
+  deadline (gloo's is 30 s on CPU).
+  """
+  if jax.process_count() == 1:
+    return
+  # Barrier ids must be unique; every host makes the same sequence of calls.
+  name = f'{name} #{next(_BARRIERS)}'
+  jax_distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
 
 
 def flops(compiled) -> Optional[float]:

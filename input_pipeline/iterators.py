@@ -47,9 +47,13 @@ class ResumableIterator:
     return {'epoch': self._epoch, 'batch_in_epoch': self._batch, **self._fingerprint}
 
   def set_state(self, state: Mapping[str, Any]) -> None:
-    """Continues from a state returned by `get_state` (of an identically configured iterator)."""
+    """Continues from a state returned by `get_state` (of an identically configured iterator).
+
+    The position is global (every host reads the same batches per epoch), so any host's saved
+    state resumes every host: orbax writes the data state of the primary host only.
+    """
     mismatched = {k: (state.get(k), v) for k, v in self._fingerprint.items()
-                  if state.get(k) != v}
+                  if state.get(k) != v and k != 'process_index'}
     if mismatched:
       raise ValueError('Iterator state was saved with other settings (key: (saved, now)): '
                        f'{mismatched}.')

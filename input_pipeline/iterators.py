@@ -47,9 +47,13 @@ class ResumableIterator:
     return {'epoch': self._epoch, 'batch_in_epoch': self._batch, **self._fingerprint}
 
   def set_state(self, state: Mapping[str, Any]) -> None:
-    """Continues from a state returned by `get_state` (of an identically configured iterator)."""
+    """Continues from a state returned by `get_state` (of an identically configured iterator).
+
+    The position is global (every host reads the same batches per epoch), so any host's saved
+    state resumes every host: orbax writes the data state of the primary host only.
+    """
     mismatched = {k: (state.get(k), v) for k, v in self._fingerprint.items()
-                  if state.get(k) != v}
+                  if state.get(k) != v and k != 'process_index'}
     if mismatched:
       raise ValueError('Iterator state was saved with other settings (key: (saved, now)): '
                        f'{mismatched}.')
@@ -94,15 +98,21 @@ READ_CHUNK = 32  # Records fetched per random-access call.
 
 
 def host_example_order(epoch: tf.Tensor, *, num_examples: int, seed: int, shuffle: bool,
-                       process_index: int, process_count: int, num_rows: int) -> tf.Tensor:
+                       process_index: int, process_count: int, batch_size: int,
+                       num_rows: int) -> tf.Tensor:
   """The example indices one host reads in one epoch, in order (in-graph).
 
   Args:
     epoch: int64 [], the epoch (seeds the permutation with `seed`).
     num_examples: examples in the split.
     seed, shuffle: permute all examples (identity without shuffle).
-    process_index, process_count: this host takes positions process_index + k * process_count.
-    num_rows: length of the result: this host's share is truncated, or padded with -1, to it.
+    process_index, process_count: global batch b of `process_count * batch_size` positions
+      (b * G, ..., (b + 1) * G - 1 of the order) is cut into `process_count` contiguous blocks;
+      this host takes block `process_index` of every global batch, so the global batch (hosts
+      concatenated in process order) is the same whatever the number of hosts.
+    batch_size: per-host batch size.
+    num_rows: length of the result, a multiple of batch_size: the order is truncated, or padded
+      with -1, to `num_rows * process_count` positions before it is cut.
 
   Returns:
     int64 [num_rows], example indices; -1 marks padding rows.
@@ -112,9 +122,10 @@ def host_example_order(epoch: tf.Tensor, *, num_examples: int, seed: int, shuffl
     order_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64),
                                                           epoch)
     order = tf.random.experimental.stateless_shuffle(order, order_seed)
-  host = order[process_index::process_count]
-  host = tf.pad(host, [[0, tf.maximum(num_rows - tf.size(host), 0)]], constant_values=-1)
-  return host[:num_rows]
+  total = num_rows * process_count
+  order = tf.pad(order, [[0, tf.maximum(total - tf.size(order), 0)]], constant_values=-1)[:total]
+  blocks = tf.reshape(order, [num_rows // batch_size, process_count, batch_size])
+  return tf.reshape(blocks[:, process_index], [num_rows])
 
 
 def example_iterator(processor, num_examples: int, *, batch_size: int, seed: int, shuffle: bool,
@@ -124,9 +135,11 @@ def example_iterator(processor, num_examples: int, *, batch_size: int, seed: int
   """The resumable batch iterator of a split whose example i is processed by `processor`.
 
   Per epoch: the order of all example indices is a permutation seeded by (seed, epoch) (stored
-  order without shuffle); host h takes positions h, h + H, ...; training drops the remainder
-  (every host gets floor(E / H) // batch_size batches); `pad_final_batch` keeps every example
-  and pads every host to ceil(ceil(E / H) / batch_size) batches of rows with example_index -1.
+  order without shuffle); host h takes block h of every global batch of H * batch_size
+  positions (host_example_order), so the global batch is the same whatever the number of hosts;
+  training drops the remainder (every host gets floor(E / H) // batch_size batches);
+  `pad_final_batch` keeps every example and pads to ceil(ceil(E / H) / batch_size) batches per
+  host of rows with example_index -1 (the padding falls on the last global batch's last blocks).
   Indices are read in chunks (`processor.read`), processed one by one (`processor(item)`), then
   batched. The whole order is a function of (seed, epoch): a resume slices the index list.
   """
@@ -137,7 +150,7 @@ def example_iterator(processor, num_examples: int, *, batch_size: int, seed: int
     def epoch_indices(epoch):
       host = host_example_order(
           epoch, num_examples=num_examples, seed=seed, shuffle=shuffle,
-          process_index=process_index, process_count=process_count,
+          process_index=process_index, process_count=process_count, batch_size=batch_size,
           num_rows=per_epoch * batch_size)
       start = tf.where(epoch == start_epoch, start_batch * batch_size, 0)
       host = host[tf.cast(start, tf.int32):]

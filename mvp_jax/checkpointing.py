@@ -232,10 +232,19 @@ def load_trained(workdir: str, step: Optional[int] = None):
   if not config_path.exists():
     raise FileNotFoundError(f'{config_path} is missing: {workdir} is not an mvp-jax run.')
   model_config = ModelConfig.from_dict(json.loads(config_path.read_text(encoding='utf-8')))
-  manager = ocp.CheckpointManager(epath.Path(workdir) / CHECKPOINTS)
+  manager = ocp.CheckpointManager(epath.Path(workdir) / CHECKPOINTS,
+                                  item_handlers={'state': ocp.StandardCheckpointHandler(),
+                                                 'data': ocp.JsonCheckpointHandler()})
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'{workdir}/checkpoints holds no complete checkpoint.')
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  # Restore onto this process's first device whatever mesh or hosts saved it: a run of
+  # several hosts reads back on one machine.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  metadata = manager.item_metadata(step)['state']
+  target = jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata,
+      is_leaf=lambda m: isinstance(m, ocp.metadata.ArrayMetadata))
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
   manager.close()
   return model_config, restored['state']['params'], step

@@ -70,12 +70,14 @@ def test_hosts_are_disjoint_covering_padded_and_hold_the_captions(data):
                  if k not in ('example_index', 'img_feats'))
     rows = {k: np.concatenate([b[k] for b in batches]) for k in features.BATCH_KEYS}
     valid = rows['example_valid'].astype(bool)
-    # Without shuffle, host h reads examples h, h + 2, ... in stored order, then padding.
-    np.testing.assert_array_equal(rows['example_index'], list(range(h, 18, 2)) + [-1] * 3)
-    np.testing.assert_array_equal(valid, [True] * 9 + [False] * 3)
-    np.testing.assert_array_equal(rows['image_index'][valid],
-                                  [image_of_example[i] for i in range(h, 18, 2)])
-    words = tokenizer.tokenize([captions[i] for i in range(h, 18, 2)]).to_list()
+    # Without shuffle, host h reads block h of every global batch of 8 in stored order: host 0
+    # examples 0-3, 8-11, 16-17, host 1 4-7, 12-15, then padding (-1).
+    want = [i if i < 18 else -1 for b in range(3) for i in range(8 * b + 4 * h, 8 * b + 4 * h + 4)]
+    np.testing.assert_array_equal(rows['example_index'], want)
+    mine = [i for i in want if i >= 0]
+    np.testing.assert_array_equal(valid, np.asarray(want) >= 0)
+    np.testing.assert_array_equal(rows['image_index'][valid], [image_of_example[i] for i in mine])
+    words = tokenizer.tokenize([captions[i] for i in mine]).to_list()
     for row, want in zip(rows['input_ids_a'][valid], words):
       n = min(len(want), LENGTHS.max_seq_length - 2)
       np.testing.assert_array_equal(row[:1 + n], [tokenizer.cls_id] + want[:n])
@@ -91,12 +93,17 @@ def test_hosts_are_disjoint_covering_padded_and_hold_the_captions(data):
 def test_host_order_is_disjoint_and_reshuffled(num_rows, covering):
   # 103 examples on 4 hosts, batch 8: drop remainder keeps (103 // 4) // 8 * 8 = 24 rows per
   # host; padding keeps ceil(ceil(103 / 4) / 8) * 8 = 32 rows, the missing ones -1.
-  def order(epoch, host):
+  def order(epoch, host, count=4, rows=num_rows):
     return pretraining.host_example_order(
         tf.constant(epoch, tf.int64), num_examples=103, seed=5, shuffle=True,
-        process_index=host, process_count=4, num_rows=num_rows).numpy()
+        process_index=host, process_count=count, batch_size=8, num_rows=rows).numpy()
 
   hosts = [order(0, h) for h in range(4)]
+  # Each global batch, hosts concatenated in process order, is the one host's batch of 32.
+  one_host = order(0, 0, count=1, rows=4 * num_rows)
+  for b in range(num_rows // 8):
+    np.testing.assert_array_equal(np.concatenate([h[b * 8:(b + 1) * 8] for h in hosts]),
+                                  one_host[b * 32:(b + 1) * 32])
   valid = [set(h[h >= 0].tolist()) for h in hosts]
   assert all(len(h) == num_rows for h in hosts)
   assert sum(len(v) for v in valid) == len(set().union(*valid))  # Disjoint.

@@ -206,7 +206,8 @@ def test_hosts_are_disjoint_padded_alike_and_resume_exactly(datasets):
     epoch = [next(it) for _ in range(2)]
     batch = {k: np.concatenate([b[k] for b in epoch]) for k in epoch[0]}
     valid = batch['example_valid'] == 1
-    assert valid.sum() == (7 if it is iterators[0] else 6)
+    # Block h of each global batch of 8: host 0 holds positions 0-3 and 8-11, host 1 4-7 and 12.
+    assert valid.sum() == (8 if it is iterators[0] else 5)
     seen += batch['example_index'][valid].tolist()
     assert (batch['example_index'][~valid] == -1).all()
     assert (batch['question_id'][~valid] == -1).all() and (batch['input_ids_a'][~valid] == 0).all()

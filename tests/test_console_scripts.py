@@ -11,13 +11,12 @@ import ast
 import importlib
 import importlib.metadata
 import importlib.util
-import json
 import os
 import pathlib
 import re
 import subprocess
 import sys
-import urllib.parse
+import tempfile
 
 import pytest
 
@@ -100,14 +99,18 @@ def test_help_exits_zero_and_explains_every_flag(script, monkeypatch, capsys):
 
 
 def _installed_here() -> bool:
-  """Whether pip installed mvp-jax from this checkout (its direct_url.json names ROOT)."""
+  """Whether the installed mvp-jax is this checkout: outside the checkout (no cwd on sys.path),
+  `import mvp_jax` must resolve here, whether pip installed it through PEP 660 or `setup.py
+  develop` (which writes no direct_url.json)."""
   try:
-    direct_url = importlib.metadata.distribution('mvp-jax').read_text('direct_url.json')
+    importlib.metadata.distribution('mvp-jax')
   except importlib.metadata.PackageNotFoundError:
     return False
-  url = json.loads(direct_url or '{}').get('url', '')
-  return url.startswith('file://') and pathlib.Path(
-      urllib.parse.unquote(url[len('file://'):])).resolve() == pathlib.Path(ROOT).resolve()
+  found = subprocess.run([sys.executable, '-c', 'import mvp_jax; print(mvp_jax.__file__)'],
+                         cwd=tempfile.gettempdir(), capture_output=True, text=True, check=False)
+  if found.returncode:
+    return False
+  return pathlib.Path(found.stdout.strip()).resolve().is_relative_to(pathlib.Path(ROOT).resolve())
 
 
 def test_installed_console_scripts_run_as_subprocesses():

@@ -18,6 +18,8 @@ from mvp_jax import optim
 from mvp_jax import train_step as train_step_lib
 from mvp_jax.tasks import pretrain
 
+import test_train_step  # pylint: disable=g-bad-import-order
+
 CONFIG = config_lib.tiny(region_feature_dim=12, vocab_size=60, word_vocab_size=40,
                          num_text_layers=1, num_visual_layers=1, num_cross_layers=1,
                          hidden_size=16, mlp_dim=32, dropout_rate=0.3, attention_dropout_rate=0.3)
@@ -25,18 +27,7 @@ BATCH, TEXT, TAGS, REGIONS = 4, 6, 3, 4
 
 
 def make_batch(seed=0):
-  rng = np.random.default_rng(seed)
-  ids = lambda shape: rng.integers(5, CONFIG.word_vocab_size, shape).astype(np.int32)
-  return dict(
-      input_ids_a=ids((BATCH, TEXT)), attention_mask_a=np.ones((BATCH, TEXT), np.int32),
-      token_type_ids_a=np.zeros((BATCH, TEXT), np.int32), input_ids_b=ids((BATCH, TAGS)),
-      token_type_ids_b=np.ones((BATCH, TAGS), np.int32),
-      attention_mask_b=np.ones((BATCH, TAGS + REGIONS), np.int32),
-      img_feats=rng.standard_normal((BATCH, REGIONS, 12)).astype(np.float32),
-      phrase_index=np.tile([[3, 5]], (BATCH, 1)).astype(np.int32),
-      img_index=np.tile([[TEXT, TEXT + REGIONS]], (BATCH, 1)).astype(np.int32),
-      mlm_labels_a=np.where(rng.random((BATCH, TEXT)) < 0.3, ids((BATCH, TEXT)), -1),
-      mlm_labels_b=np.where(rng.random((BATCH, TAGS)) < 0.3, ids((BATCH, TAGS)), -1))
+  return test_train_step.make_batch(seed, batch=BATCH, config=CONFIG)
 
 
 def make_step(config):

@@ -21,19 +21,20 @@ CONFIG = config_lib.tiny(region_feature_dim=12, dropout_rate=0.0, attention_drop
 BATCH, TEXT, TAGS, REGIONS = 8, 6, 3, 4
 
 
-def make_batch(seed=0):
+def make_batch(seed=0, batch=BATCH, config=CONFIG):
+  """A random pre-training batch of `batch` rows for `config` (lengths TEXT, TAGS, REGIONS)."""
   rng = np.random.default_rng(seed)
-  ids = lambda shape: rng.integers(5, CONFIG.word_vocab_size, shape).astype(np.int32)
+  ids = lambda shape: rng.integers(5, config.word_vocab_size, shape).astype(np.int32)
   return dict(
-      input_ids_a=ids((BATCH, TEXT)), attention_mask_a=np.ones((BATCH, TEXT), np.int32),
-      token_type_ids_a=np.zeros((BATCH, TEXT), np.int32), input_ids_b=ids((BATCH, TAGS)),
-      token_type_ids_b=np.ones((BATCH, TAGS), np.int32),
-      attention_mask_b=np.ones((BATCH, TAGS + REGIONS), np.int32),
-      img_feats=rng.standard_normal((BATCH, REGIONS, 12)).astype(np.float32),
-      phrase_index=np.tile([[3, 5]], (BATCH, 1)).astype(np.int32),
-      img_index=np.tile([[TEXT, TEXT + REGIONS]], (BATCH, 1)).astype(np.int32),
-      mlm_labels_a=np.where(rng.random((BATCH, TEXT)) < 0.3, ids((BATCH, TEXT)), -1),
-      mlm_labels_b=np.where(rng.random((BATCH, TAGS)) < 0.3, ids((BATCH, TAGS)), -1))
+      input_ids_a=ids((batch, TEXT)), attention_mask_a=np.ones((batch, TEXT), np.int32),
+      token_type_ids_a=np.zeros((batch, TEXT), np.int32), input_ids_b=ids((batch, TAGS)),
+      token_type_ids_b=np.ones((batch, TAGS), np.int32),
+      attention_mask_b=np.ones((batch, TAGS + REGIONS), np.int32),
+      img_feats=rng.standard_normal((batch, REGIONS, 12)).astype(np.float32),
+      phrase_index=np.tile([[3, 5]], (batch, 1)).astype(np.int32),
+      img_index=np.tile([[TEXT, TEXT + REGIONS]], (batch, 1)).astype(np.int32),
+      mlm_labels_a=np.where(rng.random((batch, TEXT)) < 0.3, ids((batch, TEXT)), -1),
+      mlm_labels_b=np.where(rng.random((batch, TAGS)) < 0.3, ids((batch, TAGS)), -1))
 
 
 def optimizer_config(**overrides):

@@ -8,6 +8,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from input_pipeline.sources import builders
+from input_pipeline.sources import layout
 from input_pipeline.sources import webdataset
 import sources_fixtures as fx
 
@@ -18,8 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _serialized(data_dir, split):
   from array_record.python import array_record_data_source  # pylint: disable=g-import-not-at-top
   info = tfds.builder_from_directory(data_dir).info.splits[split]
-  source = array_record_data_source.ArrayRecordDataSource([os.fspath(p) for p in
-                                                           info.filepaths])
+  source = array_record_data_source.ArrayRecordDataSource(layout.record_files(info))
   return [source[i] for i in range(len(source))]
 
 

@@ -1,17 +1,28 @@
 """Every TFDS builder of input_pipeline/sources/builders.py, once built, reads back by its
-registered name through `tfds.data_source` and `tfds.builder` (issue 14 item 1), with no region
-front-end passed: the region width comes from the built dataset's features.json.
-
-(`tfds.load` = `as_dataset()` is not available for array_record files in TFDS 4.9; random access
-through `tfds.data_source` is how array_record datasets are read.)
+registered name through `tfds.data_source` (array_record, random access), `tfds.load` (tfrecord,
+tf.data) and `tfds.builder` (issue 14 item 1), with no region front-end passed: the region width
+comes from the built dataset's features.json. Both readers give the same records in the same
+order.
 """
 
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from input_pipeline.sources import builders
 from input_pipeline.sources import karpathy
 import sources_fixtures as fx
+
+
+def _plain(value):
+  """A decoded feature as nested lists of Python values (ragged tf.data values included)."""
+  if hasattr(value, 'to_list'):
+    value = value.to_list()
+  if isinstance(value, np.ndarray):
+    value = value.tolist()
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  return value
 
 
 def _coco(tmp_path):
@@ -61,6 +72,12 @@ def test_built_dataset_reads_back_by_name(make, name, tmp_path):
     assert [source[i]['image_id'].decode() for i in range(len(source))] == list(ids)
     assert source[0]['region_features'].shape[-1] == builder.info.features[
         'region_features'].shape[-1]
+    loaded = list(tfds.as_numpy(tfds.load(name, split=split, data_dir=data_dir)))
+    assert len(loaded) == len(source)
+    for i, record in enumerate(loaded):
+      assert sorted(record) == sorted(source[i])
+      for key in record:
+        assert _plain(record[key]) == _plain(source[i][key]), (split, i, key)
   by_name = tfds.builder(name, data_dir=data_dir)  # the registered class, without regions
   assert by_name.info.features.to_json() == builder.info.features.to_json()
   assert {s: by_name.info.splits[s].num_examples for s in splits} == {

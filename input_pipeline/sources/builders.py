@@ -4,23 +4,29 @@
                                   data_dir='/data/tfds')      # config 'captions5' (default)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir='/data/coco'))                               # dataset_coco.json + images
-  tfds.builder_from_directory(builder.data_dir).as_data_source('test')   # random access
+  tfds.data_source('karpathy_coco', split='test', data_dir='/data/tfds')   # random access
+  tfds.load('karpathy_coco', split='test', data_dir='/data/tfds')          # tf.data
 
-Each builder is a `tfds.core.GeneratorBasedBuilder` writing array_record with exactly the feature
-spec of storage.record_features (so layout.py links the files into the storage layout without
-rewriting them). Examples are keyed by (shard index, position) and written in key order
-(`disable_shuffling`): Karpathy order inside every split, shard order for webdataset. The same
-shard function produces the examples in one Python loop or as one Beam element per shard
-(`use_beam=True`; runner and options from `DownloadConfig(beam_runner=..., beam_options=...)`),
-so both paths write the same records in the same order. Each shard's skipped samples (kind, shard,
-key) go to REPORTS/<split>/<shard>.json (REPORTS: `report_dir`, default `<data_dir>.reports`);
-the build fails when more than `max_error_fraction` of a split's samples were skipped.
+Each builder is a `tfds.core.GeneratorBasedBuilder` writing every shard twice with exactly the
+feature spec of storage.record_features: as tfrecord, the main format, which `tfds.load` /
+`as_dataset` read (TFDS 4.9's ArrayRecordFileAdapter.make_tf_data raises NotImplementedError),
+and as array_record (`alternative_file_formats`), which `tfds.data_source` / `as_data_source`
+pick and layout.py links into the storage layout without rewriting it. `file_format=
+'array_record'` writes array_record only (half the disk; no `tfds.load`). Examples are keyed by
+(shard index, position) and written in key order (`disable_shuffling`): Karpathy order inside
+every split, shard order for webdataset. The same shard function produces the examples in one
+Python loop or as one Beam element per shard (`use_beam=True`; runner and options from
+`DownloadConfig(beam_runner=..., beam_options=...)`), so both paths write the same records in
+the same order. Each shard's skipped samples (kind, shard, key) go to
+REPORTS/<split>/<shard>.json (REPORTS: `report_dir`, default `<data_dir>.reports`); the build
+fails when more than `max_error_fraction` of a split's samples were skipped.
 """
 
 import os
 from typing import Optional, Sequence
 
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import writer as writer_lib
 
 from input_pipeline import optional
 from input_pipeline import storage
@@ -29,6 +35,7 @@ from input_pipeline.sources import karpathy
 from input_pipeline.sources import samples as samples_lib
 from input_pipeline.sources import webdataset
 
+_RANDOM_ACCESS = tfds.core.FileFormat.ARRAY_RECORD
 _MAX_PER_SHARD = 10_000_000  # example key = shard index * _MAX_PER_SHARD + position
 
 
@@ -68,7 +75,6 @@ class _RecordsBuilder(tfds.core.GeneratorBasedBuilder):
     self._phrases = phrases or samples_lib.Phrases()
     self._use_beam, self._max_error_fraction = use_beam, max_error_fraction
     self._split_shards = {}
-    kwargs.setdefault('file_format', 'array_record')
     super().__init__(**kwargs)
     # Fixed now: during generation data_dir is a temporary 'incomplete' folder.
     self.report_dir = report_dir or os.fspath(self.data_dir).rstrip('/') + '.reports'
@@ -86,8 +92,16 @@ class _RecordsBuilder(tfds.core.GeneratorBasedBuilder):
                        '(or run python -m input_pipeline.sources.build build).')
     return self.dataset_info_from_configs(
         description=f'mvp-jax image records from {self.name} (input_pipeline/features.py).',
-        features=features, disable_shuffling=True,
+        features=features, disable_shuffling=True, alternative_file_formats=[_RANDOM_ACCESS],
         homepage='https://github.com/Junyang-Li/MVPTR')
+
+  def _example_writer(self) -> writer_lib.ExampleWriter:
+    # Every shard in the main format (tfrecord unless file_format= says otherwise: tf.data) and
+    # in array_record (random access; the pipeline's reader). TFDS's MultiOutputExampleWriter
+    # writes one after the other from a tee, so a shard's serialized examples are held in
+    # memory once while writing it (bounded by the shard size, DownloadConfig.max_shard_size).
+    formats = dict.fromkeys([self.info.file_format, _RANDOM_ACCESS])
+    return writer_lib.MultiOutputExampleWriter([writer_lib.ExampleWriter(f) for f in formats])
 
   def _source(self, manual_dir) -> samples_lib.Source:
     """The source; `manual_dir()` gives the manual folder (only called when it is needed)."""

@@ -46,6 +46,12 @@ def captions_per_image(filepaths: Sequence[str]) -> np.ndarray:
   return np.concatenate(counts).astype(np.int32) if counts else np.zeros(0, np.int32)
 
 
+def record_files(split_info) -> list[str]:
+  """The array_record files of a built split (builders.py writes them beside the main format)."""
+  template = split_info.filename_template.replace(filetype_suffix='array_record')
+  return sorted(os.fspath(p) for p in template.sharded_filepaths(split_info.num_shards))
+
+
 def link_pretraining(tfds_dir: str, directory: str, splits: Sequence[str], *, tokenizer: str,
                      concepts_file: Optional[str] = None, min_concept_count: int = 1,
                      copy: bool = False, overwrite: bool = False) -> dict:
@@ -66,7 +72,7 @@ def link_pretraining(tfds_dir: str, directory: str, splits: Sequence[str], *, to
     template = tfds.core.ShardedFileTemplate(data_dir=tmp, template=_TEMPLATE,
                                              dataset_name=builder.name, split=split,
                                              filetype_suffix='array_record')
-    paths = [os.fspath(p) for p in info.filepaths]
+    paths = record_files(info)
     for i, path in enumerate(paths):
       target = os.fspath(template.sharded_filepath(shard_index=i, num_shards=len(paths)))
       (shutil.copyfile if copy else os.symlink)(os.path.abspath(path), target)

@@ -36,6 +36,7 @@ from tensorflow_datasets.core import writer as writer_lib
 
 from input_pipeline import optional
 from input_pipeline import storage
+from input_pipeline.sources import coco_captions
 from input_pipeline.sources import front_end
 from input_pipeline.sources import hf_table
 from input_pipeline.sources import karpathy
@@ -199,19 +200,36 @@ _KARPATHY_CONFIGS = [
 
 
 class KarpathyCoco(_RecordsBuilder):
-  """COCO 2014 with Karpathy's train / restval / val / test splits."""
+  """COCO 2014 with Karpathy's train / restval / val / test splits.
+
+  With COCO's captions_val2014.json / captions_train2014.json in the manual folder (or its
+  annotations/), the COCO caption id of every kept caption is matched from them
+  (coco_captions.py) and recorded in metadata.json as 'coco_caption_ids' {split: {image id: [id
+  of caption k]}}; mvp_jax/evaluators/protocol.py's ECCV Caption / CxC metrics need them.
+  """
 
   BUILDER_CONFIGS = _KARPATHY_CONFIGS
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Place in the manual folder: dataset_coco.json (Karpathy's splits, from
   https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip) and the COCO 2014
-  image folders train2014/ and val2014/ (https://cocodataset.org/#download).
+  image folders train2014/ and val2014/ (https://cocodataset.org/#download); for ECCV Caption /
+  CxC metrics also annotations/captions_val2014.json (COCO's 2014 train/val annotations zip).
   """
 
   def _source(self, manual_dir):
     folder = manual_dir()
-    return karpathy.KarpathySource(os.path.join(folder, 'dataset_coco.json'), folder,
-                                   captions_per_image=self.builder_config.captions_per_image)
+    self._karpathy = karpathy.KarpathySource(
+        os.path.join(folder, 'dataset_coco.json'), folder,
+        captions_per_image=self.builder_config.captions_per_image)
+    return self._karpathy
+
+  def _split_generators(self, dl_manager):
+    generators = super()._split_generators(dl_manager)
+    files = coco_captions.find_caption_files(os.fspath(dl_manager.manual_dir))
+    self.info.metadata['coco_caption_files'] = [os.path.basename(f) for f in files]
+    self.info.metadata['coco_caption_ids'] = (self._karpathy.coco_caption_ids(files)
+                                              if files else {})
+    return generators
 
 
 class KarpathyFlickr30k(_RecordsBuilder):

@@ -213,3 +213,14 @@ def tiny_siglip(folder, labels=('dog', 'cat', 'tree', 'boat')):
 # The retrieval task's lengths (mvp_jax.tasks.retrieval.DEFAULT_LENGTHS).
 TASK_LENGTHS = pretraining.Lengths(max_seq_length=50, max_phrases=5, max_tag_length=20,
                                    max_img_seq_length=50)
+
+
+def plain(value):
+  """A decoded feature as nested lists of Python values (ragged tf.data values included)."""
+  if hasattr(value, 'to_list'):
+    value = value.to_list()
+  if isinstance(value, np.ndarray):
+    value = value.tolist()
+  if isinstance(value, (list, tuple)):
+    return [plain(v) for v in value]
+  return value

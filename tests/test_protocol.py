@@ -96,21 +96,39 @@ def test_recall_equals_eccv_caption_on_a_known_answer():
       assert one_k[f'{direction}_r{k}'] == pytest.approx(100 * theirs_1k[direction])
 
 
-def test_eccv_extended_metrics_offline():
+def test_eccv_extended_metrics_pair_each_column_with_its_own_caption_id():
   metrics = eccv_caption.Metrics()
   image_ids = [int(i) for i in protocol.coco_5k_image_ids()]
-  caption_ids = protocol.coco_5k_caption_ids()
-  column = {int(c): j for j, c in enumerate(caption_ids)}
+  ascending = protocol.coco_5k_caption_ids()
+  # A build whose captions of every image are not in ascending COCO id order (what
+  # protocol.built_caption_ids gives for it): column 5 i + k holds that caption's own id.
+  built = np.roll(ascending.reshape(5000, 5), 1, axis=1).ravel()
+  column = {int(c): j for j, c in enumerate(built)}
+  row = {image: i for i, image in enumerate(image_ids)}
   sim = np.random.default_rng(1).uniform(0, 0.5, (5000, 25000)).astype(np.float16)
   for i, image in enumerate(image_ids):   # every ECCV positive caption of an image scores 1
     for c in metrics.eccv_gts['i2t'].get(image, []):
       if c in column:     # a few ECCV positives are COCO captions beyond the first 5
         sim[i, column[c]] = 1.0
-  scores = protocol.eccv_metrics(sim)
+  for c, images in metrics.eccv_gts['t2i'].items():   # and every ECCV positive image of a caption
+    for image in images:
+      sim[row[image], column[c]] = 1.0
+  scores = protocol.eccv_metrics(sim, caption_ids=built)
   # Perfect but for the few ECCV positives outside the 25,000 test captions.
   assert 99.9 < scores['eccv_map_at_r_i2t'] < 100.0
   assert 99.9 < scores['eccv_rprecision_i2t'] <= 100.0
   assert scores['eccv_r1_i2t'] == pytest.approx(100.0)
+  assert scores['eccv_r1_t2i'] == pytest.approx(100.0)
+  assert scores['eccv_map_at_r_t2i'] == pytest.approx(100.0)
   assert {'eccv_map_at_r_t2i', 'cxc_r1_i2t', 'cxc_r10_t2i'} <= set(scores)
   assert 0.0 <= scores['cxc_r1_t2i'] < 50.0      # random for captions: far from perfect
   assert not any(k.startswith('pmrp') for k in scores)  # PM files are not shipped
+  # The old pairing (column 5 i + k = image i's k-th smallest caption id) scores other captions.
+  old = protocol.eccv_metrics(sim, caption_ids=ascending)
+  assert old['eccv_map_at_r_i2t'] < 50.0 and old['eccv_map_at_r_t2i'] < 50.0
+  swapped = built.copy()
+  swapped[[4, 5]] = swapped[[5, 4]]   # one caption of image 0 and one of image 1
+  with pytest.raises(ValueError, match=r'column 4: COCO caption \d+ belongs to image 60623'):
+    protocol.check_eccv_caption_ids(image_ids, swapped)
+  with pytest.raises(ValueError, match="not eccv-caption's 25,000"):
+    protocol.check_eccv_caption_ids(image_ids, np.where(np.arange(25000) == 7, 1, built))

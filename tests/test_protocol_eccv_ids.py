@@ -1,6 +1,8 @@
-"""Our COCO 5k test caption ids and their order against what the eccv-caption package ships
-(issue 14 item 3): mvp_jax/evaluators/protocol.py maps column 5 i + k of a [5000, 25000]
-similarity to the k-th smallest COCO caption id of test image i."""
+"""What the eccv-caption package ships for the COCO 5k test (issue 14 item 3), as
+mvp_jax/evaluators/protocol.py reads it: 25,000 COCO caption ids, 5 per image in Karpathy image
+order, ascending within an image. That order is the package's own, not a pairing of similarity
+columns with captions: protocol.eccv_metrics takes each column's id from the build
+(test_coco_caption_ids.py)."""
 
 import json
 import os
@@ -30,8 +32,8 @@ def test_caption_ids_are_five_per_image_in_karpathy_image_order_smallest_first()
     # The 5 consecutive ids are exactly image i's captions in eccv-caption's own ground truth.
     assert {str(caption_to_image[str(c)][0]) for c in group} == {image_ids[i]}
     assert sorted(image_to_caption[image_ids[i]]) == group.tolist()
-  # Within an image: ascending id, the order protocol.py documents (eccv-caption's own
-  # image_to_caption lists them in another order, e.g. image 179765).
+  # Within an image: ascending id (eccv-caption's own image_to_caption lists them in another
+  # order, e.g. image 179765, so no order of ids says which caption a column is).
   assert (np.diff(groups, axis=1) > 0).all()
   assert image_ids[:3] == ['391895', '60623', '483108']  # Karpathy's first test images
 

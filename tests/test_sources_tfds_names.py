@@ -5,24 +5,12 @@ comes from the built dataset's features.json. Both readers give the same records
 order.
 """
 
-import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from input_pipeline.sources import builders
 from input_pipeline.sources import karpathy
 import sources_fixtures as fx
-
-
-def _plain(value):
-  """A decoded feature as nested lists of Python values (ragged tf.data values included)."""
-  if hasattr(value, 'to_list'):
-    value = value.to_list()
-  if isinstance(value, np.ndarray):
-    value = value.tolist()
-  if isinstance(value, (list, tuple)):
-    return [_plain(v) for v in value]
-  return value
 
 
 def _coco(tmp_path):
@@ -77,7 +65,7 @@ def test_built_dataset_reads_back_by_name(make, name, tmp_path):
     for i, record in enumerate(loaded):
       assert sorted(record) == sorted(source[i])
       for key in record:
-        assert _plain(record[key]) == _plain(source[i][key]), (split, i, key)
+        assert fx.plain(record[key]) == fx.plain(source[i][key]), (split, i, key)
   by_name = tfds.builder(name, data_dir=data_dir)  # the registered class, without regions
   assert by_name.info.features.to_json() == builder.info.features.to_json()
   assert {s: by_name.info.splits[s].num_examples for s in splits} == {
@@ -85,5 +73,5 @@ def test_built_dataset_reads_back_by_name(make, name, tmp_path):
 
 
 def test_a_builder_without_regions_and_without_built_data_says_what_to_pass(tmp_path):
-  with pytest.raises(ValueError, match='no built dataset .* pass regions='):
+  with pytest.raises(ValueError, match='no built dataset .* pass features=DIR or checkpoint='):
     builders.KarpathyCoco(data_dir=str(tmp_path))

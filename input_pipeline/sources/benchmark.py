@@ -1,12 +1,14 @@
 r"""Measures the record-writing rate (records/s) of a webdataset build from given regions.
 
   python -m input_pipeline.sources.benchmark --shards=8 --per_shard=250 --workers=1,2
+  python -m input_pipeline.sources.benchmark --workers=0 --file_format=array_record   # one format
 
 Writes `shards` img2dataset-style tars of 256 x 256 JPEGs with one caption each, and their
 regions as a GivenRegions folder (R = 50 regions of 768 + 6 dims, SigLIP B/16 grid mode), then
-times the TFDS build (read tar, built-in phrases, validate, serialise, write array_record) in one
-Python process and on Beam's DirectRunner with each number of worker processes. Prints one line
-per run: workers, records, seconds, records/s, records/s per worker.
+times the TFDS build (read tar, built-in phrases, validate, serialise, write tfrecord and
+array_record; `--file_format=array_record`: array_record only) in one Python process and on
+Beam's DirectRunner with each number of worker processes. Prints one line per run: formats,
+workers, records, seconds, records/s, records/s per worker.
 """
 
 import io
@@ -48,7 +50,7 @@ def write_fixture(folder: str, shards: int, per_shard: int, regions: int = 50,
     regions_lib.save_shard_regions(os.path.join(folder, 'features'), f'{s:05d}', found, [])
 
 
-def run(folder: str, workers: int) -> tuple[int, float]:
+def run(folder: str, workers: int, file_format: Optional[str] = None) -> tuple[int, float]:
   """(records, seconds) of one build; workers 0 = the plain Python path."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   from input_pipeline.sources import builders  # pylint: disable=import-outside-toplevel
@@ -56,7 +58,8 @@ def run(folder: str, workers: int) -> tuple[int, float]:
   out = tempfile.mkdtemp(dir=folder)
   builder = builders.WebdatasetShards(
       shards=[os.path.join(folder, '*.tar')], regions=regions.GivenRegions(
-          os.path.join(folder, 'features')), data_dir=out, use_beam=workers > 0)
+          os.path.join(folder, 'features')), data_dir=out, use_beam=workers > 0,
+      file_format=file_format)
   options = None
   if workers:
     from input_pipeline import optional  # pylint: disable=import-outside-toplevel
@@ -76,13 +79,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   flags.DEFINE_integer('per_shard', 250, 'samples per shard', flag_values=fv)
   flags.DEFINE_list('workers', ['0', '1', '2'], '0 = plain Python, n = Beam with n processes',
                     flag_values=fv)
+  flags.DEFINE_enum('file_format', None, ['tfrecord', 'array_record'], 'Main format (default '
+                    'tfrecord, written beside array_record; array_record: that one only).',
+                    flag_values=fv)
   fv(list(sys.argv if argv is None else ['benchmark'] + list(argv)))
   with tempfile.TemporaryDirectory() as folder:
     write_fixture(folder, fv.shards, fv.per_shard)
     for workers in (int(w) for w in fv.workers):
-      records, seconds = run(folder, workers)
+      records, seconds = run(folder, workers, fv.file_format)
       rate = records / seconds
-      print(f'workers={workers} records={records} seconds={seconds:.1f} records/s={rate:.1f} '
+      print(f'file_format={fv.file_format or "tfrecord+array_record"} workers={workers} '
+            f'records={records} seconds={seconds:.1f} records/s={rate:.1f} '
             f'per_worker={rate / max(workers, 1):.1f}', flush=True)
   return 0
 

@@ -109,11 +109,14 @@ def _siglip(fv):
 def run_build(fv, log=print) -> None:
   # pylint: disable=import-outside-toplevel
   import tensorflow_datasets as tfds
-  from input_pipeline.sources import builders, layout, regions, samples
+  from input_pipeline.sources import builders, layout
   # pylint: enable=import-outside-toplevel
-  region_source = regions.GivenRegions(fv.features) if fv.features else _siglip(fv)
-  common = dict(regions=region_source, phrases=samples.Phrases(fv.phrases),
-                use_beam=fv.beam, max_error_fraction=fv.max_error_fraction, data_dir=fv.data_dir)
+  # The same kwargs `tfds build NAME/features=...` passes (front_end.py).
+  common = (dict(features=fv.features) if fv.features else
+            dict(checkpoint=fv.checkpoint, grid=fv.grid, batch_size=fv.batch_size,
+                 labels=fv.labels))
+  common.update(phrases=fv.phrases, use_beam=fv.beam, max_error_fraction=fv.max_error_fraction,
+                data_dir=fv.data_dir)
   if fv.config:
     common['config'] = fv.config
   if fv.source == 'karpathy_coco':

@@ -1,11 +1,17 @@
-"""TFDS builders of image records (input_pipeline/features.py) from real image-text sources.
+r"""TFDS builders of image records (input_pipeline/features.py) from real image-text sources.
 
-  builder = builders.KarpathyCoco(regions=regions.GivenRegions('/data/coco_features'),
+  builder = builders.KarpathyCoco(features='/data/coco_features',   # or checkpoint=... (SigLIP)
                                   data_dir='/data/tfds')      # config 'captions5' (default)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir='/data/coco'))                               # dataset_coco.json + images
   tfds.data_source('karpathy_coco', split='test', data_dir='/data/tfds')   # random access
   tfds.load('karpathy_coco', split='test', data_dir='/data/tfds')          # tf.data
+
+The same with TFDS's command line (the front-end kwargs go in the name, front_end.py):
+  tfds build --imports=input_pipeline.sources.builders --manual_dir=/data/coco \
+      --data_dir=/data/tfds 'karpathy_coco/captions5/features=/data/coco_features'
+The front-end is recorded in the built dataset's metadata.json ('front_end'); building into a
+data_dir that holds a build with another front-end is an error (unless overwriting).
 
 Each builder is a `tfds.core.GeneratorBasedBuilder` writing every shard twice with exactly the
 feature spec of storage.record_features: as tfrecord, the main format, which `tfds.load` /
@@ -30,12 +36,17 @@ from tensorflow_datasets.core import writer as writer_lib
 
 from input_pipeline import optional
 from input_pipeline import storage
+from input_pipeline.sources import coco_captions
+from input_pipeline.sources import front_end
 from input_pipeline.sources import hf_table
 from input_pipeline.sources import karpathy
 from input_pipeline.sources import samples as samples_lib
 from input_pipeline.sources import webdataset
 
 _RANDOM_ACCESS = tfds.core.FileFormat.ARRAY_RECORD
+_TFDS_KWARGS = ('data_dir', 'config', 'version', 'file_format')
+_FRONT_END_KWARGS = ('features', 'checkpoint', 'grid', 'batch_size', 'labels', 'phrases',
+                     'use_beam', 'max_error_fraction', 'report_dir', 'regions')
 _MAX_PER_SHARD = 10_000_000  # example key = shard index * _MAX_PER_SHARD + position
 
 
@@ -66,18 +77,35 @@ class _RecordsBuilder(tfds.core.GeneratorBasedBuilder):
   """Shared machinery; subclasses define `_source(manual_dir)`."""
 
   VERSION = tfds.core.Version('1.0.0')
+  SOURCE_KWARGS = ()  # the source's own kwargs (subclasses)
   RELEASE_NOTES = {'1.0.0': 'mvp-jax image records: SigLIP or given regions, phrases, captions.'}
 
-  def __init__(self, *, regions=None, phrases: Optional[samples_lib.Phrases] = None,
-               use_beam: bool = False, max_error_fraction: float = 0.01,
-               report_dir: Optional[str] = None, **kwargs):
-    self._regions = regions
-    self._phrases = phrases or samples_lib.Phrases()
-    self._use_beam, self._max_error_fraction = use_beam, max_error_fraction
+  def __init__(self, *, regions=None, features=None, checkpoint=None, grid=None,
+               batch_size=None, labels=None, phrases=None, use_beam: Optional[bool] = None,
+               max_error_fraction: float = 0.01, report_dir: Optional[str] = None, **kwargs):
+    unknown = sorted(set(kwargs) - set(_TFDS_KWARGS))
+    if unknown:
+      raise front_end.BuilderKwargError(
+          f'{self.name}: unknown builder kwarg {unknown[0]}={kwargs[unknown[0]]!r}; accepted: '
+          f'{", ".join(self.SOURCE_KWARGS + _FRONT_END_KWARGS + _TFDS_KWARGS)}.')
+    parsed = front_end.parse(self.name, regions=regions, features=features,
+                             checkpoint=checkpoint, grid=grid, batch_size=batch_size,
+                             labels=labels, phrases=phrases, use_beam=use_beam,
+                             max_error_fraction=max_error_fraction, report_dir=report_dir)
+    self._regions, self._phrases = parsed['regions'], parsed['phrases']
+    self._use_beam, self._max_error_fraction = parsed['use_beam'], parsed['max_error_fraction']
     self._split_shards = {}
     super().__init__(**kwargs)
     # Fixed now: during generation data_dir is a temporary 'incomplete' folder.
-    self.report_dir = report_dir or os.fspath(self.data_dir).rstrip('/') + '.reports'
+    self.report_dir = parsed['report_dir'] or os.fspath(self.data_dir).rstrip('/') + '.reports'
+
+  def front_end(self) -> Optional[dict]:
+    """The region front-end this builder was given (front_end.settings), or None."""
+    return None if self._regions is None else front_end.settings(self._regions, self._phrases)
+
+  def recorded_front_end(self) -> Optional[dict]:
+    """The front-end a built dataset was built with (its metadata.json), or None."""
+    return self.info.metadata.get('front_end') if self.info.metadata is not None else None
 
   def _info(self) -> tfds.core.DatasetInfo:
     if self._regions is not None:
@@ -88,12 +116,13 @@ class _RecordsBuilder(tfds.core.GeneratorBasedBuilder):
       features = tfds.features.FeatureConnector.from_config(os.fspath(self.data_path))
     else:
       raise ValueError(f'{self.name}: no built dataset in {self.data_path}; to build it pass '
-                       'regions=regions.SiglipRegions(...) or regions.GivenRegions(...) '
-                       '(or run python -m input_pipeline.sources.build build).')
+                       'features=DIR or checkpoint=CKPT (or regions=regions.GivenRegions(...) / '
+                       'regions.SiglipRegions(...)); with `tfds build`: '
+                       f'{self.name}/features=DIR.')
     return self.dataset_info_from_configs(
         description=f'mvp-jax image records from {self.name} (input_pipeline/features.py).',
         features=features, disable_shuffling=True, alternative_file_formats=[_RANDOM_ACCESS],
-        homepage='https://github.com/Junyang-Li/MVPTR')
+        metadata=tfds.core.MetadataDict(), homepage='https://github.com/Junyang-Li/MVPTR')
 
   def _example_writer(self) -> writer_lib.ExampleWriter:
     # Every shard in the main format (tfrecord unless file_format= says otherwise: tf.data) and
@@ -110,6 +139,7 @@ class _RecordsBuilder(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     source = self._source(lambda: os.fspath(dl_manager.manual_dir))
     self._split_shards = source.splits()
+    self.info.metadata['front_end'] = self.front_end()
     return {split: self._generate_examples(source, split, shards)
             for split, shards in self._split_shards.items()}
 
@@ -121,7 +151,19 @@ class _RecordsBuilder(tfds.core.GeneratorBasedBuilder):
       return (f'Shards_{split}' >> beam.Create(items) | f'Records_{split}' >> beam.FlatMap(work))
     return (example for item in items for example in work(item))
 
+  def download_and_prepare(self, *args, **kwargs):
+    recorded, given = self.recorded_front_end(), self.front_end()
+    config = kwargs.get('download_config') or tfds.download.DownloadConfig()
+    if (self.is_prepared() and recorded is not None and given is not None and recorded != given
+        and not config.download_mode.overwrite_dataset):
+      raise front_end.BuilderKwargError(
+          f'{self.name}: {self.data_path} was built with front-end {recorded}, not the given '
+          f'{given}; use another data_dir or overwrite (`tfds build --overwrite`).')
+    return super().download_and_prepare(*args, **kwargs)
+
   def _download_and_prepare(self, dl_manager, download_config):
+    if self._use_beam is None:  # `tfds build --beam_pipeline_options=...` asks for Beam.
+      self._use_beam = download_config.beam_options is not None
     out = super()._download_and_prepare(dl_manager, download_config)
     for split, shards in self._split_shards.items():
       report = self.problems(split, shards)
@@ -158,19 +200,36 @@ _KARPATHY_CONFIGS = [
 
 
 class KarpathyCoco(_RecordsBuilder):
-  """COCO 2014 with Karpathy's train / restval / val / test splits."""
+  """COCO 2014 with Karpathy's train / restval / val / test splits.
+
+  With COCO's captions_val2014.json / captions_train2014.json in the manual folder (or its
+  annotations/), the COCO caption id of every kept caption is matched from them
+  (coco_captions.py) and recorded in metadata.json as 'coco_caption_ids' {split: {image id: [id
+  of caption k]}}; mvp_jax/evaluators/protocol.py's ECCV Caption / CxC metrics need them.
+  """
 
   BUILDER_CONFIGS = _KARPATHY_CONFIGS
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Place in the manual folder: dataset_coco.json (Karpathy's splits, from
   https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip) and the COCO 2014
-  image folders train2014/ and val2014/ (https://cocodataset.org/#download).
+  image folders train2014/ and val2014/ (https://cocodataset.org/#download); for ECCV Caption /
+  CxC metrics also annotations/captions_val2014.json (COCO's 2014 train/val annotations zip).
   """
 
   def _source(self, manual_dir):
     folder = manual_dir()
-    return karpathy.KarpathySource(os.path.join(folder, 'dataset_coco.json'), folder,
-                                   captions_per_image=self.builder_config.captions_per_image)
+    self._karpathy = karpathy.KarpathySource(
+        os.path.join(folder, 'dataset_coco.json'), folder,
+        captions_per_image=self.builder_config.captions_per_image)
+    return self._karpathy
+
+  def _split_generators(self, dl_manager):
+    generators = super()._split_generators(dl_manager)
+    files = coco_captions.find_caption_files(os.fspath(dl_manager.manual_dir))
+    self.info.metadata['coco_caption_files'] = [os.path.basename(f) for f in files]
+    self.info.metadata['coco_caption_ids'] = (self._karpathy.coco_caption_ids(files)
+                                              if files else {})
+    return generators
 
 
 class KarpathyFlickr30k(_RecordsBuilder):
@@ -199,7 +258,14 @@ class WebdatasetShards(_RecordsBuilder):
   folder, or pass shards=['/data/cc3m/{00000..00331}.tar'] to the builder.
   """
 
+  SOURCE_KWARGS = ('shards',)
+
   def __init__(self, *, shards: Optional[Sequence[str]] = None, **kwargs):
+    if isinstance(shards, str):  # one pattern (`tfds build`: webdataset_shards/shards=PATTERN)
+      shards = [shards]
+    if shards is not None and not all(isinstance(p, str) and p for p in shards):
+      raise front_end.BuilderKwargError(f'{self.name}: builder kwarg shards={shards!r}: expected '
+                                        'a path pattern or a list of them.')
     self._shard_patterns = list(shards) if shards else None
     super().__init__(**kwargs)
 
@@ -216,10 +282,21 @@ class HfImageText(_RecordsBuilder):
   manual folder; name the columns with image_column=, text_column=, id_column=.
   """
 
+  SOURCE_KWARGS = ('image_column', 'text_column', 'id_column', 'shard_size')
+
   def __init__(self, *, image_column: str = 'image', text_column: str = 'text',
                id_column: Optional[str] = None, shard_size: int = 1000, **kwargs):
-    self._columns = dict(image_column=image_column, text_column=text_column,
-                         id_column=id_column, shard_size=shard_size)
+    # `tfds build` casts a numeric column name to int.
+    columns = {k: None if v is None else str(v) for k, v in (
+        ('image_column', image_column), ('text_column', text_column), ('id_column', id_column))}
+    empty = next((k for k, v in columns.items() if v == '' or (v is None and k != 'id_column')),
+                 None)
+    if empty:
+      raise front_end.BuilderKwargError(f'{self.name}: builder kwarg {empty} is empty.')
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+      raise front_end.BuilderKwargError(f'{self.name}: builder kwarg shard_size={shard_size!r}: '
+                                        'expected a positive integer.')
+    self._columns = dict(columns, shard_size=shard_size)
     super().__init__(**kwargs)
 
   def _source(self, manual_dir):

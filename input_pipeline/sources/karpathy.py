@@ -12,6 +12,8 @@ consecutive thousands in that order). Captions are the `raw` sentences with whit
 the first `captions_per_image` of each image (5, the standard protocol; COCO has a few images
 with 6 or 7); an image with fewer is an error naming it.
 Image files are looked up at IMAGES/filepath/filename, then IMAGES/filename.
+COCO caption ids (the ids eccv-caption keys its ECCV / CxC positives by) come from COCO's own
+captions files, matched by (image id, text): `coco_caption_ids` (coco_captions.py).
 """
 
 import functools
@@ -19,6 +21,7 @@ import json
 import os
 from typing import Optional
 
+from input_pipeline.sources import coco_captions
 from input_pipeline.sources import samples as samples_lib
 
 SPLITS = ('train', 'restval', 'val', 'test')
@@ -34,7 +37,8 @@ class KarpathyError(ValueError):
 
 @functools.lru_cache(maxsize=4)
 def load_karpathy(json_path: str, captions_per_image: Optional[int] = 5) -> dict:
-  """{'dataset', 'splits': {split: [(image_id, relative path, captions)]}} of a Karpathy JSON."""
+  """{'dataset', 'splits': {split: [(image_id, relative path, captions)]}, 'sentids': {image_id:
+  [Karpathy's sentid of each kept caption, None where absent]}} of a Karpathy JSON."""
   try:
     with open(json_path, encoding='utf-8') as f:
       data = json.load(f)
@@ -43,7 +47,7 @@ def load_karpathy(json_path: str, captions_per_image: Optional[int] = 5) -> dict
   if not isinstance(data, dict) or not isinstance(data.get('images'), list):
     raise KarpathyError(f'{json_path}: expected {{"images": [...], "dataset": ...}}.')
   dataset = data.get('dataset', '')
-  splits, seen = {s: [] for s in SPLITS}, {}
+  splits, seen, sentids = {s: [] for s in SPLITS}, {}, {}
   for i, image in enumerate(data['images']):
     where = f'{json_path}: images[{i}]'
     if not isinstance(image, dict) or not isinstance(image.get('filename'), str):
@@ -72,9 +76,12 @@ def load_karpathy(json_path: str, captions_per_image: Optional[int] = 5) -> dict
         raise KarpathyError(f'{where} (image {image_id}): {len(captions)} captions, fewer than '
                             f'captions_per_image={captions_per_image}.')
       captions = captions[:captions_per_image]
+    sentids[image_id] = [s.get('sentid') if isinstance(s.get('sentid'), int) else None
+                         for s in sentences[:len(captions)]]
     path = os.path.join(image.get('filepath', ''), image['filename'])
     splits[split].append((image_id, path, captions))
-  return {'dataset': dataset, 'splits': {s: v for s, v in splits.items() if v}}
+  return {'dataset': dataset, 'splits': {s: v for s, v in splits.items() if v},
+          'sentids': sentids}
 
 
 class KarpathySource:
@@ -102,6 +109,20 @@ class KarpathySource:
   def image_ids(self, split: str) -> list[str]:
     """The split's image ids in JSON order."""
     return [image_id for image_id, _, _ in self._data()['splits'][split]]
+
+  def coco_caption_ids(self, caption_files) -> dict[str, dict[str, list[int]]]:
+    """{split: {image_id: [COCO caption id of each kept caption]}} for the images COCO's captions
+    files cover (coco_captions.py; CaptionIdError on a caption without a unique match)."""
+    table = coco_captions.load_caption_table(caption_files)
+    data, out = self._data(), {}
+    for split, entries in data['splits'].items():
+      for image_id, rel, captions in entries:
+        ids = coco_captions.match_caption_ids(table, image_id, captions,
+                                              data['sentids'][image_id],
+                                              f'{self.json_path} ({rel})')
+        if ids is not None:
+          out.setdefault(split, {})[image_id] = ids
+    return out
 
   def read(self, shard: str):
     split, _, index = shard.rpartition('-')

@@ -16,11 +16,17 @@ captions) and t2i (caption -> its image); RSUM = the sum of the six R@{1,5,10}.
 
 `coco_5k_image_ids()` and `check_coco_test_ids()` compare a test split with the list the
 `eccv-caption` package ships (its coco_test_ids.npy: 25,000 COCO caption ids, 5 per image, the
-images in Karpathy order); `eccv_metrics()` adds ECCV Caption's extended-positive metrics (mAP@R,
-R-Precision, R@1 on ECCV positives) and CxC R@K through that package, offline. PMRP needs the
-package's separately downloaded plausible-match files (> 140 MB, `pm_dir`); without them it is
-not computed. Caption ids: caption k of test image i is the k-th smallest COCO caption id of that
-image (eccv-caption's order), unless `caption_ids` gives them.
+images in Karpathy order, each image's ids ascending); `eccv_metrics()` adds ECCV Caption's
+extended-positive metrics (mAP@R, R-Precision, R@1 on ECCV positives) and CxC R@K through that
+package, offline. PMRP needs the package's separately downloaded plausible-match files (> 140 MB,
+`pm_dir`); without them it is not computed.
+
+Caption ids: eccv-caption keys every caption by its COCO caption annotation id (the `id` in COCO's
+captions_val2014.json), and its extended positives differ between the captions of one image, so
+column j of the similarity must carry the id of exactly the caption that column scored. Nothing
+about a caption's position gives that id, so `eccv_metrics` takes it (`caption_ids`, no default):
+`built_caption_ids(tfds_dir)` reads the ids the COCO builder matched from COCO's captions files
+(input_pipeline/sources/coco_captions.py), and refuses when the build had no such file.
 """
 
 import os
@@ -112,7 +118,8 @@ def _eccv_data(name: str) -> str:
 
 
 def coco_5k_caption_ids() -> np.ndarray:
-  """int64 [25000]: eccv-caption's COCO 5k test caption ids, 5 per image, Karpathy order."""
+  """int64 [25000]: eccv-caption's COCO 5k test caption ids, 5 per image in Karpathy image order,
+  each image's ascending (its own order: not the order of a built record's captions)."""
   return np.load(_eccv_data('coco_test_ids.npy'))
 
 
@@ -158,14 +165,71 @@ def retrieved_lists(similarity: np.ndarray, row_ids: Sequence[int], col_ids: Seq
   return out
 
 
+def built_caption_ids(tfds_dir: str, split: str = 'test') -> tuple[list[str], np.ndarray]:
+  """(image ids [N] in built order, int64 [N * C] COCO caption id of each column) of a split built
+  by input_pipeline.sources.builders.KarpathyCoco; columns are image i's C captions at C i + k,
+  the order the retrieval task sets (layout.write_retrieval) and so the similarity have.
+  ValueError when the build recorded no COCO caption id for an image."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  builder = tfds.builder_from_directory(tfds_dir)
+  table = (builder.info.metadata or {}).get('coco_caption_ids', {}).get(split, {})
+  source = builder.as_data_source(split)
+  image_ids, caption_ids = [], []
+  for i in range(len(source)):
+    record = source[i]
+    image_id = record['image_id'].decode()
+    if image_id not in table:
+      raise ValueError(
+          f'{tfds_dir} {split}: no COCO caption ids for image {image_id} ({len(table)} images '
+          'have them): build KarpathyCoco with COCO\'s annotations/captions_val2014.json in the '
+          'manual folder; ECCV Caption / CxC metrics are not computed without them.')
+    if len(table[image_id]) != len(record['captions']):
+      raise ValueError(f'{tfds_dir} {split}: image {image_id} has {len(record["captions"])} '
+                       f'captions but {len(table[image_id])} COCO caption ids.')
+    image_ids.append(image_id)
+    caption_ids.extend(table[image_id])
+  return image_ids, np.asarray(caption_ids, np.int64)
+
+
+def check_eccv_caption_ids(image_ids: Sequence[int], caption_ids: np.ndarray) -> None:
+  """ValueError naming the first problem unless the columns' ids are exactly eccv-caption's 25,000
+  COCO 5k captions, column j being a caption of row image j // 5 in eccv-caption's own ground
+  truth (original_caption_to_image.json)."""
+  import eccv_caption  # pylint: disable=import-outside-toplevel
+  truth = eccv_caption.Metrics().coco_gts['t2i']
+  image_ids = [int(i) for i in image_ids]
+  if caption_ids.shape != (5 * len(image_ids),):
+    raise ValueError(f'caption_ids: expected [{5 * len(image_ids)}] (5 per image), got '
+                     f'{caption_ids.shape}.')
+  theirs = set(coco_5k_caption_ids().tolist())
+  missing, extra = sorted(theirs - set(caption_ids.tolist())), sorted(
+      set(caption_ids.tolist()) - theirs)
+  if missing or extra or len(set(caption_ids.tolist())) != len(caption_ids):
+    raise ValueError(f'caption_ids are not eccv-caption\'s 25,000 COCO 5k test captions: '
+                     f'missing {missing[:5]}, not in its list {extra[:5]}, repeated '
+                     f'{len(caption_ids) - len(set(caption_ids.tolist()))}.')
+  for j, c in enumerate(caption_ids.tolist()):
+    if truth[c][0] != image_ids[j // 5]:
+      raise ValueError(f'column {j}: COCO caption {c} belongs to image {truth[c][0]} in '
+                       f'eccv-caption, but the column is a caption of row image '
+                       f'{image_ids[j // 5]}.')
+
+
 def eccv_metrics(similarity: np.ndarray, *, caption_ids: Optional[Sequence[int]] = None,
                  image_ids: Optional[Sequence[int]] = None, pm_dir: Optional[str] = None,
                  top: int = 100) -> dict[str, float]:
   """ECCV Caption mAP@R, R-Precision, R@1 and CxC R@{1,5,10} (i2t and t2i, in %) of a COCO 5k
-  similarity [5000, 25000] (Karpathy order); PMRP too when `pm_dir` holds the PM files."""
+  similarity [5000, 25000]: row i is image image_ids[i] (default eccv-caption's Karpathy order),
+  column j its caption with COCO caption id caption_ids[j] (required: built_caption_ids; the
+  columns of image i are 5 i .. 5 i + 4); PMRP too when `pm_dir` holds the PM files."""
   import eccv_caption  # pylint: disable=import-outside-toplevel
-  caption_ids = coco_5k_caption_ids() if caption_ids is None else np.asarray(caption_ids)
+  if caption_ids is None:
+    raise ValueError('eccv_metrics needs the COCO caption id of every column (caption_ids=, '
+                     'from built_caption_ids): a caption\'s position does not give it, and '
+                     'ECCV Caption / CxC positives differ between the captions of one image.')
+  caption_ids = np.asarray(caption_ids, np.int64)
   image_ids = [int(i) for i in (coco_5k_image_ids() if image_ids is None else image_ids)]
+  check_eccv_caption_ids(image_ids, caption_ids)
   metrics = eccv_caption.Metrics(extra_file_dir=pm_dir)
   i2t = retrieved_lists(similarity, image_ids, caption_ids, top)
   t2i = retrieved_lists(np.asarray(similarity).T, caption_ids, image_ids, top)

@@ -1,5 +1,6 @@
 """COCO caption ids of the Karpathy COCO captions (issue 14 item 3, ECCV Caption / CxC): the
-builder matches them from COCO's own captions files by (image id, text) and records them, and
+builder matches them from COCO's own captions files by (image id, text), or takes Karpathy's
+sentids, and records them, and
 mvp_jax/evaluators/protocol.py pairs similarity columns with exactly those ids. The fixture's
 COCO ids run in another order than sorted, so the old pairing (caption k of an image = its k-th
 smallest COCO caption id) gives other ids."""
@@ -67,12 +68,27 @@ def test_the_builder_records_each_captions_coco_id_by_text(tmp_path):
   assert recorded['coco_caption_ids']['train'] == {i: expected[i][:5] for i in splits['train']}
 
 
-def test_without_coco_captions_files_eccv_metrics_are_refused(tmp_path):
+def test_without_captions_files_karpathys_sentids_are_the_ids(tmp_path):
+  """Karpathy's dataset_coco.json gives each sentence COCO's caption id as its sentid; without
+  COCO's captions files those are recorded. A caption with no sentid leaves its image without
+  ids, and the protocol then refuses that split instead of guessing."""
   root = tmp_path / 'coco'
-  fx.write_karpathy_coco(root)
+  splits = fx.write_karpathy_coco(root)
+  data = json.load(open(root / 'dataset_coco.json'))
+  sentids = {str(im['cocoid']): [s['sentid'] for s in im['sentences']][:5]
+             for im in data['images']}
   builder = _build(root, tmp_path)
-  with pytest.raises(ValueError, match='no COCO caption ids for image 391895'):
+  image_ids, caption_ids = protocol.built_caption_ids(builder.data_dir, 'test')
+  np.testing.assert_array_equal(caption_ids, np.concatenate([sentids[i] for i in image_ids]))
+  assert builder.info.metadata['coco_caption_id_source'] == 'karpathy sentids'
+
+  first_test = next(im for im in data['images'] if im['split'] == 'test')
+  del first_test['sentences'][0]['sentid']
+  (root / 'dataset_coco.json').write_text(json.dumps(data))
+  builder = _build(root, tmp_path / 'again')
+  with pytest.raises(ValueError, match=f"no COCO caption ids for image {first_test['cocoid']}"):
     protocol.built_caption_ids(builder.data_dir, 'test')
+  assert splits['test'][0] == str(first_test['cocoid'])
   with pytest.raises(ValueError, match='needs the COCO caption id of every column'):
     protocol.eccv_metrics(np.zeros((5000, 25000), np.float16))
 

@@ -202,18 +202,20 @@ _KARPATHY_CONFIGS = [
 class KarpathyCoco(_RecordsBuilder):
   """COCO 2014 with Karpathy's train / restval / val / test splits.
 
-  With COCO's captions_val2014.json / captions_train2014.json in the manual folder (or its
-  annotations/), the COCO caption id of every kept caption is matched from them
-  (coco_captions.py) and recorded in metadata.json as 'coco_caption_ids' {split: {image id: [id
-  of caption k]}}; mvp_jax/evaluators/protocol.py's ECCV Caption / CxC metrics need them.
+  metadata.json records the COCO caption id of every kept caption as 'coco_caption_ids' {split:
+  {image id: [id of caption k]}} (mvp_jax/evaluators/protocol.py's ECCV Caption / CxC metrics
+  need them): matched by text from COCO's captions_val2014.json / captions_train2014.json when
+  they are in the manual folder (or its annotations/), else Karpathy's sentids, which in
+  dataset_coco.json are COCO's caption ids ('coco_caption_id_source' says which).
   """
 
   BUILDER_CONFIGS = _KARPATHY_CONFIGS
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Place in the manual folder: dataset_coco.json (Karpathy's splits, from
   https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip) and the COCO 2014
-  image folders train2014/ and val2014/ (https://cocodataset.org/#download); for ECCV Caption /
-  CxC metrics also annotations/captions_val2014.json (COCO's 2014 train/val annotations zip).
+  image folders train2014/ and val2014/ (https://cocodataset.org/#download); optionally
+  annotations/captions_val2014.json (COCO's 2014 train/val annotations zip) to match each
+  caption's COCO id by text instead of taking Karpathy's sentids.
   """
 
   def _source(self, manual_dir):
@@ -227,8 +229,9 @@ class KarpathyCoco(_RecordsBuilder):
     generators = super()._split_generators(dl_manager)
     files = coco_captions.find_caption_files(os.fspath(dl_manager.manual_dir))
     self.info.metadata['coco_caption_files'] = [os.path.basename(f) for f in files]
-    self.info.metadata['coco_caption_ids'] = (self._karpathy.coco_caption_ids(files)
-                                              if files else {})
+    self.info.metadata['coco_caption_id_source'] = (
+        'captions files' if files else 'karpathy sentids')
+    self.info.metadata['coco_caption_ids'] = self._karpathy.coco_caption_ids(files)
     return generators
 
 

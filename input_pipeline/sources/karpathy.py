@@ -13,7 +13,8 @@ the first `captions_per_image` of each image (5, the standard protocol; COCO has
 with 6 or 7); an image with fewer is an error naming it.
 Image files are looked up at IMAGES/filepath/filename, then IMAGES/filename.
 COCO caption ids (the ids eccv-caption keys its ECCV / CxC positives by) come from COCO's own
-captions files, matched by (image id, text): `coco_caption_ids` (coco_captions.py).
+captions files, matched by (image id, text), or else from Karpathy's sentids, which in
+dataset_coco.json are those ids: `coco_caption_ids` (coco_captions.py).
 """
 
 import functools
@@ -111,15 +112,25 @@ class KarpathySource:
     return [image_id for image_id, _, _ in self._data()['splits'][split]]
 
   def coco_caption_ids(self, caption_files) -> dict[str, dict[str, list[int]]]:
-    """{split: {image_id: [COCO caption id of each kept caption]}} for the images COCO's captions
-    files cover (coco_captions.py; CaptionIdError on a caption without a unique match)."""
-    table = coco_captions.load_caption_table(caption_files)
+    """{split: {image_id: [COCO caption id of each kept caption]}}.
+
+    With COCO's captions files: matched from them by text for the images they cover
+    (coco_captions.py; CaptionIdError on a caption without a unique match). Without: Karpathy's
+    own `sentid`s, for the images whose kept captions all have one: in Karpathy's
+    dataset_coco.json they are COCO's caption annotation ids (image 391895: 770337, 771687,
+    772707, 776154, 781998, eccv-caption's first five). Either way protocol.eccv_metrics checks
+    the ids against eccv-caption's own table before it uses them.
+    """
     data, out = self._data(), {}
+    table = coco_captions.load_caption_table(caption_files) if caption_files else None
     for split, entries in data['splits'].items():
       for image_id, rel, captions in entries:
-        ids = coco_captions.match_caption_ids(table, image_id, captions,
-                                              data['sentids'][image_id],
-                                              f'{self.json_path} ({rel})')
+        sentids = data['sentids'][image_id]
+        if table is not None:
+          ids = coco_captions.match_caption_ids(table, image_id, captions, sentids,
+                                                f'{self.json_path} ({rel})')
+        else:
+          ids = sentids if all(isinstance(i, int) for i in sentids) else None
         if ids is not None:
           out.setdefault(split, {})[image_id] = ids
     return out

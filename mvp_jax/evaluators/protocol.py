@@ -25,8 +25,10 @@ Caption ids: eccv-caption keys every caption by its COCO caption annotation id (
 captions_val2014.json), and its extended positives differ between the captions of one image, so
 column j of the similarity must carry the id of exactly the caption that column scored. Nothing
 about a caption's position gives that id, so `eccv_metrics` takes it (`caption_ids`, no default):
-`built_caption_ids(tfds_dir)` reads the ids the COCO builder matched from COCO's captions files
-(input_pipeline/sources/coco_captions.py), and refuses when the build had no such file.
+`built_caption_ids(tfds_dir)` reads the ids the COCO builder recorded (matched by text from
+COCO's captions files, input_pipeline/sources/coco_captions.py, or Karpathy's sentids, which in
+dataset_coco.json are those ids), and `check_eccv_caption_ids` refuses ids that are not
+eccv-caption's, column by column, before any metric is computed.
 """
 
 import os
@@ -181,8 +183,9 @@ def built_caption_ids(tfds_dir: str, split: str = 'test') -> tuple[list[str], np
     if image_id not in table:
       raise ValueError(
           f'{tfds_dir} {split}: no COCO caption ids for image {image_id} ({len(table)} images '
-          'have them): build KarpathyCoco with COCO\'s annotations/captions_val2014.json in the '
-          'manual folder; ECCV Caption / CxC metrics are not computed without them.')
+          'have them): its captions have no Karpathy sentid; build KarpathyCoco with COCO\'s '
+          'annotations/captions_val2014.json in the manual folder; ECCV Caption / CxC metrics '
+          'are not computed without them.')
     if len(table[image_id]) != len(record['captions']):
       raise ValueError(f'{tfds_dir} {split}: image {image_id} has {len(record["captions"])} '
                        f'captions but {len(table[image_id])} COCO caption ids.')

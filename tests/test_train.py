@@ -181,6 +181,32 @@ def test_sigterm_then_resume_equals_uninterrupted_run(shapesworld_dir, tmp_path,
     np.testing.assert_array_equal(a, b)
 
 
+def test_two_sigterms_during_the_first_compile_save_once(shapesworld_dir, tmp_path, monkeypatch):
+  """Two preemption notices before step 1 has even compiled, with a periodic save due at that
+  same step and asynchronous orbax saves (the production default): one readable checkpoint of
+  step 1 and a clean stop. An earlier loop saved the periodic step and then forced
+  a second save of it, which orbax refused with StepAlreadyExistsError."""
+  config = smoke_config(shapesworld_dir, total_steps=3, checkpoint_every=1,
+                        async_checkpointing=True)
+  original = train.data.to_global
+  calls = {'n': 0}
+
+  def to_global_then_two_sigterms(batch, sharding):
+    calls['n'] += 1
+    if calls['n'] == 1:  # step 1's batch: the jitted step compiles right after this
+      os.kill(os.getpid(), signal.SIGTERM)
+      os.kill(os.getpid(), signal.SIGTERM)
+    return original(batch, sharding)
+
+  monkeypatch.setattr(train.data, 'to_global', to_global_then_two_sigterms)
+  interrupted = train.train_and_evaluate(config, str(tmp_path))
+  assert interrupted['preempted_at_step'] == 1
+  assert sorted(p.name for p in (tmp_path / checkpointing.CHECKPOINTS).iterdir()
+                if p.name.isdigit()) == ['1']
+  _, step = params_of(str(tmp_path))  # it restores (the resume itself: the test above)
+  assert step == 1
+
+
 def test_nan_loss_stops_before_checkpointing(shapesworld_dir, tmp_path, monkeypatch):
   config = smoke_config(shapesworld_dir, total_steps=6, checkpoint_every=2, log_every=1)
   original = train.data.to_global

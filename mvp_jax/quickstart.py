@@ -4,8 +4,9 @@
 
 `summary(results)` lists the truth-aware R@1 in both directions (a hit is any image / caption the
 query is true of, input_pipeline/true_matches.py), the standard single-positive R@1, phrase
-grounding accuracy and ITM accuracy (on truth-checked reranked pairs, and in training against the
-mined negatives), each with its chance level. `grounding_picture` draws the grounding of one
+grounding accuracy and ITM accuracy (on truth-checked reranked pairs, the hardest; on
+truth-checked own + random pairs, the easy ones; and in training against the mined negatives),
+each with its chance level. `grounding_picture` draws the grounding of one
 validation caption: for each of its linked phrases the region the model picks (green when it is
 the gold one, red otherwise, with the gold box in yellow), saved as `{workdir}/grounding.png` and
 written to TensorBoard (`grounding` image).
@@ -38,6 +39,8 @@ ROWS = (
     ('image->text R@1, own captions only', 'i2t_R@1', None),
     ('phrase grounding accuracy', 'grounding_accuracy', 'grounding_chance'),
     ('ITM accuracy, truth-checked reranked pairs (balanced)', 'truth_itm_accuracy', 0.5),
+    ('ITM accuracy, truth-checked own + random pairs (balanced)', 'truth_itm_random_accuracy',
+     0.5),
     ('ITM accuracy in training, vs mined negatives', 'train/itm_accuracy', 0.5),
 )
 

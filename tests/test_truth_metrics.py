@@ -53,3 +53,15 @@ def test_matching_accuracy_is_balanced():
   np.testing.assert_allclose(out['accuracy'], 2 / 3)
   always_yes = rm.matching_accuracy(np.ones(10), np.arange(10) < 1)  # 1 true pair, 9 false
   assert always_yes['accuracy'] == 0.5 and always_yes['true_pairs'] == 1
+
+
+def test_own_and_random_pairs_give_each_caption_its_image_and_another():
+  own = np.array([0, 0, 1, 2, 2, 2, 3])
+  texts, images = rm.own_and_random_pairs(own, 4, seed=3)
+  np.testing.assert_array_equal(texts, np.concatenate([np.arange(7), np.arange(7)]))
+  np.testing.assert_array_equal(images[:7], own)
+  assert (images[7:] != own).all() and ((images[7:] >= 0) & (images[7:] < 4)).all()
+  # uniform over the other images: over many draws every other image comes up about equally
+  _, many = rm.own_and_random_pairs(np.zeros(30000, int), 4, seed=0)
+  np.testing.assert_allclose(np.bincount(many[30000:], minlength=4)[1:] / 30000, 1 / 3, atol=0.01)
+  assert np.bincount(many[30000:], minlength=4)[0] == 0

@@ -25,8 +25,10 @@ Metrics: {t2i, i2t, coarse_t2i, coarse_i2t}_R@{k} for k in `ks`, num_captions, n
 With the truth columns in the batches (`caption_meaning`, `image_meanings`:
 input_pipeline/true_matches.py) also the truth-aware ranks, where a hit is any image (caption)
 the query is true of: truth_{t2i, i2t, coarse_t2i, coarse_i2t}_R@{k}, their chance
-truth_{t2i, i2t}_chance_R@{k}, and the ITM head on the truth-checked reranked pairs:
-truth_itm_accuracy (balanced, chance 0.5), truth_itm_{true, false}_accuracy and pair counts.
+truth_{t2i, i2t}_chance_R@{k}, and the ITM head on the truth-checked reranked pairs (the
+hardest: each query's top candidates), truth_itm_accuracy (balanced, chance 0.5),
+truth_itm_{true, false}_accuracy and pair counts, and the same on easy pairs, each caption with
+its own image and a random other image (truth_itm_random_*).
 """
 
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
@@ -287,6 +289,12 @@ class RetrievalEvaluator(base.Evaluator):
                                    np.take_along_axis(truth.T, i2t, 1).reshape(-1)])
       itm = retrieval_metrics.matching_accuracy(scores, pair_truth)
       extras.update({f'truth_itm_{k}': v for k, v in itm.items()})
+      # The same head on easy pairs: each caption with its own image and a random other one.
+      pair_text, pair_image = retrieval_metrics.own_and_random_pairs(caption_image,
+                                                                     len(images['image_index']))
+      random_scores = self.score_pairs(params, pair_text, pair_image, texts, images)
+      itm = retrieval_metrics.matching_accuracy(random_scores, truth[pair_text, pair_image])
+      extras.update({f'truth_itm_random_{k}': v for k, v in itm.items()})
     return ranks, extras
 
   def run(self, params: Any) -> base.Metrics:

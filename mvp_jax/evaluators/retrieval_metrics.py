@@ -1,6 +1,6 @@
 """Pure ranking metrics of image-text retrieval (spec §4.1)."""
 
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -72,6 +72,20 @@ def chance_recall_at_k(is_match: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> 
       miss *= np.clip(n - true - r, 0, None) / (n - r)
     out[k] = float(np.mean(1.0 - miss))
   return out
+
+
+def own_and_random_pairs(caption_image: np.ndarray, num_images: int, seed: int = 0
+                         ) -> Tuple[np.ndarray, np.ndarray]:
+  """(caption index [2C], image index [2C]): every caption with its own image, then with an image
+  drawn uniformly from the others (fixed seed): the pairs an ITM head trained on random
+  negatives sees, to be checked against the truth (a drawn image may be true of the caption)."""
+  caption_image = np.asarray(caption_image).reshape(-1)
+  if num_images < 2:
+    raise ValueError(f'Random ITM pairs need at least 2 images, got {num_images}.')
+  shift = np.random.default_rng(seed).integers(1, num_images, size=caption_image.shape)
+  captions = np.arange(len(caption_image))
+  return (np.concatenate([captions, captions]),
+          np.concatenate([caption_image, (caption_image + shift) % num_images]))
 
 
 def matching_accuracy(probability: np.ndarray, is_true: np.ndarray) -> Dict[str, float]:

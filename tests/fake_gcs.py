@@ -19,23 +19,22 @@ What it implements (JSON API paths under /storage/v1 and /upload/storage/v1), an
 - GET  b/BUCKET/o/OBJECT: metadata (TF's stat); with alt=media the bytes, honouring `Range` (TF
   does not read this way, tensorstore does).
 - GET  /BUCKET/OBJECT on storage.googleapis.com: the bytes with `Range` (TF's reads).
-- POST upload/.../b/BUCKET/o ?uploadType=media|multipart|resumable &name: uploads (tensorstore:
-  media; TF: resumable, then PUT with `Content-Range`, including the empty `bytes */0` of a
-  directory marker).
+- POST upload/.../b/BUCKET/o ?uploadType=media|resumable &name: uploads (tensorstore:
+  media; TF: media for its empty `dir/` markers, resumable for files, then PUT to the session
+  with `Content-Range: bytes A-B/N`, or `bytes */N` to ask how much arrived).
 - DELETE b/BUCKET/o/OBJECT (TF's delete and rmtree, tensorstore's delete).
-- POST b/B/o/OBJECT/rewriteTo/b/B2/o/OBJECT2 and .../copyTo/...: copies (TF's rename is copy +
-  delete).
+- POST b/B/o/OBJECT/rewriteTo/b/B2/o/OBJECT2: a copy (TF's rename is a copy, then a delete).
 - `ifGenerationMatch` / `ifGenerationNotMatch` on reads, uploads and deletes (tensorstore's
   conditional writes: 412 when not met, 304 on an unchanged read); every object has a
   generation, sent as `x-goog-generation` with its bytes.
-Any other request is answered 501 and recorded in `Server.unhandled`, so a test can fail on it;
-`Server.requests` lists every request with its client. Objects live in memory (`Server.objects`:
-{(bucket, name): Blob}, each with the client that wrote it; a copy keeps the writer of its
-source); nothing touches the disk but the temporary certificate file.
+Any other request is answered 501 (a CONNECT to another host 403) and recorded in
+`Server.unhandled`, so a test can fail on it; `Server.requests` lists every request with its
+client. Objects live in memory (`Server.objects`: {(bucket, name): Blob}, each with the client
+that wrote it; a copy keeps the writer of its source); nothing touches the disk but the
+temporary certificate file.
 """
 
 import datetime
-import email.parser
 import http.server
 import itertools
 import json
@@ -171,6 +170,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
   def do_CONNECT(self):  # pylint: disable=invalid-name
     host = self.path.split(':')[0].rstrip('.')
     if host not in HOSTS:
+      self.fake.unhandled.append(f'CONNECT {self.path}')
       self._fail(403, f'CONNECT to {self.path}')
       return
     self.send_response(200, 'Connection established')
@@ -194,6 +194,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
   def do_DELETE(self):  # pylint: disable=invalid-name
     self._route('DELETE')
 
+  def do_HEAD(self):  # pylint: disable=invalid-name
+    self._route('HEAD')
+
+  def do_PATCH(self):  # pylint: disable=invalid-name
+    self._route('PATCH')
+
   # --- Routing ---------------------------------------------------------------------------------
   def _route(self, method: str) -> None:
     url = urllib.parse.urlsplit(self.path)
@@ -206,10 +212,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       return self._upload(match.group(1), query, body)
     if match and method == 'PUT' and 'upload_id' in query:
       return self._resume(query['upload_id'], body)
-    match = re.fullmatch(r'/storage/v1/b/([^/]+)/o/(.+)/(rewriteTo|copyTo)/b/([^/]+)/o/(.+)', path)
+    match = re.fullmatch(r'/storage/v1/b/([^/]+)/o/(.+)/rewriteTo/b/([^/]+)/o/(.+)', path)
     if match and method == 'POST':
-      return self._copy(match.group(1), _unquote(match.group(2)), match.group(4),
-                        _unquote(match.group(5)), match.group(3))
+      return self._copy(match.group(1), _unquote(match.group(2)), match.group(3),
+                        _unquote(match.group(4)))
     match = re.fullmatch(r'/storage/v1/b/([^/]+)/o/(.+)', path)
     if match and method in ('GET', 'DELETE'):
       bucket, name = match.group(1), _unquote(match.group(2))
@@ -342,12 +348,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     self._json(200, result)
 
   def _upload(self, bucket: str, query: Dict[str, str], body: bytes) -> None:
-    kind = query.get('uploadType', 'media')
-    if kind == 'multipart':
-      name, body = _multipart(self.headers.get('Content-Type', ''), body)
-      name = query.get('name', name)
-    else:
-      name = query.get('name', '')
+    kind, name = query.get('uploadType', 'media'), query.get('name', '')
     if not name:
       self._fail(400, 'upload without a name')
       return
@@ -360,7 +361,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                   f'&upload_id={upload_id}')
       self._send(200, b'', {'Location': location})
       return
-    if kind != 'media' and kind != 'multipart':
+    if kind != 'media':
       self._fail(501, f'uploadType={kind}')
       return
     self._stored(bucket, name, self.fake.put(bucket, name, body, self._client(), if_generation))
@@ -404,16 +405,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     else:
       self._send(204)
 
-  def _copy(self, bucket: str, name: str, to_bucket: str, to_name: str, kind: str) -> None:
+  def _copy(self, bucket: str, name: str, to_bucket: str, to_name: str) -> None:
     blob = self.fake.get(bucket, name)
     if blob is None:
       self._missing(bucket, name)
       return
     copy = self.fake.put(to_bucket, to_name, blob.data, blob.writer)
     copied = resource(to_bucket, to_name, copy)
-    if kind == 'copyTo':
-      self._json(200, copied)
-      return
     size = str(len(blob.data))
     self._json(200, {'kind': 'storage#rewriteResponse', 'done': True, 'resource': copied,
                      'totalBytesRewritten': size, 'objectSize': size})
@@ -440,10 +438,3 @@ def _range(header: Optional[str], size: int):
     return 'unsatisfiable'
   return first, last
 
-
-def _multipart(content_type: str, body: bytes) -> Tuple[str, bytes]:
-  """(name, media) of a multipart/related upload: a JSON metadata part, then the bytes."""
-  message = email.parser.BytesParser().parsebytes(
-      f'Content-Type: {content_type}\r\n\r\n'.encode() + body)
-  metadata, media = [part.get_payload(decode=True) for part in message.get_payload()]
-  return json.loads(metadata).get('name', ''), media

@@ -18,7 +18,6 @@ The folder holds
 run's. `--text_encoder_only` writes just the text encoder as a `transformers.BertModel` folder.
 """
 
-import glob
 import json
 import os
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -27,6 +26,7 @@ import numpy as np
 
 from absl import app
 from absl import flags
+from etils import epath
 
 from input_pipeline import cli
 
@@ -46,13 +46,12 @@ def read_metrics(workdir: str) -> Dict[str, Tuple[int, float]]:
   `<workdir>/final_metrics.json` ({name: value}) is used when the trainer wrote one; otherwise the
   TensorBoard event files are read.
   """
-  path = os.path.join(workdir, 'final_metrics.json')
-  if os.path.exists(path):
-    with open(path, encoding='utf-8') as f:
-      values = json.load(f)
+  path = epath.Path(workdir) / 'final_metrics.json'
+  if path.exists():
+    values = json.loads(path.read_text(encoding='utf-8'))
     step = int(values.get('final_step', -1))
     return {k: (step, float(v)) for k, v in values.items() if isinstance(v, (int, float))}
-  files = sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*')))
+  files = sorted(os.fspath(p) for p in epath.Path(workdir).glob('events.out.tfevents.*'))
   if not files:
     return {}
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -171,7 +170,7 @@ def export(workdir: str, out_dir: str, *, dataset_dir: Optional[str] = None,
   step = int(source.info['step'])
   weights.export(params, config, out_dir, task=task, vocab_dir=directory, fields={
       'lengths': lengths, 'data': data, 'step': step,
-      'source_workdir': os.path.abspath(workdir)})
+      'source_workdir': workdir if '://' in workdir else os.path.abspath(workdir)})
   tokenizer_path = run_dir.tokenizer_file(directory)
   if text_encoder:
     hf_bert.export_text_encoder(params, config, os.path.join(out_dir, TEXT_ENCODER_DIR),

@@ -17,6 +17,7 @@ import os
 from typing import Mapping, Optional, Sequence, Tuple
 
 from clu import metric_writers
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -132,7 +133,9 @@ def grounding_picture(config: ml_collections.ConfigDict, directory: str, model_c
 def write_picture(workdir: str, picture: np.ndarray, step: int) -> str:
   """Saves `picture` as `{workdir}/grounding.png` and as TensorBoard image `grounding`."""
   path = os.path.join(workdir, PICTURE)
-  Image.fromarray(picture).save(path)
+  png = io.BytesIO()
+  Image.fromarray(picture).save(png, format='PNG')
+  epath.Path(path).write_bytes(png.getvalue())  # workdir may be gs://
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   writer.write_images(step, {'grounding': picture[None]})
   writer.close()

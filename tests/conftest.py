@@ -36,7 +36,7 @@ def reference_dir() -> pathlib.Path:
 
 
 def pytest_configure(config):
-  config.addinivalue_line('markers', 'multiprocess: launches several JAX processes (slow); '
+  config.addinivalue_line('markers', 'multiprocess: launches JAX subprocesses (slow); '
                           'deselected unless `-m multiprocess` is given')
 
 

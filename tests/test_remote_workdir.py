@@ -1,63 +1,38 @@
-"""A pre-training and a fine-tuning smoke run whose workdirs are on a non-local filesystem,
-TensorFlow's in-memory `ram://`, with nothing written to the local disk.
+"""A pre-training and a fine-tuning smoke run whose workdirs are `gs://` URLs, served by a fake
+GCS server on 127.0.0.1 (tests/fake_gcs.py), with every file the runs write found in the bucket
+and nothing written to the local disk but the datasets.
 
-Why `ram://`: the run's files are written by three libraries, and `ram://` is the one non-local
-scheme that two of them take here: TensorFlow (`tf.io.gfile`: clu's TensorBoard writer, tf.data)
-has it built in, and `etils.epath` (our code, orbax's metadata) reaches it through its
-TensorFlow backend once the scheme is registered (epath only knows gs/s3/az/hf: `ram_scheme`
-adds it the way gs:// is declared). An fsspec `memory://` filesystem would reach epath but not
-TensorFlow. The third, orbax, stores arrays with tensorstore, which has no gfile driver: for
-any path but `gs://` it uses its local-file driver and refuses non-absolute paths. So orbax's
-checkpoint folders are mapped to a local temporary folder (`local_orbax`), the one place the
-runs may write locally, and the test checks that nothing else lands there or anywhere local.
+All three writers of a run go to the bucket, each through its own GCS client: our code and
+orbax's metadata through `etils.epath` (its TensorFlow backend, `tf.io.gfile`), clu's TensorBoard
+writer through `tf.summary` (both TF's C++ GCS filesystem, which reaches the fake server as an
+HTTPS proxy), and orbax's arrays through tensorstore's `gcs` driver (`TENSORSTORE_GCS_HTTP_URL`).
+orbax also asks google-cloud-storage whether the bucket has a hierarchical namespace whenever it
+lists checkpoint steps (`STORAGE_EMULATOR_HOST`). The runs go in a subprocess
+(tests/remote_workdir_worker.py) because these clients read their environment once, with its
+working directory and TMPDIR fresh empty folders. Datasets (ArrayRecord) stay local: the
+documented exception. The fake server records which client wrote each object, so the test also
+checks that each file came through the client meant to write it (a writer that fell back to
+the local disk, or to another client, fails it). About 100 s on the shared 2-core machine, so
+it runs in CI's `-m multiprocess` step.
 """
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
-import tensorflow as tf
-from etils import epath
-from etils.epath import backend as epath_backend
-from etils.epath import gpath
-from etils.epath import register as epath_register
-import orbax.checkpoint as ocp
 
 from configs import mvp_tiny
 from mvp_jax import checkpointing
 from mvp_jax import train
 
+import fake_gcs  # pylint: disable=g-bad-import-order
+from conftest import ROOT  # pylint: disable=g-bad-import-order
 import test_finetune  # pylint: disable=g-bad-import-order
-import test_train  # pylint: disable=g-bad-import-order
 
-
-@pytest.fixture
-def ram_scheme(monkeypatch):
-  """`ram://` in epath, served by its TensorFlow backend, as epath declares gs://."""
-  monkeypatch.setattr(gpath, '_URI_PREFIXES', gpath._URI_PREFIXES + ('ram://',))
-  monkeypatch.setattr(gpath, '_URI_SCHEMES', gpath._URI_SCHEMES | {'ram'})
-  monkeypatch.setitem(gpath._URI_MAP_ROOT, 'ram://', '/ram/')
-  monkeypatch.setitem(gpath._PREFIX_TO_BACKEND, 'ram', epath_backend.tf_backend)
-  monkeypatch.setitem(epath_register._URI_PREFIXES_TO_CLS, 'ram://', gpath.PosixGPath)
-  yield
-  if tf.io.gfile.exists('ram://runs'):
-    tf.io.gfile.rmtree('ram://runs')
-
-
-def local_orbax(monkeypatch, root):
-  """orbax's CheckpointManager keeps `ram://X` checkpoints in `root/X` (see the module doc)."""
-  manager = ocp.CheckpointManager
-
-  def mapped(directory, *args, **kwargs):
-    directory = os.fspath(directory)
-    assert directory.startswith('ram://'), directory
-    return manager(os.path.join(root, directory[len('ram://'):]), *args, **kwargs)
-
-  monkeypatch.setattr(ocp, 'CheckpointManager', mapped)
-
-
-def ram_files(root):
-  return sorted(os.path.relpath(os.path.join(d, f), root)
-                for d, _, files in tf.io.gfile.walk(root) for f in files)
+BUCKET = 'test-bucket'
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'remote_workdir_worker.py')
 
 
 def local_files(root):
@@ -65,42 +40,72 @@ def local_files(root):
                 for d, _, files in os.walk(root) for f in files)
 
 
-def test_pretrain_and_fine_tune_on_ram_write_nothing_locally(ram_scheme, tmp_path, monkeypatch):
-  del ram_scheme
+@pytest.mark.multiprocess
+def test_pretrain_and_fine_tune_on_gcs_write_nothing_locally(tmp_path):
   config = mvp_tiny.get_config('smoke')
   config.data.directory = str(tmp_path / 'data' / 'pretrain')
   dataset = train.data.prepare_dataset(config.data, str(tmp_path / 'data'))
   task_dataset = str(tmp_path / 'data' / 'retrieval')
-  tune = test_finetune.smoke_config('retrieval', 'ram://runs/pretrain', task_dataset)
+  tune = test_finetune.smoke_config('retrieval', '', task_dataset)
   tune.data.pretraining_dir = dataset
   train.data.prepare_dataset(tune.data, '', task='retrieval')
   data_before = local_files(tmp_path / 'data')
-  cwd, orbax_root = tmp_path / 'cwd', tmp_path / 'orbax'
+  cwd, tmp = tmp_path / 'cwd', tmp_path / 'tmp'
   cwd.mkdir()
-  orbax_root.mkdir()
-  monkeypatch.chdir(cwd)
-  local_orbax(monkeypatch, str(orbax_root))
+  tmp.mkdir()
 
-  results = train.train_and_evaluate(test_train.smoke_config(dataset, total_steps=2, log_every=1),
-                                     'ram://runs/pretrain')
-  assert results['final_step'] == 2
-  tuned = train.train_and_evaluate(tune, 'ram://runs/tuned')
-  assert tuned['final_step'] == 2 and 0.0 <= tuned['val/retrieval/t2i_R@1'] <= 1.0
+  with fake_gcs.Server((BUCKET,)) as server:
+    env = dict(os.environ, **server.environment(), TMPDIR=str(tmp))
+    done = subprocess.run([sys.executable, WORKER, dataset, task_dataset, f'gs://{BUCKET}/runs'],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-6000:]
+  assert not server.unhandled, server.unhandled
+  out = json.loads(done.stdout.strip().splitlines()[-1])
+  assert out['module'].startswith(str(ROOT)), out['module']  # this checkout's mvp_jax
+  assert out['pretrain']['final_step'] == 2 and out['tuned']['final_step'] == 2
+  assert 0.0 <= out['tuned']['val/retrieval/t2i_R@1'] <= 1.0
+  assert out['steps'] == {'pretrain': 2, 'tuned': 2}  # load_trained read both back from gs://
+  (report,) = out['init_from']  # the fine-tune's init_from read the gs:// pre-training run
+  assert report['source'] == f'gs://{BUCKET}/runs/pretrain' and report['kind'] == 'run'
+  assert report['loaded'] > 0
 
+  # In the bucket: every file of both runs, each written by the client meant to write it.
+  blobs = {name: blob for (bucket, name), blob in server.objects.items() if bucket == BUCKET}
+  assert all(name.startswith('runs/') for name in blobs), sorted(blobs)
   for run in ('pretrain', 'tuned'):
-    files = ram_files(f'ram://runs/{run}')
-    for name in (checkpointing.CONFIG_FILE, checkpointing.MODEL_CONFIG_FILE,
-                 train.METRICS_FILE):
-      assert name in files, (run, files)
-    assert any(f.startswith('events.out.tfevents') for f in files), (run, files)
-    assert epath.Path(f'ram://runs/{run}/{train.METRICS_FILE}').read_text().count('\n') >= 2
-  # Locally: the cwd stays empty, the datasets unchanged, no `ram:` folder anywhere, and the
-  # orbax folder holds checkpoint steps only.
-  assert not os.listdir(cwd)
+    files = {n[len(f'runs/{run}/'):]: b for n, b in blobs.items() if n.startswith(f'runs/{run}/')}
+    for name in (checkpointing.CONFIG_FILE, checkpointing.MODEL_CONFIG_FILE, train.METRICS_FILE):
+      assert files[name].writer == 'TSL', (run, name)  # tf.io.gfile, through etils.epath
+    events = [n for n in files if n.startswith('events.out.tfevents')]
+    assert events and all(files[n].writer == 'TSL' for n in events), (run, sorted(files))  # clu
+    steps = sorted({n.split('/')[1] for n in files if n.startswith('checkpoints/')} - {''})
+    assert steps[-1] == '2' and (run != 'pretrain' or steps == ['2']), (run, steps)
+    for step in steps:
+      in_step = {n[len(f'checkpoints/{step}/'):]: b for n, b in files.items()
+                 if n.startswith(f'checkpoints/{step}/')}
+      for name in ('_CHECKPOINT_METADATA', 'commit_success.txt', 'data/metadata',
+                   'state/_METADATA'):
+        assert in_step[name].writer == 'TSL', (run, step, name)  # orbax's metadata: epath
+      arrays = [n for n in in_step if n.startswith('state/ocdbt.process_0/d/')]
+      assert arrays and 'state/manifest.ocdbt' in in_step, (run, step, sorted(in_step))
+      assert all(in_step[n].writer == 'tensorstore' for n in arrays + ['state/manifest.ocdbt'])
+    logged = [json.loads(line)['step'] for line in files[train.METRICS_FILE].data.splitlines()]
+    assert logged[-1] == 2 and (run != 'pretrain' or logged == [1, 2]), (run, logged)
+  picture = blobs['runs/pretrain/grounding.png']
+  assert picture.data.startswith(b'\x89PNG') and picture.writer == 'TSL'
+  tuned_loss = out['read_metrics']['train/loss']  # [step, value] from the gs:// event file
+  assert tuned_loss == [2, pytest.approx(out['tuned']['train/loss'], rel=1e-6)]
+  # orbax listed the steps (asking google-cloud-storage about the bucket) and deleted step 1 of
+  # the pre-training run (keep_checkpoints=1) on GCS.
+  assert any(client == 'gcloud-python' for _, _, _, client in server.requests)
+  assert any(method == 'DELETE' and 'pretrain%2Fcheckpoints%2F1%2F' in path
+             for method, _, path, _ in server.requests)
+
+  # Locally: the datasets unchanged, the working directory and TMPDIR empty (TF stages GCS
+  # uploads in TMPDIR and removes them), and no `gs:` folder anywhere.
   assert local_files(tmp_path / 'data') == data_before
+  assert sorted(os.listdir(tmp_path)) == ['cwd', 'data', 'tmp']
+  assert not os.listdir(cwd) and not os.listdir(tmp)
   for directory, names, files in os.walk(tmp_path):
-    assert not any(n.startswith('ram:') for n in names + files), directory
-  assert sorted(os.listdir(orbax_root / 'runs')) == ['pretrain', 'tuned']
-  for run in ('pretrain', 'tuned'):
-    assert os.listdir(orbax_root / 'runs' / run) == [checkpointing.CHECKPOINTS]
-    assert checkpointing.load_trained(f'ram://runs/{run}')[2] == 2
+    assert not any(n.startswith('gs:') for n in names + files), directory

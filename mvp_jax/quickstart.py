@@ -40,7 +40,7 @@ ROWS = (
     ('image->text R@1, own captions only', 'i2t_R@1', None),
     ('phrase grounding accuracy', 'grounding_accuracy', 'grounding_chance'),
     ('ITM accuracy, truth-checked reranked pairs (balanced)', 'truth_itm_accuracy', 0.5),
-    ('ITM accuracy, truth-checked own + random pairs (balanced)', 'truth_itm_random_accuracy',
+    ('ITM accuracy, truth-checked own/random pairs (balanced)', 'truth_itm_random_accuracy',
      0.5),
     ('ITM accuracy in training, vs mined negatives', 'train/itm_accuracy', 0.5),
 )
@@ -57,6 +57,7 @@ def summary(results: Mapping[str, float]) -> str:
   """The rows of ROWS found in `results`, as an aligned table: metric, value, chance."""
   lines = [f'{"":56s} {"result":>7s} {"chance":>7s}']
   for label, name, chance in ROWS:
+    assert len(label) <= 56, label
     value = _find(results, name)
     if value is None:
       continue

@@ -5,13 +5,16 @@ Command (generates ShapesWorld into the workdir on first use, then trains and ev
   python main.py --config=configs/mvp_tiny.py --workdir=/tmp/mvp_tiny
 
 600 steps at lr 1e-3, with captions that are true of another image of the batch left out of the
-ITC denominators and the ITM negatives (`data.true_matches='truth'`). At the end main.py prints
-truth-aware R@1 both ways, grounding and ITM accuracy beside their chance levels and draws
-`{workdir}/grounding.png`. Measured on the 2-core CPU machine with nothing else running (4 min
-39 s wall including data generation, 2.3 GB peak RSS): on val (200 images, 600 captions)
-truth-aware R@1 t2i 0.307 / i2t 0.420 (chance 0.044), own-image R@1 t2i 0.078 / i2t 0.095
-(chance 0.005), grounding 0.428 (chance 0.170), ITM on truth-checked reranked pairs 0.533
-balanced (chance 0.5), MLM / MCR 0.617 / 0.532; the README has the full table.
+ITC denominators and the ITM negatives (`data.true_matches='truth'`), and ITM negatives sampled
+from softmax(sim / 0.3) (`negative_temperature`; with the authors' hardest ones ITM stays at
+chance at this size, README Quickstart). At the end main.py prints truth-aware R@1 both ways,
+grounding and ITM accuracy beside their chance levels and draws `{workdir}/grounding.png`.
+Measured on the 2-core CPU machine (13 min 21 s wall including data generation with three other
+jobs on both cores; 4 min 39 s idle with the hardest negatives; 2.4 GB peak RSS): on val (200
+images, 600 captions) truth-aware R@1 t2i 0.313 / i2t 0.325 (chance 0.044), own-image R@1 t2i
+0.093 / i2t 0.105 (chance 0.005), grounding 0.466 (chance 0.170), ITM 0.834 on truth-checked
+own/random pairs and 0.509 on the reranked ones (balanced, chance 0.5), 0.732 in training, MLM /
+MCR 0.608 / 0.546; the README has the full table.
 `:smoke` makes a seconds-long run for tests. Retrieval and grounding are evaluated on clean
 (uncorrupted) val inputs, MLM/MCR accuracy on val corrupted with a fixed seed.
 """

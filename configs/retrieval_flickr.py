@@ -1,7 +1,19 @@
-r"""Flickr30k image-text retrieval fine-tuning (spec §3.3, §4.1).
+r"""Flickr30k image-text retrieval fine-tuning, evaluated on the 1k test split (spec §3.3, §4.1).
 
-Command (task data imported once with `input_pipeline.tasks`, the base model pre-trained or
-converted from the authors' `mvp_base_for_fk`):
+Data, once, from the Flickr30K images and Karpathy's dataset_flickr30k.json in /data/flickr30k
+(input_pipeline/sources; regions + tags from SigLIP, or --features of your own):
+
+  python -m input_pipeline.sources.build extract --source=karpathy_flickr30k \
+      --manual_dir=/data/flickr30k --checkpoint=/ckpt/siglip-base-patch16-224 \
+      --features=/data/flickr_features
+  python -m input_pipeline.sources.build build --source=karpathy_flickr30k \
+      --manual_dir=/data/flickr30k --features=/data/flickr_features --data_dir=/data/tfds \
+      --pretrain_out=/data/flickr_mvp --tokenizer=/ckpt/bert-base-uncased/vocab.txt \
+      --concepts=/ckpt/mvptr/id2phrase.json --retrieval_out=/data/flickr_retrieval \
+      --retrieval_splits=train=train,val=val,test=test
+
+(or the VinVL-feature importers of input_pipeline.tasks, the base model pre-trained or converted
+from the authors' `mvp_base_for_fk`). Command:
 
   python main.py --config=configs/retrieval_flickr.py --workdir=/tmp/retrieval_flickr \
       --config.data.directory=/data/flickr_retrieval --config.init_from=/ckpt/mvp_base_for_fk

@@ -28,13 +28,14 @@ def test_ranks_on_hand_built_scores():
       retrieval_metrics.top_k_candidates(scores, 2), [[0, 1], [3, 2], [3, 2], [0, 2]])
 
 
-def brute_force(model, params, batches, prob_fn):
+def brute_force(model, params, batches, prob_fn, num_images=IMAGES):
   """p(matched) of every (caption, image) pair by running the full model on each pair."""
   rows = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
   valid = rows['example_valid'].astype(bool)
   rows = {k: v[valid] for k, v in rows.items()}
-  first = {int(i): int(np.flatnonzero(rows['image_index'] == i)[0]) for i in range(IMAGES)}
-  captions, images = np.meshgrid(np.arange(len(valid[valid])), np.arange(IMAGES), indexing='ij')
+  first = {int(i): int(np.flatnonzero(rows['image_index'] == i)[0]) for i in range(num_images)}
+  captions, images = np.meshgrid(np.arange(len(valid[valid])), np.arange(num_images),
+                                 indexing='ij')
   text_rows, image_rows = captions.reshape(-1), np.array([first[i] for i in images.reshape(-1)])
   pairs = {k: rows[k][text_rows] for k in retrieval.TEXT_INPUTS}
   pairs.update({k: rows[k][image_rows] for k in retrieval.VISUAL_INPUTS})
@@ -42,7 +43,7 @@ def brute_force(model, params, batches, prob_fn):
                        method=lambda m, b: m.backbone(b)['pooled_output'])
   prob = model.apply({'params': params}, pooled, method=prob_fn)
   prob = np.asarray(prob).reshape(captions.shape)
-  is_match = rows['image_index'][:, None] == np.arange(IMAGES)[None, :]
+  is_match = rows['image_index'][:, None] == np.arange(num_images)[None, :]
   return prob, is_match
 
 
@@ -101,7 +102,43 @@ def test_ground_truth_outside_the_top_k_gets_rank_k(setup):
   assert set(results) == {f'val/ret/{d}_R@{k}' for d in ('t2i', 'i2t', 'coarse_t2i',
                                                          'coarse_i2t') for k in (1, 5, 10)} | {
                                                              'val/ret/num_images',
-                                                             'val/ret/num_captions'}
+                                                             'val/ret/num_captions',
+                                                             'val/ret/rsum'}
+  np.testing.assert_allclose(results['val/ret/rsum'], 100 * sum(
+      results[f'val/ret/{d}_R@{k}'] for d in ('t2i', 'i2t') for k in (1, 5, 10)))
+
+
+def test_folds_retrieve_each_caption_among_its_folds_images_only(setup):
+  """COCO 1k's protocol: with folds=2 over 6 images, k = all, every caption is ranked against
+  the 3 images of its own fold and every image against that fold's captions (brute force on the
+  fold's submatrix), and R@K is the mean over the folds."""
+  mesh, to_device, _ = setup
+  model, params = make_model('retrieval')
+  batches = as_batches(make_rows(images=6, captions=2, seed=4))
+  evaluator = make_evaluator(model, 'retrieval', batches, to_device, top_k_images=6,
+                             top_k_texts=12, folds=2)
+  with jax.set_mesh(mesh):
+    ranks = evaluator.ranks(params)
+    texts, _ = evaluator.encode(params)
+    results = dict(evaluator.run(params))
+  prob, is_match = brute_force(model, params, batches, retrieval.finetuned_match_probability,
+                               num_images=6)
+  caption_image = texts['image_index']
+  expected_t2i, expected_i2t, fold_r1 = [], [], []
+  for fold in (np.arange(3), np.arange(3, 6)):
+    rows = np.isin(caption_image, fold)
+    sub_prob, sub_match = prob[rows][:, fold], is_match[rows][:, fold]
+    expected_t2i.append(retrieval_metrics.full_ranks(sub_prob, sub_match))
+    expected_i2t.append(retrieval_metrics.full_ranks(sub_prob.T, sub_match.T))
+    fold_r1.append(np.mean(expected_t2i[-1] < 1))
+  np.testing.assert_array_equal(ranks['t2i'], np.concatenate(expected_t2i))
+  np.testing.assert_array_equal(ranks['i2t'], np.concatenate(expected_i2t))
+  np.testing.assert_allclose(results['val/ret/t2i_R@1'], np.mean(fold_r1))
+  full = retrieval_metrics.full_ranks(prob, is_match)  # over all 6 images: another answer
+  assert not np.array_equal(np.sort(full), np.sort(np.concatenate(expected_t2i)))
+  with pytest.raises(ValueError, match='do not cut into folds=4'):
+    with jax.set_mesh(mesh):
+      make_evaluator(model, 'retrieval', batches, to_device, folds=4).ranks(params)
 
 
 def test_recall_at_1_is_exactly_one_when_images_mirror_their_caption(setup):

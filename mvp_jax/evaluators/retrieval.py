@@ -21,7 +21,9 @@ Every phase runs a number of steps agreed by all hosts, padding with dummy rows 
 0), and gathers its results once. Every host computes the same candidate lists, and each feeds
 its slice of every rerank chunk of `score_batch_size` pairs.
 
-Metrics: {t2i, i2t, coarse_t2i, coarse_i2t}_R@{k} for k in `ks`, num_captions, num_images.
+Metrics: {t2i, i2t, coarse_t2i, coarse_i2t}_R@{k} for k in `ks`, rsum, num_captions,
+num_images; with `folds` F the same, retrieved within each of F equal image folds and averaged
+(COCO 1k).
 With the truth columns in the batches (`caption_meaning`, `image_meanings`:
 input_pipeline/true_matches.py) also the truth-aware ranks, where a hit is any image (caption)
 the query is true of: truth_{t2i, i2t, coarse_t2i, coarse_i2t}_R@{k}, their chance
@@ -99,14 +101,17 @@ class RetrievalEvaluator(base.Evaluator):
     top_k_texts: captions re-scored per image (authors: 128).
     add_contrastive: fine score = p(matched) + coarse cosine instead of p(matched) alone.
     score_batch_size: global pairs per rerank step (a multiple of the hosts and data shards).
-    ks: the recall cut-offs.
+    ks: the recall cut-offs (with 1, 5 and 10 among them also `rsum`, the six R@{1,5,10} of
+      the reranked t2i and i2t ranks summed in %, as papers report it).
+    folds: retrieve within F consecutive equal folds of the images and average (COCO 1k: 5 on
+      the 5k test split; `evaluate`).
   """
   tasks = ('pretrain', 'retrieval')
   corrupt = False
 
   def __init__(self, name, context, *, top_k_images: int = 64, top_k_texts: int = 128,
                add_contrastive: bool = False, score_batch_size: int = 64,
-               ks: Sequence[int] = (1, 5, 10), **kwargs):
+               ks: Sequence[int] = (1, 5, 10), folds: int = 1, **kwargs):
     super().__init__(name, context, **kwargs)
     if min(top_k_images, top_k_texts, score_batch_size) < 1:
       raise ValueError(f'evals.{name}: top_k_images, top_k_texts and score_batch_size must be '
@@ -114,6 +119,9 @@ class RetrievalEvaluator(base.Evaluator):
     self.top_k_images, self.top_k_texts = int(top_k_images), int(top_k_texts)
     self.add_contrastive, self.score_batch_size = bool(add_contrastive), int(score_batch_size)
     self.ks = tuple(int(k) for k in ks)
+    if int(folds) < 1:
+      raise ValueError(f'evals.{name}: folds must be >= 1, got {folds}.')
+    self.folds = int(folds)
     self.match_probability = (pretraining_match_probability if context.task == 'pretrain'
                               else finetuned_match_probability)
 
@@ -244,12 +252,38 @@ class RetrievalEvaluator(base.Evaluator):
 
   def evaluate(self, params) -> Tuple[Dict[str, np.ndarray], Dict[str, float]]:
     """(ranks, truth metrics): `ranks` and, with truth columns, the chance R@K and ITM
-    accuracy on truth-checked pairs (module docstring; empty without)."""
+    accuracy on truth-checked pairs (module docstring; empty without).
+
+    With `folds` F > 1 the images (in `image_index` order) are cut into F consecutive equal
+    folds and each fold is retrieved on its own, its captions against its images only (COCO 1k:
+    the five folds of 1,000 Karpathy test images); the ranks are the folds' concatenated, so
+    every R@K is the mean over the folds (equal folds hold equal numbers of queries), and the
+    other metrics are averaged over the folds.
+    """
     texts, images = self.encode(params)
     missing = ~np.isin(texts['image_index'], images['image_index'])
     if missing.any():
       raise ValueError(f'evals.{self.name}: captions of images {texts["image_index"][missing]} '
                        f'have no encoded image.')
+    if self.folds == 1:
+      return self._evaluate_on(params, texts, images)
+    num_images = len(images['image_index'])
+    if num_images % self.folds:
+      raise ValueError(f'evals.{self.name}: {num_images} images do not cut into folds={self.folds} '
+                       'equal folds.')
+    caption_image = np.searchsorted(images['image_index'], texts['image_index'])
+    results = []
+    for fold in np.split(np.arange(num_images), self.folds):
+      in_fold = np.isin(caption_image, fold)
+      results.append(self._evaluate_on(params, {k: v[in_fold] for k, v in texts.items()},
+                                       {k: v[fold] for k, v in images.items()}))
+    ranks = {name: np.concatenate([r[name] for r, _ in results]) for name in results[0][0]}
+    extras = {name: float(np.mean([e[name] for _, e in results])) for name in results[0][1]}
+    return ranks, extras
+
+  def _evaluate_on(self, params, texts: Columns, images: Columns
+                   ) -> Tuple[Dict[str, np.ndarray], Dict[str, float]]:
+    """`evaluate` of these captions against these images (every caption's image among them)."""
     caption_image = np.searchsorted(images['image_index'], texts['image_index'])
     similarity = texts['embedding'] @ images['embedding'].T  # [captions, images]
     is_match = caption_image[:, None] == np.arange(len(images['image_index']))[None, :]
@@ -303,6 +337,10 @@ class RetrievalEvaluator(base.Evaluator):
     for name, values in ranks.items():
       for k, value in retrieval_metrics.recall_at_k(values, self.ks).items():
         results.append((self.metric(f'{name}_R@{k}'), value))
+    if {1, 5, 10} <= set(self.ks):  # RSUM: the six R@{1,5,10} in %, as papers report it
+      recall = {name: retrieval_metrics.recall_at_k(ranks[name], (1, 5, 10))
+                for name in ('t2i', 'i2t')}
+      results.append((self.metric('rsum'), 100.0 * sum(sum(r.values()) for r in recall.values())))
     results.append((self.metric('num_captions'), float(len(ranks['t2i']))))
     results.append((self.metric('num_images'), float(len(ranks['i2t']))))
     return iter(results)

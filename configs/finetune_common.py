@@ -16,15 +16,17 @@ from mvp_jax import tasks
 # The evaluator type of each task (mvp_jax.evaluators / config.evals).
 EVAL_TYPES = {'retrieval': 'retrieval', 'vqa': 'vqa', 've': 've', 're': 're'}
 
-BASE_MODEL = dict(vocab_size=-1, word_vocab_size=-1, hidden_size=768, num_heads=12,
-                  mlp_dim=3072, num_text_layers=6, num_visual_layers=6, num_cross_layers=6,
+# vocab_multiple: the vocabulary padded to a multiple of 128 rows, as in configs/mvp_base.py.
+BASE_MODEL = dict(vocab_size=-1, word_vocab_size=-1, vocab_multiple=128, hidden_size=768,
+                  num_heads=12, mlp_dim=3072, num_text_layers=6, num_visual_layers=6,
+                  num_cross_layers=6,
                   max_position_embeddings=512, type_vocab_size=2, region_feature_dim=2054,
                   use_region_layernorm=False, dropout_rate=0.1, attention_dropout_rate=0.1,
                   dtype='float32', remat=False, cross_tag_slots=0)
 # The tiny ShapesWorld model of configs/mvp_tiny.py, so /tmp/mvp_tiny-style runs initialise it.
-TINY_MODEL = dict(BASE_MODEL, hidden_size=128, num_heads=4, mlp_dim=256, num_text_layers=2,
-                  num_visual_layers=2, num_cross_layers=2, max_position_embeddings=64,
-                  region_feature_dim=134, use_region_layernorm=True)
+TINY_MODEL = dict(BASE_MODEL, vocab_multiple=1, hidden_size=128, num_heads=4, mlp_dim=256,
+                  num_text_layers=2, num_visual_layers=2, num_cross_layers=2,
+                  max_position_embeddings=64, region_feature_dim=134, use_region_layernorm=True)
 
 
 def get_base(task: str) -> ml_collections.ConfigDict:

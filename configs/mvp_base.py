@@ -38,8 +38,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.seed = 42
   config.distributed = False
 
-  config.model = dict(vocab_size=-1, word_vocab_size=-1, hidden_size=768, num_heads=12,
-                      mlp_dim=3072, num_text_layers=6, num_visual_layers=6, num_cross_layers=6,
+  # vocab_multiple: word table and decoders padded to a multiple of 128 rows (shardable over
+  # `tensor`; padding logits masked, exports keep the authors' row counts).
+  config.model = dict(vocab_size=-1, word_vocab_size=-1, vocab_multiple=128, hidden_size=768,
+                      num_heads=12, mlp_dim=3072, num_text_layers=6, num_visual_layers=6,
+                      num_cross_layers=6,
                       max_position_embeddings=512, type_vocab_size=2, region_feature_dim=2054,
                       use_region_layernorm=False, dropout_rate=0.1, attention_dropout_rate=0.1,
                       dtype='bfloat16', remat=True,

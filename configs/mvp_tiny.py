@@ -28,8 +28,9 @@ from configs import switches
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   smoke = 'smoke' in switches.parse(arg, ('smoke',), 'configs/mvp_tiny.py')
   config = mvp_base.get_config()
-  config.model = dict(vocab_size=-1, word_vocab_size=-1, hidden_size=128, num_heads=4,
-                      mlp_dim=256, num_text_layers=2, num_visual_layers=2, num_cross_layers=2,
+  config.model = dict(vocab_size=-1, word_vocab_size=-1, vocab_multiple=1, hidden_size=128,
+                      num_heads=4, mlp_dim=256, num_text_layers=2, num_visual_layers=2,
+                      num_cross_layers=2,
                       max_position_embeddings=64, type_vocab_size=2, region_feature_dim=134,
                       use_region_layernorm=True, dropout_rate=0.1, attention_dropout_rate=0.1,
                       dtype='float32', remat=False)

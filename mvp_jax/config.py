@@ -19,6 +19,10 @@ class ModelConfig:
     vocab_size: rows of the shared word table: WordPiece words followed by phrase-concept ids
       (spec §5.3; the authors' base checkpoint has >= 86051 rows).
     word_vocab_size: words only (`only_word_size`); the MLM and concept heads predict over these.
+    vocab_multiple: the word table and both decoders get their row counts rounded up to a
+      multiple of this (`padded_vocab_size`, `padded_word_vocab_size`) so that the `vocab` axis
+      divides a tensor-parallel mesh axis. Padding rows start at zero, their logits are
+      `layers.MASKED_LOGIT` and the converters cut them on export (`vocab_padding.py`). 1 = none.
     hidden_size: width of every encoder.
     num_heads: attention heads per layer (head_dim = hidden_size / num_heads).
     mlp_dim: feed-forward width.
@@ -57,6 +61,7 @@ class ModelConfig:
   """
   vocab_size: int = 86051
   word_vocab_size: int = 30522
+  vocab_multiple: int = 1
   hidden_size: int = 768
   num_heads: int = 12
   mlp_dim: int = 3072
@@ -96,6 +101,8 @@ class ModelConfig:
     if self.word_vocab_size > self.vocab_size:
       raise ValueError(f'word_vocab_size {self.word_vocab_size} exceeds vocab_size '
                        f'{self.vocab_size}: concepts are rows after the words.')
+    if self.vocab_multiple < 1:
+      raise ValueError(f'vocab_multiple must be >= 1, got {self.vocab_multiple}.')
     if self.dtype not in ('float32', 'bfloat16'):
       raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}.")
     choices = dict(remat_policy=('full', 'dots', 'dots_no_batch'),
@@ -117,6 +124,16 @@ class ModelConfig:
   def head_dim(self) -> int:
     return self.hidden_size // self.num_heads
 
+  @property
+  def padded_vocab_size(self) -> int:
+    """Rows of the word table in the model: `vocab_size` rounded up to `vocab_multiple`."""
+    return _round_up(self.vocab_size, self.vocab_multiple)
+
+  @property
+  def padded_word_vocab_size(self) -> int:
+    """Rows of the MLM / concept decoders: `word_vocab_size` rounded up to `vocab_multiple`."""
+    return _round_up(self.word_vocab_size, self.vocab_multiple)
+
   @classmethod
   def from_dict(cls, values: Optional[Mapping[str, Any]]) -> 'ModelConfig':
     """Builds a config from a mapping (e.g. `config.model` of a ConfigDict); unknown keys fail."""
@@ -131,9 +148,14 @@ class ModelConfig:
     return dataclasses.replace(self, **changes)
 
 
+def _round_up(rows: int, multiple: int) -> int:
+  return -(-rows // multiple) * multiple
+
+
 def base() -> ModelConfig:
-  """The paper's base setting: BERT-base sizes, 6+6+6 layers (spec §1.1)."""
-  return ModelConfig()
+  """The paper's base setting: BERT-base sizes, 6+6+6 layers (spec §1.1), the vocabulary padded
+  to a multiple of 128 (86,051 -> 86,144 table rows, 30,522 -> 30,592 decoder rows)."""
+  return ModelConfig(vocab_multiple=128)
 
 
 def tiny(**overrides) -> ModelConfig:

@@ -4,7 +4,10 @@ Both directions use one table of (torch name, our parameter path, layout) built 
 config (spec §6, §1.10): PyTorch `Linear.weight [out, in]` becomes a Dense kernel `[in, out]`,
 q/k/v kernels are reshaped to `[hidden, heads, head_dim]` (head h owns outputs 64h..64h+63), the
 attention output kernel to `[heads, head_dim, hidden]`, LayerNorm `weight` becomes `scale`, and
-embeddings, decoders and the `txt_proj`/`vis_proj` matrices are copied as they are.
+embeddings, decoders and the `txt_proj`/`vis_proj` matrices are copied as they are. The word
+table, the MLM / concept decoders and their biases have the authors' row counts on the torch side
+and the model's padded ones on ours (`ModelConfig.vocab_multiple`): `Entry.rows` records both and
+`vocab_padding.fit_rows` pads on the way in and cuts the (zero) padding rows on the way out.
 
 `load_state_dict` reads `.safetensors` (no torch needed), `.npz` and `.bin`/`.pt` (torch, an
 optional dependency, is imported only then). Weights are cast to float32 (released checkpoints may be fp16, spec §1.9).
@@ -23,6 +26,7 @@ from safetensors import numpy as safetensors_numpy
 
 from input_pipeline import optional
 from mvp_jax import model as model_lib
+from mvp_jax import vocab_padding
 from mvp_jax.config import ModelConfig
 
 Params = Dict[str, Any]
@@ -40,9 +44,11 @@ _ENCODERS = (('txt_encoder', 'text_encoder', 'num_text_layers'),
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
+  """One tensor: its torch name, our path, layout and, for vocabulary rows, (torch rows, ours)."""
   torch_name: str
   path: Tuple[str, ...]
   layout: str = COPY
+  rows: Optional[Tuple[int, int]] = None
 
 
 def _dense(torch_prefix: str, path: Tuple[str, ...], layout=LINEAR) -> List[Entry]:
@@ -55,11 +61,17 @@ def _layer_norm(torch_prefix: str, path: Tuple[str, ...]) -> List[Entry]:
           Entry(f'{torch_prefix}.bias', path + ('bias',))]
 
 
-def _prediction_head(torch_prefix: str, path: Tuple[str, ...]) -> List[Entry]:
+def _prediction_head(torch_prefix: str, path: Tuple[str, ...],
+                     rows: Optional[Tuple[int, int]] = None) -> List[Entry]:
   return (_dense(f'{torch_prefix}.transform.dense', path + ('transform',))
           + _layer_norm(f'{torch_prefix}.transform.LayerNorm', path + ('transform_layernorm',))
-          + [Entry(f'{torch_prefix}.decoder.weight', path + ('decoder',)),
-             Entry(f'{torch_prefix}.bias', path + ('bias',))])
+          + [Entry(f'{torch_prefix}.decoder.weight', path + ('decoder',), rows=rows),
+             Entry(f'{torch_prefix}.bias', path + ('bias',), rows=rows)])
+
+
+def _word_rows(config: ModelConfig) -> Tuple[int, int]:
+  """(authors' rows, model rows) of the MLM / concept decoders."""
+  return config.word_vocab_size, config.padded_word_vocab_size
 
 
 def backbone_entries(config: ModelConfig, root: Tuple[str, ...] = ('backbone',)) -> List[Entry]:
@@ -70,7 +82,10 @@ def backbone_entries(config: ModelConfig, root: Tuple[str, ...] = ('backbone',))
       Entry('bert.vis_proj', root + ('visual_projection',)),
   ]
   embeddings = root + ('embeddings',)
-  for table in ('word_embeddings', 'position_embeddings', 'token_type_embeddings'):
+  entries.append(Entry('bert.embeddings.word_embeddings.weight',
+                       embeddings + ('word_embeddings', 'embedding'),
+                       rows=(config.vocab_size, config.padded_vocab_size)))
+  for table in ('position_embeddings', 'token_type_embeddings'):
     entries.append(Entry(f'bert.embeddings.{table}.weight', embeddings + (table, 'embedding')))
   entries += _layer_norm('bert.embeddings.LayerNorm', embeddings + ('layernorm',))
   entries += _dense('bert.img_embedding', root + ('region_embedding', 'img_embedding'))
@@ -94,9 +109,9 @@ def backbone_entries(config: ModelConfig, root: Tuple[str, ...] = ('backbone',))
 def pretraining_entries(config: ModelConfig) -> List[Entry]:
   """`BiBertImgForPreTraining`: backbone, cls.predictions, cls.seq_relationship, half_mlm, qa."""
   entries = backbone_entries(config)
-  entries += _prediction_head('cls.predictions', ('mlm_head',))
+  entries += _prediction_head('cls.predictions', ('mlm_head',), _word_rows(config))
   entries += _dense('cls.seq_relationship', ('itm_head',))
-  entries += _prediction_head('half_mlm', ('concept_head',))
+  entries += _prediction_head('half_mlm', ('concept_head',), _word_rows(config))
   if config.qa_num_answers:
     entries += _dense('qa_head', ('qa_head',))
   return entries
@@ -173,8 +188,7 @@ def torch_to_params(state_dict: Mapping[str, Any], config: ModelConfig,
     raise ConversionError('State dict does not match the model config: ' + '; '.join(problems))
   params: Params = {}
   for entry in entries:
-    array = _to_ours(state[entry.torch_name], entry.layout, config, entry.path[-1] == 'kernel')
-    _set(params, entry.path, array)
+    _set(params, entry.path, to_ours(state[entry.torch_name], entry, config))
   _check_shapes(params, config, entries)
   return params
 
@@ -191,6 +205,8 @@ def params_to_torch(params: Mapping[str, Any], config: ModelConfig,
     except KeyError as error:
       raise ConversionError(f'Parameter {"/".join(entry.path)} (for {entry.torch_name}) is '
                             f'missing from the params tree.') from error
+    if entry.rows is not None:  # the authors' row count: cut the (zero) vocabulary padding
+      array = _fit_rows(array, entry.rows[0], entry)
     # np.array (not ascontiguousarray, which turns a 0-d logit_scale into shape [1]).
     out[entry.torch_name] = np.array(_to_torch(array, entry.layout, entry.path[-1] == 'kernel'),
                                      np.float32, order='C')
@@ -385,6 +401,35 @@ def torch_shape(shape: Sequence[int], layout: str, is_kernel: bool) -> Tuple[int
   raise ValueError(f'Unknown layout {layout}.')
 
 
+def _fit_rows(array: np.ndarray, rows: int, entry: Entry) -> np.ndarray:
+  try:
+    return vocab_padding.fit_rows(array, rows, entry.torch_name)
+  except ValueError as error:
+    raise ConversionError(str(error)) from error
+
+
 def to_ours(array: np.ndarray, entry: Entry, config: ModelConfig) -> np.ndarray:
-  """One torch tensor in our layout (the heads of `config` split q/k/v and attention output)."""
-  return _to_ours(array, entry.layout, config, entry.path[-1] == 'kernel')
+  """One torch tensor in our layout (the heads of `config` split q/k/v and attention output).
+
+  A vocabulary tensor (`entry.rows`) with the authors' or the model's row count gets the model's
+  (zero padding rows appended, or zero rows cut); any other row count is left for the shape checks.
+  """
+  array = _to_ours(array, entry.layout, config, entry.path[-1] == 'kernel')
+  if entry.rows is not None and np.shape(array)[:1] and np.shape(array)[0] in entry.rows:
+    array = _fit_rows(array, entry.rows[1], entry)
+  return array
+
+
+def accepted_torch_shape(shape: Sequence[int], entry: Entry,
+                         got: Sequence[int]) -> Tuple[int, ...]:
+  """The torch shape `to_ours` accepts for a parameter of our `shape`: `torch_shape`, with
+  either row count of `entry.rows` for a vocabulary tensor (`got` says which one is offered)."""
+  expected = torch_shape(shape, entry.layout, entry.path[-1] == 'kernel')
+  if entry.rows is not None and tuple(got)[:1] and tuple(got)[0] in entry.rows:
+    expected = (tuple(got)[0],) + expected[1:]
+  return expected
+
+
+def vocab_rows(config: ModelConfig) -> Dict[Tuple[str, ...], Tuple[int, int]]:
+  """{our path: (authors' rows, model rows)} of the vocabulary tensors of a pre-training model."""
+  return {e.path: e.rows for e in pretraining_entries(config) if e.rows is not None}

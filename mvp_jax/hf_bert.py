@@ -41,6 +41,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from mvp_jax import convert
+from mvp_jax import vocab_padding
 from mvp_jax.config import ModelConfig
 
 Params = Dict[str, Any]
@@ -261,7 +262,8 @@ def seed_from_bert(bert_dir: str, values: Flat, config: ModelConfig, *, vocab_di
 
   for head in ('mlm_head', 'concept_head'):
     if (head, 'decoder') in values:
-      out[(head, 'decoder')] = table[:config.word_vocab_size].copy()
+      out[(head, 'decoder')] = vocab_padding.fit_rows(  # zero vocabulary padding rows
+          table[:config.word_vocab_size], config.padded_word_vocab_size)
   mlm_head_copied = ('mlm_head', 'bias') in values and _copy_mlm_head(
       out, heads_state, config, ours_rows, theirs_rows)
   report = {
@@ -329,7 +331,7 @@ def _copy_mlm_head(flat, heads_state, config, ours_rows, theirs_rows) -> bool:
   flat[('mlm_head', 'transform', 'bias')] = heads_state[needed[1]].copy()
   flat[('mlm_head', 'transform_layernorm', 'scale')] = heads_state[needed[2]].copy()
   flat[('mlm_head', 'transform_layernorm', 'bias')] = heads_state[needed[3]].copy()
-  bias = np.zeros([config.word_vocab_size], np.float32)
+  bias = np.zeros([config.padded_word_vocab_size], np.float32)
   bias[ours_rows] = heads_state[needed[4]][theirs_rows]
   flat[('mlm_head', 'bias')] = bias
   return True

@@ -19,7 +19,9 @@ is set to log(1/0.07). The image LayerNorm (`bert.LayerNorm`, present only when 
 trained with use_img_layernorm=1) is kept as found by default; `--img_layernorm=add` adds an
 identity one (what the authors' code does when fine-tuning a checkpoint without it),
 `--img_layernorm=drop` removes it. The vocab.txt and id2phrase(_new).json beside the checkpoint
-are copied.
+are copied. `--vocab_multiple=128` records a padded vocabulary (`ModelConfig.vocab_multiple`)
+in the folder's config, for loading into the base configs; the written tensors keep the
+checkpoint's row counts either way.
 """
 
 import os
@@ -66,7 +68,8 @@ def _checkpoint_file(checkpoint: str) -> str:
 
 def import_checkpoint(checkpoint: str, out_dir: str, *, num_heads: Optional[int] = None,
                       word_vocab_size: Optional[int] = None,
-                      img_layernorm: str = 'auto') -> Dict[str, Any]:
+                      img_layernorm: str = 'auto',
+                      vocab_multiple: Optional[int] = None) -> Dict[str, Any]:
   """Converts an authors' checkpoint (see the module docstring); returns the report dict.
 
   Args:
@@ -75,14 +78,16 @@ def import_checkpoint(checkpoint: str, out_dir: str, *, num_heads: Optional[int]
     num_heads: attention heads (default: config.json beside the checkpoint, else hidden / 64).
     word_vocab_size: MLM output size (default: read off the MLM decoder; 30522 for the tasks).
     img_layernorm: 'auto' (keep as found), 'add' (identity LayerNorm if missing), 'drop'.
+    vocab_multiple: the recorded config's `vocab_multiple` (default 1: no padding); the exported
+      tensors have the checkpoint's row counts whatever it is (`vocab_padding.fit_rows`).
   """
   if img_layernorm not in ('auto', 'add', 'drop'):
     raise ValueError(f"img_layernorm must be 'auto', 'add' or 'drop', got {img_layernorm!r}.")
   source = weights.read(checkpoint)
   if source.kind not in ('authors', 'npz'):
     raise weights.WeightsError(f'{checkpoint} is {source.kind!r}, not an authors\' checkpoint.')
-  overrides = {k: v for k, v in (('num_heads', num_heads), ('word_vocab_size', word_vocab_size))
-               if v}
+  overrides = {k: v for k, v in (('num_heads', num_heads), ('word_vocab_size', word_vocab_size),
+                                 ('vocab_multiple', vocab_multiple)) if v}
   if img_layernorm != 'auto':
     overrides['use_region_layernorm'] = img_layernorm == 'add'
   config, params, load_report = api.load_checkpoint_with_report(source, **overrides)
@@ -130,7 +135,8 @@ def main(argv) -> None:
   values = flags.FLAGS
   report = import_checkpoint(values.checkpoint, values.out, num_heads=values.num_heads,
                              word_vocab_size=values.word_vocab_size,
-                             img_layernorm=values.img_layernorm)
+                             img_layernorm=values.img_layernorm,
+                             vocab_multiple=values.vocab_multiple)
   print(describe(report, values.out))
 
 
@@ -143,6 +149,9 @@ def define_flags(values: flags.FlagValues) -> None:
                        'hidden size / 64).', flag_values=values)
   flags.DEFINE_integer('word_vocab_size', None, 'MLM output size (default: inferred from the '
                        'decoder weights).', flag_values=values)
+  flags.DEFINE_integer('vocab_multiple', None, 'Pad the vocabulary to a multiple of this in '
+                       'the recorded config (128 for the base configs); the tensors keep the '
+                       "checkpoint's row counts.", flag_values=values)
   flags.DEFINE_enum('img_layernorm', 'auto', ['auto', 'add', 'drop'],
                     'Image LayerNorm: keep as found, add an identity one, or drop it.',
                     flag_values=values)

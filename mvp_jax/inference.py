@@ -255,7 +255,8 @@ class Predictor:
     results = []
     for ids, row_logits, text in zip(batch['input_ids_a'], logits, texts):
       positions = np.flatnonzero(ids == self.tokenizer.mask_id)
-      scores = row_logits[positions] + self._word_bias
+      # Real word columns only (the vocabulary padding columns are cut).
+      scores = row_logits[positions, :self.config.word_vocab_size] + self._word_bias
       probs = np.exp(scores - scores.max(-1, keepdims=True))
       probs /= probs.sum(-1, keepdims=True)
       masks = []

@@ -19,6 +19,10 @@ Array = jax.Array
 # The reference code adds (1 - mask) * -10000 to the attention scores, not -inf (spec §1.4).
 MASK_VALUE = -10000.0
 
+# Logit of a vocabulary padding row (`ModelConfig.vocab_multiple`): no softmax, loss, accuracy or
+# argmax ever picks it, and its gradient is zero.
+MASKED_LOGIT = -1e9
+
 
 # `ModelConfig.remat_policy` -> what `jax.checkpoint` keeps of a layer (None = nothing).
 REMAT_POLICIES = {
@@ -63,6 +67,17 @@ def _normal(config: ModelConfig, axes: Sequence[Optional[str]]):
   return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), axes)
 
 
+def _padded_normal(config: ModelConfig, real_rows: int):
+  """The normal initialiser of a ('vocab', 'embed') table whose rows >= real_rows are zero."""
+  normal = nn.initializers.normal(config.initializer_range)
+
+  def init(key, shape, dtype=jnp.float32):
+    values = normal(key, shape, dtype)
+    return jnp.where(jnp.arange(shape[0])[:, None] < real_rows, values, 0).astype(dtype)
+
+  return nn.with_logical_partitioning(init, ('vocab', 'embed'))
+
+
 def _zeros(axes):
   return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
 
@@ -104,9 +119,10 @@ class Embeddings(nn.Module):
   def setup(self):
     cfg = self.config
     dtype = _dtype(cfg)
-    self.word_embeddings = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype,
+    # padded_vocab_size rows; the padding rows start at zero and no id reaches them.
+    self.word_embeddings = nn.Embed(cfg.padded_vocab_size, cfg.hidden_size, dtype=dtype,
                                     param_dtype=jnp.float32,
-                                    embedding_init=_normal(cfg, ('vocab', 'embed')))
+                                    embedding_init=_padded_normal(cfg, cfg.vocab_size))
     self.position_embeddings = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size,
                                         dtype=dtype, param_dtype=jnp.float32,
                                         embedding_init=_normal(cfg, ('position', 'embed')))
@@ -279,10 +295,15 @@ class PredictionHead(nn.Module):
   """BertLMPredictionHead with an untied decoder: Dense + GELU + LN, then x @ decoderᵀ + bias.
 
   `decoder` is stored like an embedding table, [num_outputs, hidden], as in PyTorch, so that it
-  can be initialised as a copy of the word embeddings' first rows (spec §1.7).
+  can be initialised as a copy of the word embeddings' first rows (spec §1.7). With
+  `num_real < num_outputs` the rows from `num_real` on are vocabulary padding: their logits are
+  `MASKED_LOGIT` (`ModelConfig.vocab_multiple`). `axis` is the logical name of the output axis
+  ('vocab' for words, 'classes' for the VQA answers).
   """
   config: ModelConfig
   num_outputs: int
+  num_real: Optional[int] = None
+  axis: str = 'vocab'
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -290,8 +311,11 @@ class PredictionHead(nn.Module):
     cfg = self.config
     x = gelu(dense(cfg, cfg.hidden_size, ('embed', 'embed_out'), 'transform')(x))
     x = layer_norm(cfg, 'transform_layernorm')(x)
-    decoder = self.param('decoder', _normal(cfg, ('vocab', 'embed')),
+    decoder = self.param('decoder', _normal(cfg, (self.axis, 'embed')),
                          (self.num_outputs, cfg.hidden_size), jnp.float32)
-    bias = self.param('bias', _zeros(('vocab',)), (self.num_outputs,), jnp.float32)
+    bias = self.param('bias', _zeros((self.axis,)), (self.num_outputs,), jnp.float32)
     logits = jnp.einsum('...h,vh->...v', x, decoder.astype(x.dtype))
-    return logits.astype(jnp.float32) + bias
+    logits = logits.astype(jnp.float32) + bias
+    if self.num_real is not None and self.num_real < self.num_outputs:
+      logits = jnp.where(jnp.arange(self.num_outputs) < self.num_real, logits, MASKED_LOGIT)
+    return logits

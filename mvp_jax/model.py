@@ -151,8 +151,10 @@ class MVPPretrainingModel(nn.Module):
   def setup(self):
     cfg = self.config
     self.backbone = MVPBackbone(cfg)
-    self.mlm_head = layers.PredictionHead(cfg, cfg.word_vocab_size)
-    self.concept_head = layers.PredictionHead(cfg, cfg.word_vocab_size)
+    # padded_word_vocab_size outputs; the padding columns' logits are layers.MASKED_LOGIT.
+    self.mlm_head = layers.PredictionHead(cfg, cfg.padded_word_vocab_size, cfg.word_vocab_size)
+    self.concept_head = layers.PredictionHead(cfg, cfg.padded_word_vocab_size,
+                                              cfg.word_vocab_size)
     self.itm_head = layers.dense(cfg, 2, ('embed_out', 'classes'), 'itm_head')
     if cfg.qa_num_answers:
       self.qa_head = layers.dense(cfg, cfg.qa_num_answers, ('embed_out', 'classes'), 'qa_head')
@@ -363,13 +365,16 @@ def init_params(config: ModelConfig, rng: jax.Array, batch: Optional[Batch] = No
   """Initial parameters of `MVPPretrainingModel` (boxed with their logical axis names).
 
   Like `tie_weights()` in the reference (spec §1.7), both decoders start as copies of the first
-  `word_vocab_size` rows of the word table and are independent parameters afterwards.
+  `word_vocab_size` rows of the word table and are independent parameters afterwards. Their
+  vocabulary padding rows (`padded_word_vocab_size`) and the table's start at zero.
   """
   batch = dummy_batch(config) if batch is None else batch
   params = MVPPretrainingModel(config).init(rng, batch)['params']
   params = flax.core.unfreeze(params) if isinstance(params, flax.core.FrozenDict) else params
   words = params['backbone']['embeddings']['word_embeddings']['embedding']
   word_rows = nn.unbox(words)[:config.word_vocab_size]
+  padding = config.padded_word_vocab_size - config.word_vocab_size
+  word_rows = jnp.pad(word_rows, ((0, padding), (0, 0)))
   for head in ('mlm_head', 'concept_head'):
     decoder = params[head]['decoder']
     params[head]['decoder'] = decoder.replace_boxed(word_rows) if isinstance(

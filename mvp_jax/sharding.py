@@ -4,9 +4,11 @@ Parameters and activations are annotated with logical axis names (`layers.py`); 
 them to the mesh axes `data`, `fsdp` and `tensor`. The rule sets below cover the usual layouts:
   replicated / data-parallel: batch over (data, fsdp), parameters replicated;
   fsdp: batch over (data, fsdp), the `embed` dimension of parameters sharded over `fsdp`;
-  tensor: heads and mlp over `tensor`.
-Vocabulary rows stay unsharded: the authors' 86,051-row table divides by no power of two, and
-NamedSharding needs even splits.
+  tensor: heads, mlp and vocab (the word table and decoder rows) over `tensor`.
+The authors' 86,051-row table divides by no power of two and NamedSharding needs even splits,
+so the base configs pad the vocabulary to a multiple of 128 rows (`ModelConfig.vocab_multiple`).
+`param_shardings` replicates (with a warning) any parameter dimension that its mesh axes do not
+divide, e.g. an unpadded vocabulary under the tensor rules.
 
 `local` negatives cut the batch into G contiguous groups, one per data shard. The group
 operations below (`group_similarity`, `take_within_groups`) reshape the batch axis to [G, B/G]
@@ -38,10 +40,11 @@ RULES: Dict[str, Tuple[Tuple[str, object], ...]] = {
     'fsdp': _ACTIVATION_RULES + (
         ('embed', 'fsdp'), ('mlp', None), ('heads', None), ('kv', None), ('vocab', None)),
     'tensor': _ACTIVATION_RULES + (
-        ('embed', None), ('mlp', 'tensor'), ('heads', 'tensor'), ('kv', None), ('vocab', None)),
+        ('embed', None), ('mlp', 'tensor'), ('heads', 'tensor'), ('kv', None),
+        ('vocab', 'tensor')),
     'fsdp_tensor': _ACTIVATION_RULES + (
         ('embed', 'fsdp'), ('mlp', 'tensor'), ('heads', 'tensor'), ('kv', None),
-        ('vocab', None)),
+        ('vocab', 'tensor')),
 }
 
 
@@ -114,6 +117,44 @@ def logical_to_sharding(logical_tree, mesh: Mesh, rules) -> object:
   specs = nn.logical_to_mesh(logical_tree, rules)
   return jax.tree_util.tree_map(lambda spec: NamedSharding(mesh, spec), specs,
                                 is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def divisible_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh,
+                   name: str = 'array') -> PartitionSpec:
+  """`spec` with every dimension its mesh axes do not divide replicated (logged as a warning)."""
+  entries = list(spec) + [None] * (len(shape) - len(spec))
+  fitted = []
+  for dim, (size, axes) in enumerate(zip(shape, entries)):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    devices = int(np.prod([mesh.shape[a] for a in names])) if names else 1
+    if size % devices:
+      logging.warning('%s: dimension %d (%d) is not divisible by mesh axes %s (%d devices); '
+                      'replicated instead.', name, dim, size, names, devices)
+      axes = None
+    fitted.append(axes)
+  return PartitionSpec(*fitted)
+
+
+def param_shardings(boxed_params, mesh: Mesh, rules) -> object:
+  """NamedShardings of a (possibly abstract) boxed parameter tree under `rules`.
+
+  Like `nn.logical_to_mesh_sharding`, but a dimension that its mesh axes do not divide is
+  replicated with a warning instead of failing at jit time.
+  """
+  specs = nn.logical_to_mesh(nn.get_partition_spec(boxed_params), rules)
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+  # Shapes read off the boxes (unboxing under a mesh would add sharding constraints).
+  leaves = jax.tree_util.tree_flatten_with_path(boxed_params, is_leaf=is_box)[0]
+  flat_specs, treedef = jax.tree_util.tree_flatten(
+      specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+  if len(leaves) != len(flat_specs):
+    raise ValueError(f'{len(leaves)} parameters but {len(flat_specs)} partition specs.')
+  out = []
+  for (path, leaf), spec in zip(leaves, flat_specs):
+    shape = np.shape(leaf.unbox(apply_constraint=False) if is_box(leaf) else leaf)
+    fitted = divisible_spec(spec, shape, mesh, jax.tree_util.keystr(path))
+    out.append(NamedSharding(mesh, fitted))
+  return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -87,8 +87,7 @@ def sharded_init(init_params: Callable[[Array], Any], optimizer: optax.GradientT
   """
   with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
     boxed = jax.eval_shape(init_params, rng)
-    param_sharding = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), setup.mesh,
-                                                 setup.rules)
+    param_sharding = sharding.param_shardings(boxed, setup.mesh, setup.rules)
     abstract_params = _values(boxed)
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
     opt_sharding = _like_params(abstract_opt, abstract_params, param_sharding, setup.replicated)

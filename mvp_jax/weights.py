@@ -44,6 +44,7 @@ from mvp_jax import checkpointing
 from mvp_jax import convert
 from mvp_jax import hf_bert
 from mvp_jax import run_dir
+from mvp_jax import vocab_padding
 from mvp_jax.config import ModelConfig
 
 Path = Tuple[str, ...]
@@ -197,18 +198,33 @@ def _candidates(src: Source, config: ModelConfig, task: str,
   return out, reasons
 
 
-def _converted(candidate: _Candidate, shape: Tuple[int, ...], config: ModelConfig):
-  """(array in our layout, None) or (None, 'shape mismatch text')."""
+def _converted(candidate: _Candidate, shape: Tuple[int, ...], config: ModelConfig,
+               path: Path = ()):
+  """(array in our layout, None) or (None, 'shape mismatch text').
+
+  Vocabulary tensors (word table, MLM / concept decoders and biases) may come with the authors'
+  row count or another padding of it: `vocab_padding.fit_rows` gives them the model's.
+  """
   value, entry = candidate.value, candidate.entry
   if entry is None:
+    rows = convert.vocab_rows(config).get(path)
+    if rows is not None and value.ndim and tuple(value.shape[1:]) == tuple(shape[1:]) and (
+        value.shape[0] != shape[0]) and (min(value.shape[0], shape[0]) >= rows[0]):
+      try:
+        return vocab_padding.fit_rows(value, shape[0], candidate.name), None
+      except ValueError as error:
+        return None, str(error)
     if tuple(value.shape) != tuple(shape):
       return None, f'checkpoint {tuple(value.shape)}, model {tuple(shape)}'
     return value, None
-  expected = convert.torch_shape(shape, entry.layout, entry.path[-1] == 'kernel')
+  expected = convert.accepted_torch_shape(shape, entry, value.shape)
   if tuple(value.shape) != expected:
     return None, (f'checkpoint {entry.torch_name} {tuple(value.shape)}, model {expected} '
                   f'(torch layout; ours {tuple(shape)})')
-  return convert.to_ours(value, entry, config), None
+  try:
+    return convert.to_ours(value, entry, config), None
+  except convert.ConversionError as error:
+    return None, str(error)
 
 
 def load(source, target: Any, *, model_config: ModelConfig, task: str = 'pretrain',
@@ -279,7 +295,7 @@ def load(source, target: Any, *, model_config: ModelConfig, task: str = 'pretrai
         continue
       report.fresh.append(name)
       continue
-    array, problem = _converted(candidate, tuple(leaf.shape), model_config)
+    array, problem = _converted(candidate, tuple(leaf.shape), model_config, path)
     if problem is None:
       values[path] = array
       used.add(candidate.name)

@@ -1,4 +1,9 @@
-"""Parity with the authors' PyTorch model: golden_tiny.npz outputs reproduced to <= 1e-5."""
+"""Parity with the authors' PyTorch model: golden_tiny.npz outputs reproduced to <= 1e-5.
+
+Every test runs on the unpadded model and on the same checkpoint loaded with `vocab_multiple=128`
+(300 -> 384 table rows, 200 -> 256 decoder rows): the real rows' logits equal the golden ones and
+the padding columns hold `layers.MASKED_LOGIT`.
+"""
 
 import jax.numpy as jnp
 import numpy as np
@@ -6,6 +11,7 @@ import pytest
 
 import mvp_jax
 from mvp_jax import convert
+from mvp_jax import layers
 from mvp_jax import losses
 from mvp_jax import negatives
 
@@ -20,10 +26,10 @@ def golden(reference_dir):
     return {k: data[k] for k in data.files}
 
 
-@pytest.fixture(scope='module')
-def converted(golden):
+@pytest.fixture(scope='module', params=[1, 128], ids=['unpadded', 'vocab_multiple_128'])
+def converted(golden, request):
   state = {k[len('param/'):]: v for k, v in golden.items() if k.startswith('param/')}
-  config, params = mvp_jax.load_checkpoint(state, num_heads=4)
+  config, params = mvp_jax.load_checkpoint(state, num_heads=4, vocab_multiple=request.param)
   return state, config, params
 
 
@@ -39,8 +45,14 @@ def outputs(golden, converted):
 
 
 def test_config_inferred_from_state_dict(converted):
-  _, config, _ = converted
+  _, config, params = converted
   assert (config.vocab_size, config.word_vocab_size, config.hidden_size) == (300, 200, 32)
+  padded = config.vocab_multiple == 128
+  assert (config.padded_vocab_size, config.padded_word_vocab_size) == (
+      (384, 256) if padded else (300, 200))
+  table = np.asarray(params['backbone']['embeddings']['word_embeddings']['embedding'])
+  assert table.shape == (config.padded_vocab_size, 32)
+  assert not table[300:].any() and not np.asarray(params['mlm_head']['decoder'])[200:].any()
   assert (config.num_text_layers, config.num_visual_layers, config.num_cross_layers) == (2, 2, 2)
   assert config.use_region_layernorm and config.qa_num_answers == 7
 
@@ -52,6 +64,10 @@ def test_config_inferred_from_state_dict(converted):
 def test_output_matches_reference(golden, outputs, name):
   ours = outputs[RENAMED.get(name, name)]
   reference = golden[f'output/{name}']
+  if name.endswith('mlm_logits') and ours.shape[-1] != reference.shape[-1]:  # padded vocabulary
+    assert ours.shape[-1] == 256 and reference.shape[-1] == 200
+    np.testing.assert_array_equal(ours[..., 200:], layers.MASKED_LOGIT)
+    ours = ours[..., :200]
   assert ours.shape == reference.shape
   np.testing.assert_allclose(ours, reference, atol=TOLERANCE, rtol=0)
 
@@ -102,7 +118,8 @@ def test_base_config_names_and_shapes(reference_dir):
   import json  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   expected = json.loads((reference_dir / 'state_dict_shapes.json').read_text())
-  config = mvp_jax.ModelConfig(qa_num_answers=3129)
+  config = mvp_jax.config.base().replace(qa_num_answers=3129)  # vocabulary padded to 128
+  assert (config.padded_vocab_size, config.padded_word_vocab_size) == (86144, 30592)
   shapes = jax.eval_shape(lambda: mvp_jax.init_params(config, jax.random.PRNGKey(0)))
   fake = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, np.float32),
                                 __import__('flax').linen.unbox(shapes))

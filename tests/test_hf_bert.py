@@ -224,3 +224,32 @@ def test_text_encoder_export_loads_in_transformers(imported, text_inputs, tmp_pa
   pooled = backbone_apply(config, params, lambda m, x: m.pooler(x), jnp.asarray(ours))
   np.testing.assert_allclose(reference.pooler_output.numpy(), pooled, atol=1e-5, rtol=0)
   assert (tmp_path / 'bert' / 'vocab.txt').exists()
+
+
+def test_padded_vocabulary_seeds_and_exports_bert_rows(bert_dir, bert_model, vocabularies,
+                                                       text_inputs, tmp_path):
+  """A model with `vocab_multiple=8`: BERT seeds the real rows, the padding rows stay zero and
+  the exported BertModel has the real row count (and the same text encoding)."""
+  tokenizer, _, data_dir = vocabularies
+  config = model_config(tokenizer, vocab_multiple=8)  # 28 -> 32 table rows, 25 -> 32 decoder rows
+  assert (config.vocab_size, config.padded_vocab_size) == (28, 32)
+  assert (config.word_vocab_size, config.padded_word_vocab_size) == (25, 32)
+  params, _ = weights.load(str(bert_dir), fresh_params(config), model_config=config,
+                           vocab_dir=data_dir)
+  words = bert_model.state_dict()['embeddings.word_embeddings.weight'].numpy()
+  table = np.asarray(params['backbone']['embeddings']['word_embeddings']['embedding'])
+  assert table.shape == (32, HIDDEN) and not table[28:].any()
+  np.testing.assert_array_equal(table[:len(words)], words)
+  for head in ('mlm_head', 'concept_head'):
+    decoder = np.asarray(params[head]['decoder'])
+    assert decoder.shape == (32, HIDDEN) and not decoder[25:].any()
+    np.testing.assert_array_equal(decoder[:25], table[:25])
+  out = hf_bert.export_text_encoder(params, config, str(tmp_path / 'bert'), tokenizer.path)
+  model = transformers.BertModel.from_pretrained(out, local_files_only=True).eval()
+  assert tuple(model.embeddings.word_embeddings.weight.shape) == (28, HIDDEN)
+  ids, types, mask = text_inputs
+  _, reference = bert_hidden_states(model, ids, types, mask)
+  batch = dict(input_ids_a=jnp.asarray(ids), token_type_ids_a=jnp.asarray(types),
+               attention_mask_a=jnp.asarray(mask))
+  ours = backbone_apply(config, params, mvp_jax.MVPBackbone.encode_text, batch)
+  np.testing.assert_allclose(reference.last_hidden_state.numpy(), ours, atol=1e-5, rtol=0)

@@ -161,3 +161,23 @@ def test_cli_prints_the_filled_word():
   grounded = inference_cli.run_cli(make_run(), 'a green hexagon is below a large star', 'ground',
                                shapesworld_index=1)
   assert "'hexagon' -> region " in grounded
+
+
+def test_fill_mask_of_a_padded_vocabulary_returns_the_same_real_words(predictor):
+  """The run loaded with `vocab_multiple=128` (decoder rows padded, padding biases made to win
+  if they were not masked) fills masks exactly as the unpadded model does."""
+  from mvp_jax import api  # pylint: disable=g-import-not-at-top
+  config, params = api.load_checkpoint(make_run(), vocab_multiple=128)
+  assert config.padded_word_vocab_size > config.word_vocab_size
+  params = jax.tree_util.tree_map(np.array, params)
+  params['mlm_head']['bias'][config.word_vocab_size:] = 1000.0
+  padded = inference.Predictor(config, params, predictor.tokenizer, predictor.concept_vocab,
+                               predictor.lengths, predictor.data_config)
+  image = predictor.shapesworld_record(1)
+  text = 'a red [MASK] left of a blue [mask]'
+  ours, reference = padded.fill_mask(image, text, top_k=4), predictor.fill_mask(image, text,
+                                                                                top_k=4)
+  assert ours['text'] == reference['text']
+  for got, want in zip(ours['masks'], reference['masks']):
+    assert [w for w, _ in got] == [w for w, _ in want]
+    np.testing.assert_allclose([p for _, p in got], [p for _, p in want], atol=1e-5)

@@ -17,8 +17,11 @@ from mvp_jax.tasks import pretrain
 
 BATCH, TEXT, TAGS, REGIONS = 8, 8, 4, 4
 INIT_KEY, NEGATIVE_KEY, WPG_KEY = (jax.random.PRNGKey(i) for i in range(3))
-CONFIG = config_lib.tiny(region_feature_dim=16, vocab_size=128, word_vocab_size=96,
-                         num_text_layers=1, num_visual_layers=1, num_cross_layers=1)
+# The vocabulary is padded (125 -> 128 table rows, 93 -> 96 decoder rows) so that it divides the
+# tensor axis.
+CONFIG = config_lib.tiny(region_feature_dim=16, vocab_size=125, word_vocab_size=93,
+                         vocab_multiple=8, num_text_layers=1, num_visual_layers=1,
+                         num_cross_layers=1)
 
 
 def _batch():
@@ -99,7 +102,9 @@ def _path(tree, *keys):
             (None, 'tensor', None),
         ('backbone', 'text_encoder', 'layer_0', 'attention', 'output', 'kernel'):
             ('tensor', None, None),
-        ('mlm_head', 'decoder'): (None, None)}),  # vocabulary rows stay unsharded
+        ('backbone', 'embeddings', 'word_embeddings', 'embedding'): ('tensor', None),
+        ('mlm_head', 'decoder'): ('tensor', None),  # the padded vocabulary rows over `tensor`
+        ('concept_head', 'bias'): ('tensor',)}),
 ])
 def test_sharded_run_equals_single_device(reference, mesh_shape, rules, expected_specs):
   ref_params, (ref_total, ref_outputs, ref_terms) = reference

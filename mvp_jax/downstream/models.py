@@ -107,7 +107,7 @@ class VQAModel(nn.Module):
 
   def setup(self):
     self.backbone = MVPBackbone(self.config)
-    self.answer_head = layers.PredictionHead(self.config, self.num_answers)
+    self.answer_head = layers.PredictionHead(self.config, self.num_answers, axis='classes')
     self.dropout = nn.Dropout(self.config.dropout_rate)
 
   def __call__(self, batch: Batch, deterministic: bool = True) -> Dict[str, Array]:

@@ -36,8 +36,8 @@ def reference_dir() -> pathlib.Path:
 
 
 def pytest_configure(config):
-  config.addinivalue_line('markers', 'multiprocess: launches several JAX processes (slow); '
-                          'deselected unless `-m multiprocess` is given')
+  config.addinivalue_line('markers', 'multiprocess: slow (several JAX processes, or several '
+                          'whole runs); deselected unless `-m multiprocess` is given')
 
 
 def pytest_collection_modifyitems(config, items):

@@ -24,14 +24,20 @@ TOWER = dict(tower='vit', image_size=64, width=64, depth=2, num_heads=4, mlp_dim
              patch_size=8, pooling='bilinear', freeze=False, lr_multiplier=1.0, remat=False)
 
 
-def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  smoke = 'smoke' in switches.parse(arg, ('smoke',), 'configs/mvp_tiny_pixels.py')
-  config = mvp_tiny.get_config('smoke' if smoke else '')
+def use_tower(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` (any task's, with the tiny MVPTR) reading pixels through TOWER: the model's vision
+  tower, its region width, and pixel mode in the pipeline at the tower's resolution."""
   config.model.vision = dict(TOWER)
   config.model.region_feature_dim = TOWER['width'] + 6
   config.data.pixels = True
   config.data.image_size = TOWER['image_size']
   config.data.image_norm = 'minus_one_to_one'  # the towers' [-1, 1] (SigLIP's value range)
+  return config
+
+
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  smoke = 'smoke' in switches.parse(arg, ('smoke',), 'configs/mvp_tiny_pixels.py')
+  config = use_tower(mvp_tiny.get_config('smoke' if smoke else ''))
   if smoke:
     config.model.vision.update(image_size=32, width=16, depth=1, num_heads=2, mlp_dim=32)
     config.model.region_feature_dim = 16 + 6

@@ -232,6 +232,17 @@ def load_trained(workdir: str, step: Optional[int] = None):
   if not config_path.exists():
     raise FileNotFoundError(f'{config_path} is missing: {workdir} is not an mvp-jax run.')
   model_config = ModelConfig.from_dict(json.loads(config_path.read_text(encoding='utf-8')))
+  state, _, step = read_checkpoint(workdir, step, data=False)
+  return model_config, state['params'], step
+
+
+def read_checkpoint(workdir: str, step: Optional[int] = None, *, data: bool = True):
+  """(state, data_state, step) of a run's checkpoint (the latest by default), without a model.
+
+  `state` is the whole saved train state as nested dicts of arrays on this process's first
+  device (step, params, optimizer state, rng), whatever mesh or hosts saved it; `data_state` is
+  the input iterator's JSON position (None with `data=False`).
+  """
   manager = ocp.CheckpointManager(epath.Path(workdir) / CHECKPOINTS,
                                   item_handlers={'state': ocp.StandardCheckpointHandler(),
                                                  'data': ocp.JsonCheckpointHandler()})
@@ -245,6 +256,9 @@ def load_trained(workdir: str, step: Optional[int] = None):
   target = jax.tree_util.tree_map(
       lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata,
       is_leaf=lambda m: isinstance(m, ocp.metadata.ArrayMetadata))
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+  items = dict(state=ocp.args.StandardRestore(target))
+  if data:
+    items['data'] = ocp.args.JsonRestore()
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
   manager.close()
-  return model_config, restored['state']['params'], step
+  return restored['state'], restored['data'] if data else None, step

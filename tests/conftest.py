@@ -36,8 +36,8 @@ def reference_dir() -> pathlib.Path:
 
 
 def pytest_configure(config):
-  config.addinivalue_line('markers', 'multiprocess: launches JAX subprocesses (slow); '
-                          'deselected unless `-m multiprocess` is given')
+  config.addinivalue_line('markers', 'multiprocess: slow (JAX subprocesses, or several whole '
+                          'runs); deselected unless `-m multiprocess` is given')
 
 
 def pytest_collection_modifyitems(config, items):

@@ -6,6 +6,7 @@ Runs the real `train_and_evaluate` on a small ShapesWorld dataset generated once
 
 import os
 import signal
+from typing import Optional
 
 import jax
 import numpy as np
@@ -154,23 +155,37 @@ def test_meshes_match_one_device(shapesworld_dir, single_device_run, tmp_path, m
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_sigterm_then_resume_equals_uninterrupted_run(shapesworld_dir, tmp_path, monkeypatch):
-  config = smoke_config(shapesworld_dir, total_steps=6, checkpoint_every=100)
-  train.train_and_evaluate(config, str(tmp_path / 'straight'))
+def sigterm_during_step(monkeypatch, step: int, seen: Optional[list] = None):
+  """Makes a preemption notice (SIGTERM to this process) arrive during training step `step`
+  (1-based) of the next `train_and_evaluate`; returns a function that stops it.
 
-  calls = {'n': 0}
+  The training loop puts each step's host batch on device with `train.data.to_global` once, so
+  its `step`-th call sends the signal (evaluation calls it too: send it before any evaluation).
+  `seen`, a list, receives every host batch the loop puts on device.
+  """
   original = train.data.to_global
+  calls = {'n': 0}
 
   def to_global_then_sigterm(batch, sharding):
     calls['n'] += 1
-    if calls['n'] == 3:  # during step 3 a preemption notice arrives
+    if seen is not None:
+      seen.append(jax.tree_util.tree_map(np.array, dict(batch)))
+    if calls['n'] == step:
       os.kill(os.getpid(), signal.SIGTERM)
     return original(batch, sharding)
 
   monkeypatch.setattr(train.data, 'to_global', to_global_then_sigterm)
+  return lambda: monkeypatch.setattr(train.data, 'to_global', original)
+
+
+def test_sigterm_then_resume_equals_uninterrupted_run(shapesworld_dir, tmp_path, monkeypatch):
+  config = smoke_config(shapesworld_dir, total_steps=6, checkpoint_every=100)
+  train.train_and_evaluate(config, str(tmp_path / 'straight'))
+
+  stop_sigterm = sigterm_during_step(monkeypatch, 3)  # during step 3 a preemption notice arrives
   interrupted = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
   assert interrupted['preempted_at_step'] == 3
-  monkeypatch.setattr(train.data, 'to_global', original)
+  stop_sigterm()
   resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
   assert resumed['final_step'] == 6
   straight_params, _ = params_of(str(tmp_path / 'straight'))

@@ -1,7 +1,7 @@
 r"""One-shape VQA from plain images: the hand-made extractor's features vs the tiny ViT on pixels.
 
   python -m benchmarks.one_shape_vqa --out_dir=/tmp/one_shape_bench [--steps=1000] \
-      [--num_train=1000] [--num_val=200] [--paths=features,pixels]
+      [--num_train=1000] [--num_val=200] [--paths=features,pixels] [--lr=1e-3]
 
 Writes one one-shape VQA set (`input_pipeline/tasks/one_shape_vqa.py`: 64 x 64 images of one
 coloured shape, 3 questions each: its colour, its kind, a yes/no about one of them) to
@@ -46,6 +46,7 @@ def define_flags() -> None:
   flags.DEFINE_integer('feature_dim', 134, 'hand-made extractor dims per region (tiny MVPTR)')
   flags.DEFINE_integer('seed', 0, 'generation seed')
   flags.DEFINE_list('paths', list(PATHS), 'which of features, pixels to train')
+  flags.DEFINE_float('lr', None, "peak learning rate of every path (default: the config's 2e-4)")
   flags.mark_flag_as_required('out_dir')
 
 
@@ -63,9 +64,11 @@ def build_datasets(out_dir: str, num_train: int, num_val: int, grid: int, featur
   return directories
 
 
-def task_config(directory: str, steps: int, grid: int, pixels: bool):
+def task_config(directory: str, steps: int, grid: int, pixels: bool, lr=None):
   """configs/vqa_shapesworld.py:scratch on a records folder, evaluated on train and val."""
   config = vqa_shapesworld.get_config('scratch')
+  if lr is not None:
+    config.optimizer.lr = lr
   config.data.kind = 'records'
   config.data.directory = directory
   config.data.max_img_seq_length = grid * grid + 1
@@ -104,11 +107,11 @@ def main(argv: Sequence[str]) -> None:
                                FLAGS.feature_dim, FLAGS.seed)
   rows = {}
   for path in FLAGS.paths:
-    config = task_config(directories[path], FLAGS.steps, FLAGS.grid, path == 'pixels')
+    config = task_config(directories[path], FLAGS.steps, FLAGS.grid, path == 'pixels', FLAGS.lr)
     rows[path] = run(config, os.path.join(FLAGS.out_dir, f'run_{path}'))
     print(f'{path}: {rows[path]}', flush=True)
   print(f'\n{FLAGS.num_train} train / {FLAGS.num_val} held-out images (x3 questions), '
-        f'{FLAGS.steps} steps of batch 32 from scratch')
+        f'{FLAGS.steps} steps of batch 32 from scratch, lr {config.optimizer.lr:g}')
   print('| path | train accuracy | held-out accuracy | training examples/s | wall |')
   print('|---|---|---|---|---|')
   for path, row in rows.items():

@@ -9,9 +9,8 @@ ITC denominators and the ITM negatives (`data.true_matches='truth'`), and ITM ne
 from softmax(sim / 0.3) (`negative_temperature`; with the authors' hardest ones ITM stays at
 chance at this size, README Quickstart). At the end main.py prints truth-aware R@1 both ways,
 grounding and ITM accuracy beside their chance levels and draws `{workdir}/grounding.png`.
-Measured on the 2-core CPU machine (13 min 21 s wall including data generation with three other
-jobs on both cores; 4 min 39 s idle with the hardest negatives; 2.4 GB peak RSS): on val (200
-images, 600 captions) truth-aware R@1 t2i 0.313 / i2t 0.325 (chance 0.044), own-image R@1 t2i
+Measured on the 2-core CPU machine with nothing else running (4 min 42 s wall including data
+generation, 2.3 GB peak RSS): on val (200 images, 600 captions) truth-aware R@1 t2i 0.313 / i2t 0.325 (chance 0.044), own-image R@1 t2i
 0.093 / i2t 0.105 (chance 0.005), grounding 0.466 (chance 0.170), ITM 0.834 on truth-checked
 own/random pairs and 0.509 on the reranked ones (balanced, chance 0.5), 0.732 in training, MLM /
 MCR 0.608 / 0.546; the README has the full table.

@@ -112,13 +112,6 @@ def create_mesh(shape: Sequence[int], devices=None,
   return Mesh(mesh_devices, MESH_AXES)
 
 
-def logical_to_sharding(logical_tree, mesh: Mesh, rules) -> object:
-  """A pytree of logical PartitionSpecs -> a pytree of NamedShardings on `mesh`."""
-  specs = nn.logical_to_mesh(logical_tree, rules)
-  return jax.tree_util.tree_map(lambda spec: NamedSharding(mesh, spec), specs,
-                                is_leaf=lambda x: isinstance(x, PartitionSpec))
-
-
 def divisible_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh,
                    name: str = 'array') -> PartitionSpec:
   """`spec` with every dimension its mesh axes do not divide replicated (logged as a warning)."""

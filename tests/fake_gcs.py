@@ -182,23 +182,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     self.wfile = socketserver._SocketWriter(connection)  # pylint: disable=protected-access
     self.close_connection = False
 
-  def do_GET(self):  # pylint: disable=invalid-name
-    self._route('GET')
+  def _dispatch(self):
+    self._route(self.command)
 
-  def do_POST(self):  # pylint: disable=invalid-name
-    self._route('POST')
-
-  def do_PUT(self):  # pylint: disable=invalid-name
-    self._route('PUT')
-
-  def do_DELETE(self):  # pylint: disable=invalid-name
-    self._route('DELETE')
-
-  def do_HEAD(self):  # pylint: disable=invalid-name
-    self._route('HEAD')
-
-  def do_PATCH(self):  # pylint: disable=invalid-name
-    self._route('PATCH')
+  # BaseHTTPRequestHandler looks up do_<METHOD>; every method goes through one router.
+  do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _dispatch  # pylint: disable=C0103
 
   # --- Routing ---------------------------------------------------------------------------------
   def _route(self, method: str) -> None:

@@ -112,7 +112,7 @@ def test_sharded_run_equals_single_device(reference, mesh_shape, rules, expected
   rules = sharding.logical_rules(rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract = jax.eval_shape(_init, INIT_KEY)
-    param_shardings = sharding.logical_to_sharding(nn.get_partition_spec(abstract), mesh, rules)
+    param_shardings = sharding.param_shardings(abstract, mesh, rules)  # the trainer's
     params = jax.jit(_init, out_shardings=param_shardings)(INIT_KEY)
     batch = jax.device_put(_batch(), sharding.batch_sharding(mesh))
     total, outputs, terms = jax.jit(_run)(params, batch)

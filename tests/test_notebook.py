@@ -1,6 +1,7 @@
 """notebooks/mvp_jax_colab.ipynb: executed end to end by `python -m notebooks.regenerate` with the
 smoke config, and the committed copy carries the saved outputs of a full quickstart run."""
 
+import os
 import pathlib
 
 import pytest
@@ -89,3 +90,33 @@ def test_repo_url_is_written_into_the_parameters_cell():
   notebook = nbformat.read(regenerate.NOTEBOOK, as_version=4)
   regenerate.set_repo_url(notebook, 'https://example.org/x/mvp-jax')
   assert "REPO_URL = 'https://example.org/x/mvp-jax'" in _cells(notebook)['parameters'].source
+
+
+def _install_helpers() -> dict:
+  """The functions the install cell defines (its source up to the install itself)."""
+  notebook = nbformat.read(regenerate.NOTEBOOK, as_version=4)
+  source = _cells(notebook)['install'].source
+  namespace = {'os': os}  # imported by the parameters cell
+  exec(source[:source.index("if importlib.util.find_spec('mvp_jax')")], namespace)  # pylint: disable=exec-used
+  return namespace
+
+
+@pytest.mark.parametrize('protobuf, bounded', [('5.29.6', True), ('6.30.2', True),
+                                               ('6.31.1', False), ('7.34.0', False)])
+def test_install_cell_keeps_the_runtime_and_a_metadata_that_runs_on_its_protobuf(
+    protobuf, bounded, monkeypatch):
+  helpers = _install_helpers()
+  installed = {'jax': '0.7.2', 'jaxlib': '0.7.2', 'tensorflow': '2.19.0', 'numpy': '2.0.2',
+               'protobuf': protobuf}
+
+  def version(name):
+    if name not in installed:
+      raise helpers['importlib'].metadata.PackageNotFoundError(name)
+    return installed[name]
+
+  monkeypatch.setattr(helpers['importlib'].metadata, 'version', version)
+  path, pins = helpers['keep_preinstalled']()
+  expected = [f'{name}=={v}' for name, v in installed.items()]
+  expected += ['tensorflow-metadata<1.18'] if bounded else []
+  assert pins == expected
+  assert pathlib.Path(path).read_text().split() == expected

@@ -13,8 +13,9 @@ The same with TFDS's command line (the front-end kwargs go in the name, front_en
 The front-end is recorded in the built dataset's metadata.json ('front_end'); building into a
 data_dir that holds a build with another front-end is an error (unless overwriting).
 
-Each builder is a `tfds.core.GeneratorBasedBuilder` writing every shard twice with exactly the
-feature spec of storage.record_features: as tfrecord, the main format, which `tfds.load` /
+Each builder is a `tfds.core.GeneratorBasedBuilder` (`_TwoFormatBuilder`, which the VinVL and
+task builders of import_builders.py share) writing every shard twice with exactly the feature
+spec of storage.record_features: as tfrecord, the main format, which `tfds.load` /
 `as_dataset` read (TFDS 4.9's ArrayRecordFileAdapter.make_tf_data raises NotImplementedError),
 and as array_record (`alternative_file_formats`), which `tfds.data_source` / `as_data_source`
 pick and layout.py links into the storage layout without rewriting it. `file_format=

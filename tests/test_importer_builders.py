@@ -159,6 +159,16 @@ def test_the_import_command_writes_what_the_builder_built(vinvl):
       batch_size=2, seed=0, shuffle=False, repeat=False, corrupt=False, pad_final_batch=True,
       process_index=0, process_count=1) for d in (out, linked)]
   _same_batches(*batches)
+  # Re-importing a split (here without phrases) replaces its build; the other split's stays.
+  assert import_vinvl.main([
+      f'--features={manual}/test/features.tsv', f'--captions={manual}/dataset_coco.json',
+      f'--predictions={manual}/test/predictions.tsv', f'--out_dir={out}', '--split=test',
+      '--overwrite']) == 0
+  assert [n.rpartition('.')[0] for n in sorted(os.listdir(os.path.join(out, '.tfds')))] == [
+      'test', 'train']
+  assert sfx.plain(next(storage.read_dataset(out, 'test').as_numpy_iterator())['phrases']) == [
+      [], []]
+  assert len(list(storage.read_dataset(out, 'train').as_numpy_iterator())) == 3
 
 
 def test_one_split_by_kwargs_and_a_bad_kwarg_is_named(vinvl, tmp_path):

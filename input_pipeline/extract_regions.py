@@ -4,7 +4,7 @@ r"""Images -> image records (features.py) with a SigLIP vision tower, resumably.
       --checkpoint=siglip-base-patch16-224/ --out=data/my_images --split=train \
       [--captions=captions.json] [--regions=grid --grid=7 | --regions=boxes --boxes=boxes.json]
 
-Writes the split through input_pipeline/storage.py exactly as import_vinvl does (image_png b'',
+Writes the split through input_pipeline/storage.py in the layout import_vinvl gives (image_png b'',
 boxes in pixels, region_features [R, width + 6] with VinVL's 6 box numbers, one tag per region,
 captions and phrases with unknown regions), so training reads it unchanged. Grid mode gives
 grid x grid cells plus the whole image (7 x 7 + 1 = 50 regions); box mode pools the given pixel

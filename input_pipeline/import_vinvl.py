@@ -21,8 +21,10 @@ that matches no captioned image fails the import.
 Error policy: with on_error='skip' (default) an image with any bad row is left out and reported
 (file, 1-based line, kind); the import fails when more than `max_error_fraction` (default 1%) of
 the captioned images were left out, or none is left. With 'raise' the first problem fails it.
-storage.write_dataset makes a split visible only once complete, so a failed import leaves no
-complete-looking split. The report is printed and written beside the split, to
+The split is written by the `vinvl_features` TFDS builder (input_pipeline/sources/
+import_builders.py; `tfds build` builds every split of a manual folder with it) into
+`{out_dir}/.tfds/` and linked as `{out_dir}/{split}` only once complete, so a failed import
+leaves no complete-looking split. The report is printed and written beside the split, to
 `{out_dir}/{split}_import_report.json` (or `..._import_report.failed.json` when it failed).
 """
 
@@ -44,7 +46,7 @@ from input_pipeline import storage
 from input_pipeline import tokenizers
 from input_pipeline import vinvl
 from input_pipeline.import_report import ImportReport
-from input_pipeline.vinvl_rows import RowError, VinvlImportError, VinvlOptions, new_report
+from input_pipeline.vinvl_rows import RowError, VinvlImportError, VinvlOptions
 
 SOURCE_FORMATS = ('vinvl', 'extract', 'sgb', 'frcnn_pt')
 
@@ -141,8 +143,8 @@ def detect_source_format(path: str) -> str:
   raise VinvlImportError(f'{path}: no rows')
 
 
-def _checked(records: Iterator[dict], report: ImportReport,
-             max_error_fraction: float) -> Iterator[dict]:
+def checked(records: Iterator[dict], report: ImportReport,
+            max_error_fraction: float) -> Iterator[dict]:
   """`records`, then raises (so that nothing is committed) when too many images were lost."""
   yield from records
   if not report.stats['records']:
@@ -152,6 +154,38 @@ def _checked(records: Iterator[dict], report: ImportReport,
                            f'more than max_error_fraction={max_error_fraction:.2%}')
 
 
+def iter_records(inputs: dict, split: str, report: ImportReport, options: VinvlOptions, *,
+                 phrase_format: str = 'auto', builtin_phrases: bool = False,
+                 karpathy_splits: Optional[Sequence[str]] = None,
+                 caption_id_field: str = 'auto') -> Iterator[dict]:
+  """The image records (unvalidated) of one split's `inputs` {'features', 'predictions',
+  'captions', 'phrases'} (module docstring), problems going to `report`."""
+  features, predictions, phrases = inputs['features'], inputs['predictions'], inputs['phrases']
+  source_format = detect_source_format(features)
+  if source_format in ('extract', 'sgb') and predictions is not None:
+    raise VinvlImportError(f'{features} is a {source_format} file: predictions are not used')
+  if source_format == 'vinvl' and predictions is None:
+    raise VinvlImportError(f'{features} is a features.tsv: --predictions is needed')
+  if karpathy_splits is None:
+    karpathy_splits = [split] + (['restval'] if split == 'train' else [])
+  caption_set = captions_lib.load_captions(inputs['captions'], report, options,
+                                           karpathy_splits=karpathy_splits,
+                                           id_field=caption_id_field)
+  table = load_phrase_table(phrases, phrase_format, report, options) if phrases else None
+  if table is not None:
+    align_phrase_table(caption_set, table, phrases, report)
+  extractor = phrase_extractor.extract_phrases if builtin_phrases else None
+  phrases_for = make_phrases_for(caption_set, table, phrases, extractor, report)
+  kept = caption_set.captions
+  if source_format == 'vinvl':
+    return vinvl.iter_vinvl_records(features, predictions, kept, phrases_for, report, options)
+  if source_format == 'extract':
+    return vinvl.iter_extract_records(features, kept, phrases_for, report, options)
+  if source_format == 'sgb':
+    return vinvl.iter_sgb_records(features, kept, phrases_for, report, options)
+  return vinvl.iter_pt_records(features, predictions, kept, phrases_for, report, options)
+
+
 def import_vinvl(*, features: str, captions: str, out_dir: str, split: str,
                  predictions: Optional[str] = None, phrases: Optional[str] = None,
                  phrase_format: str = 'auto', builtin_phrases: bool = False,
@@ -159,54 +193,27 @@ def import_vinvl(*, features: str, captions: str, out_dir: str, split: str,
                  on_error: str = 'skip', max_error_fraction: float = 0.01,
                  max_messages: int = 20, overwrite: bool = False,
                  options: VinvlOptions = VinvlOptions()) -> ImportReport:
-  """Imports one split into `out_dir/split` and returns its report.
+  """Imports one split into `out_dir/split` through the `vinvl_features` builder; returns its
+  report.
 
-  On failure the exception carries the report summary as a note, and the report is written to
+  The builder (sources/import_builders.py) writes the split into `out_dir/.tfds/` and
+  sources/layout.py links it as `out_dir/split` (storage.py layout). On failure the exception
+  carries the report summary as a note, and the report is written to
   `{split}_import_report.failed.json` so that `{split}_import_report.json` always describes the
   split that is in place. karpathy_splits: Karpathy splits to keep; None keeps `split`, plus
   'restval' for 'train'. `out_dir` must be new, empty or an earlier VinVL import.
   """
+  from input_pipeline.sources import import_builders  # pylint: disable=g-import-not-at-top
   if os.path.exists(os.path.join(out_dir, split)) and not overwrite:
     raise FileExistsError(f'{os.path.join(out_dir, split)}: split already written (pass '
                           'overwrite=True to replace it)')
   ownership.claim(out_dir, 'vinvl')
-  report = new_report(on_error=on_error, max_messages=max_messages)
-  inputs = {'features': features, 'predictions': predictions, 'captions': captions,
-            'phrases': phrases}
-  try:
-    source_format = detect_source_format(features)
-    if source_format in ('extract', 'sgb') and predictions is not None:
-      raise VinvlImportError(f'{features} is a {source_format} file: predictions are not used')
-    if source_format == 'vinvl' and predictions is None:
-      raise VinvlImportError(f'{features} is a features.tsv: --predictions is needed')
-    if karpathy_splits is None:
-      karpathy_splits = [split] + (['restval'] if split == 'train' else [])
-    caption_set = captions_lib.load_captions(captions, report, options,
-                                             karpathy_splits=karpathy_splits,
-                                             id_field=caption_id_field)
-    table = load_phrase_table(phrases, phrase_format, report, options) if phrases else None
-    if table is not None:
-      align_phrase_table(caption_set, table, phrases, report)
-    extractor = phrase_extractor.extract_phrases if builtin_phrases else None
-    phrases_for = make_phrases_for(caption_set, table, phrases, extractor, report)
-    kept = caption_set.captions
-    if source_format == 'vinvl':
-      records = vinvl.iter_vinvl_records(features, predictions, kept, phrases_for, report,
-                                         options)
-    elif source_format == 'extract':
-      records = vinvl.iter_extract_records(features, kept, phrases_for, report, options)
-    elif source_format == 'sgb':
-      records = vinvl.iter_sgb_records(features, kept, phrases_for, report, options)
-    else:
-      records = vinvl.iter_pt_records(features, predictions, kept, phrases_for, report, options)
-    storage.write_dataset(_checked(records, report, max_error_fraction), out_dir, split,
-                          metadata={'source': 'vinvl'}, overwrite=overwrite)
-  except BaseException as e:
-    path = _write_report(report, out_dir, split, f'{type(e).__name__}: {e}', inputs, options)
-    e.add_note(f'import report ({path}):\n{report.summary()}')
-    raise
-  _write_report(report, out_dir, split, None, inputs, options)
-  return report
+  return import_builders.import_vinvl_split(
+      out_dir, split, features=features, predictions=predictions, captions=captions,
+      phrases=phrases, phrase_format=phrase_format, builtin_phrases=builtin_phrases,
+      karpathy_splits=karpathy_splits, caption_id_field=caption_id_field, on_error=on_error,
+      max_error_fraction=max_error_fraction, max_messages=max_messages,
+      **dataclasses.asdict(options))
 
 
 def report_path(out_dir: str, split: str, failed: bool = False) -> str:
@@ -215,8 +222,8 @@ def report_path(out_dir: str, split: str, failed: bool = False) -> str:
   return os.path.join(os.fspath(out_dir), f'{split}_import_report{suffix}.json')
 
 
-def _write_report(report: ImportReport, out_dir: str, split: str, error: Optional[str],
-                  inputs: dict, options: VinvlOptions) -> str:
+def write_report(report: ImportReport, out_dir: str, split: str, error: Optional[str],
+                 inputs: dict, options: VinvlOptions) -> str:
   """Writes the report JSON atomically; a success removes the report of an earlier failure."""
   path = report_path(out_dir, split, failed=error is not None)
   os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -7,6 +7,7 @@
   regions.py      regions + tags: the SigLIP front-end inline, or features given per shard
   extract.py      sharded, multi-host, per-shard resumable SigLIP extraction over a shard list
   builders.py     the tfds.core.GeneratorBasedBuilder classes (plain Python or Apache Beam)
+  import_builders.py  the VinVL import and the VQA / SNLI-VE / RefCOCO imports as builders
   layout.py       tfds output -> the storage.py layout (pre-training) and retrieval task sets
   build.py        the command line: build a source, export it, optionally on Beam
 """

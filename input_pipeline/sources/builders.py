@@ -13,8 +13,9 @@ The same with TFDS's command line (the front-end kwargs go in the name, front_en
 The front-end is recorded in the built dataset's metadata.json ('front_end'); building into a
 data_dir that holds a build with another front-end is an error (unless overwriting).
 
-Each builder is a `tfds.core.GeneratorBasedBuilder` writing every shard twice with exactly the
-feature spec of storage.record_features: as tfrecord, the main format, which `tfds.load` /
+Each builder is a `tfds.core.GeneratorBasedBuilder` (`_TwoFormatBuilder`, which the VinVL and
+task builders of import_builders.py share) writing every shard twice with exactly the feature
+spec of storage.record_features: as tfrecord, the main format, which `tfds.load` /
 `as_dataset` read (TFDS 4.9's ArrayRecordFileAdapter.make_tf_data raises NotImplementedError),
 and as array_record (`alternative_file_formats`), which `tfds.data_source` / `as_data_source`
 pick and layout.py links into the storage layout without rewriting it. `file_format=
@@ -73,7 +74,36 @@ class _ShardWork:
     return examples
 
 
-class _RecordsBuilder(tfds.core.GeneratorBasedBuilder):
+class _TwoFormatBuilder(tfds.core.GeneratorBasedBuilder):
+  """Every shard in the main format and in array_record; what all our builders share.
+
+  Subclasses give `_info` through `_records_info(features, description)`; `built_features()`
+  is the feature spec of a dataset already built in data_dir (reading it back by name).
+  Examples must be yielded in key order (`disable_shuffling`).
+  """
+
+  def built_features(self) -> Optional[tfds.features.FeaturesDict]:
+    """The features of the dataset built in data_path (its features.json), or None."""
+    if not (self.data_path / 'features.json').exists():
+      return None
+    return tfds.features.FeatureConnector.from_config(os.fspath(self.data_path))
+
+  def _records_info(self, features, description: str) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        description=description, features=features, disable_shuffling=True,
+        alternative_file_formats=[_RANDOM_ACCESS], metadata=tfds.core.MetadataDict(),
+        homepage='https://github.com/Junyang-Li/MVPTR')
+
+  def _example_writer(self) -> writer_lib.ExampleWriter:
+    # Every shard in the main format (tfrecord unless file_format= says otherwise: tf.data) and
+    # in array_record (random access; the pipeline's reader). TFDS's MultiOutputExampleWriter
+    # writes one after the other from a tee, so a shard's serialized examples are held in
+    # memory once while writing it (bounded by the shard size, DownloadConfig.max_shard_size).
+    formats = dict.fromkeys([self.info.file_format, _RANDOM_ACCESS])
+    return writer_lib.MultiOutputExampleWriter([writer_lib.ExampleWriter(f) for f in formats])
+
+
+class _RecordsBuilder(_TwoFormatBuilder):
   """Shared machinery; subclasses define `_source(manual_dir)`."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -108,29 +138,17 @@ class _RecordsBuilder(tfds.core.GeneratorBasedBuilder):
     return self.info.metadata.get('front_end') if self.info.metadata is not None else None
 
   def _info(self) -> tfds.core.DatasetInfo:
-    if self._regions is not None:
-      features = storage.record_features(self._regions.feature_dim)
-    elif (self.data_path / 'features.json').exists():
-      # Reading a built dataset by name (tfds.load / tfds.data_source / tfds.builder): the
-      # region width is the one it was built with.
-      features = tfds.features.FeatureConnector.from_config(os.fspath(self.data_path))
-    else:
+    # Reading a built dataset by name (tfds.load / tfds.data_source / tfds.builder): the region
+    # width is the one it was built with.
+    features = (storage.record_features(self._regions.feature_dim)
+                if self._regions is not None else self.built_features())
+    if features is None:
       raise ValueError(f'{self.name}: no built dataset in {self.data_path}; to build it pass '
                        'features=DIR or checkpoint=CKPT (or regions=regions.GivenRegions(...) / '
                        'regions.SiglipRegions(...)); with `tfds build`: '
                        f'{self.name}/features=DIR.')
-    return self.dataset_info_from_configs(
-        description=f'mvp-jax image records from {self.name} (input_pipeline/features.py).',
-        features=features, disable_shuffling=True, alternative_file_formats=[_RANDOM_ACCESS],
-        metadata=tfds.core.MetadataDict(), homepage='https://github.com/Junyang-Li/MVPTR')
-
-  def _example_writer(self) -> writer_lib.ExampleWriter:
-    # Every shard in the main format (tfrecord unless file_format= says otherwise: tf.data) and
-    # in array_record (random access; the pipeline's reader). TFDS's MultiOutputExampleWriter
-    # writes one after the other from a tee, so a shard's serialized examples are held in
-    # memory once while writing it (bounded by the shard size, DownloadConfig.max_shard_size).
-    formats = dict.fromkeys([self.info.file_format, _RANDOM_ACCESS])
-    return writer_lib.MultiOutputExampleWriter([writer_lib.ExampleWriter(f) for f in formats])
+    return self._records_info(
+        features, f'mvp-jax image records from {self.name} (input_pipeline/features.py).')
 
   def _source(self, manual_dir) -> samples_lib.Source:
     """The source; `manual_dir()` gives the manual folder (only called when it is needed)."""

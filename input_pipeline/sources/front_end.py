@@ -30,27 +30,29 @@ class BuilderKwargError(ValueError):
   """A bad builder kwarg; names it, its value and what is expected."""
 
 
-def _error(builder: str, kwarg: str, value: Any, expected: str) -> BuilderKwargError:
+def kwarg_error(builder: str, kwarg: str, value: Any, expected: str) -> BuilderKwargError:
+  """The error of a bad builder kwarg, saying how `tfds build` passes it."""
   return BuilderKwargError(f'{builder}: builder kwarg {kwarg}={value!r}: {expected} (in '
                            f'`tfds build` pass it as {builder}/{kwarg}=VALUE).')
 
 
-def _path(builder, kwarg, value, *, folder: bool) -> Optional[str]:
+def path_kwarg(builder, kwarg, value, *, folder: bool) -> Optional[str]:
+  """`value` as an existing path (a folder with `folder`), None for None."""
   if value is None:
     return None
   if isinstance(value, int) and not isinstance(value, bool):
     value = str(value)  # `tfds build` cast a numeric name to int
   if not isinstance(value, (str, os.PathLike)):
-    raise _error(builder, kwarg, value, 'expected a path')
+    raise kwarg_error(builder, kwarg, value, 'expected a path')
   value = os.fspath(value)
   if not (os.path.isdir(value) if folder else os.path.exists(value)):
-    raise _error(builder, kwarg, value, f'no such {"folder" if folder else "file or folder"}')
+    raise kwarg_error(builder, kwarg, value, f'no such {"folder" if folder else "file or folder"}')
   return value
 
 
 def _positive_int(builder, kwarg, value) -> int:
   if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise _error(builder, kwarg, value, 'expected a positive integer')
+    raise kwarg_error(builder, kwarg, value, 'expected a positive integer')
   return value
 
 
@@ -59,41 +61,42 @@ def parse(builder: str, *, regions=None, features=None, checkpoint=None, grid=No
           max_error_fraction=0.01, report_dir=None) -> dict:
   """{'regions', 'phrases', 'use_beam', 'max_error_fraction', 'report_dir'} from the kwargs
   (module docstring); `regions` None when no front-end is given (reading a built dataset)."""
-  features = _path(builder, 'features', features, folder=True)
-  checkpoint = _path(builder, 'checkpoint', checkpoint, folder=False)
+  features = path_kwarg(builder, 'features', features, folder=True)
+  checkpoint = path_kwarg(builder, 'checkpoint', checkpoint, folder=False)
   front_ends = {'regions': regions, 'features': features, 'checkpoint': checkpoint}
   given = [k for k, v in front_ends.items() if v is not None]
   if len(given) > 1:
-    raise _error(builder, given[1], front_ends[given[1]],
+    raise kwarg_error(builder, given[1], front_ends[given[1]],
                  f'give one region front-end, not both {given[0]}= and {given[1]}=')
   siglip = {'grid': grid, 'batch_size': batch_size, 'labels': labels}
   if checkpoint is None:
     stray = next((k for k, v in siglip.items() if v is not None), None)
     if stray:
-      raise _error(builder, stray, siglip[stray], 'only used with checkpoint= (SigLIP inline)')
+      raise kwarg_error(builder, stray, siglip[stray],
+                        'only used with checkpoint= (SigLIP inline)')
   if features is not None:
     try:
       regions = regions_lib.GivenRegions(features)
     except (OSError, ValueError, KeyError) as e:
-      raise _error(builder, 'features', features, f'not a features folder ({e})') from None
+      raise kwarg_error(builder, 'features', features, f'not a features folder ({e})') from None
   elif checkpoint is not None:
     regions = regions_lib.SiglipRegions(
         checkpoint,
         grid=_positive_int(builder, 'grid', SIGLIP_DEFAULTS['grid'] if grid is None else grid),
         batch_size=_positive_int(builder, 'batch_size', SIGLIP_DEFAULTS['batch_size']
                                  if batch_size is None else batch_size),
-        labels_file=_path(builder, 'labels', labels, folder=False))
+        labels_file=path_kwarg(builder, 'labels', labels, folder=False))
   if phrases is None or isinstance(phrases, samples_lib.Phrases):
     phrases = phrases or samples_lib.Phrases()
   else:
-    phrases = samples_lib.Phrases(_path(builder, 'phrases', phrases, folder=False))
+    phrases = samples_lib.Phrases(path_kwarg(builder, 'phrases', phrases, folder=False))
   if use_beam is not None and not isinstance(use_beam, bool):
-    raise _error(builder, 'use_beam', use_beam, 'expected True or False')
+    raise kwarg_error(builder, 'use_beam', use_beam, 'expected True or False')
   if (isinstance(max_error_fraction, bool) or not isinstance(max_error_fraction, (int, float))
       or not 0 <= max_error_fraction <= 1):
-    raise _error(builder, 'max_error_fraction', max_error_fraction, 'expected a number in [0, 1]')
+    raise kwarg_error(builder, 'max_error_fraction', max_error_fraction, 'expected a number in [0, 1]')
   if report_dir is not None and not isinstance(report_dir, (str, os.PathLike)):
-    raise _error(builder, 'report_dir', report_dir, 'expected a path')
+    raise kwarg_error(builder, 'report_dir', report_dir, 'expected a path')
   return {'regions': regions, 'phrases': phrases, 'use_beam': use_beam,
           'max_error_fraction': float(max_error_fraction),
           'report_dir': None if report_dir is None else os.fspath(report_dir)}

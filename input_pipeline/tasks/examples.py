@@ -32,7 +32,7 @@ import json
 import os
 import shutil
 import uuid
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -230,41 +230,52 @@ def write_task_split(directory: str, split: str, *, task: str,
     source: recorded in task.json for this split.
     overwrite: replace a complete split.
   """
-  if task not in TASKS:
-    raise ValueError(f'Unknown task {task!r}; expected one of {TASKS}.')
-  info_path = os.path.join(directory, TASK_FILE)
-  info = _read_json(info_path) if os.path.exists(info_path) else {
-      'task': task, 'splits': {}, 'label_names': list(VE_LABELS) if task == 've' else None}
-  if info.get('task') != task:
-    raise TaskDataError(f'{info_path}: the dataset is a {info.get("task")!r} dataset, not '
-                        f'{task!r}.')
-  if split in info['splits'] and not overwrite:
-    raise FileExistsError(f'{directory}/{split}: split already written (pass overwrite=True).')
+  _writable_info(directory, split, task, overwrite)
   num_answers = len(load_answers(directory)) if task == 'vqa' else 0
   path = examples_path(directory, split)
   checked = [validate_example(e, task, f'{path}: example {i}', num_answers)
              for i, e in enumerate(examples)]
-  if not checked:
-    raise TaskDataError(f'{path}: no examples to write.')
-  counts = collections.Counter(e['example_id'] for e in checked)
-  duplicates = [k for k, c in counts.items() if c > 1]
-  if duplicates:
-    raise TaskDataError(f'{path}: duplicate example_id {duplicates[:5]}.')
+  _check_ids(checked, path)
+
+  def write_images():
+    image_ids = []
+
+    def tracked():
+      for record in records:
+        image_ids.append(record['image_id'])
+        yield record
+
+    # A split folder not listed in task.json is left over from a failed write: replace it.
+    storage.write_dataset(tracked(), directory, split, metadata={'task': task}, overwrite=True)
+    return image_ids, checked
+
+  return commit_task_split(directory, split, task=task, write_images=write_images,
+                           source=source, overwrite=overwrite)
+
+
+def commit_task_split(directory: str, split: str, *, task: str,
+                      write_images: Callable[[], tuple[Sequence[str], Sequence[Mapping]]],
+                      source: str = '', overwrite: bool = False) -> TaskInfo:
+  """Makes one split of a task dataset complete; the one writer of examples and task.json.
+
+  `write_images()` puts the split's image records in place as `directory/<split>/`
+  (storage.write_dataset, or sources/layout.py linking a built task split) and returns (their
+  image ids in record order, the split's task examples). The examples are checked, get their
+  `image_index` and go to `<split>.examples.jsonl`; task.json lists the split last.
+  """
+  info = _writable_info(directory, split, task, overwrite)
+  info_path = os.path.join(directory, TASK_FILE)
+  num_answers = len(load_answers(directory)) if task == 'vqa' else 0
+  path = examples_path(directory, split)
 
   # Un-complete the split before touching it (and fix the dataset's task on its first split).
   info['splits'] = {k: v for k, v in info['splits'].items() if k != split}
   os.makedirs(directory, exist_ok=True)
   jsonio.write_json_atomically(info, info_path)
-  image_ids = []
-
-  def tracked():
-    for record in records:
-      image_ids.append(record['image_id'])
-      yield record
-
-  # A split folder not listed in task.json is left over from a failed write: replace it.
-  num_images = storage.write_dataset(tracked(), directory, split, metadata={'task': task},
-                                     overwrite=True)
+  image_ids, examples = write_images()
+  checked = [validate_example(e, task, f'{path}: example {i}', num_answers)
+             for i, e in enumerate(examples)]
+  _check_ids(checked, path)
   index = {image_id: i for i, image_id in enumerate(image_ids)}
   for i, example in enumerate(checked):
     if example['image_id'] not in index:
@@ -280,9 +291,33 @@ def write_task_split(directory: str, split: str, *, task: str,
       f.write(json.dumps(example, separators=(',', ':')) + '\n')
   os.replace(tmp, path)
   info['splits'] = {**info['splits'], split: {'num_examples': len(checked),
-                                              'num_images': num_images, 'source': source}}
+                                              'num_images': len(image_ids), 'source': source}}
   jsonio.write_json_atomically(info, info_path)
   return load_task_info(directory)
+
+
+def _writable_info(directory: str, split: str, task: str, overwrite: bool) -> dict:
+  """task.json's content (a new one for a new dataset), checked for writing `split` of `task`."""
+  if task not in TASKS:
+    raise ValueError(f'Unknown task {task!r}; expected one of {TASKS}.')
+  info_path = os.path.join(directory, TASK_FILE)
+  info = _read_json(info_path) if os.path.exists(info_path) else {
+      'task': task, 'splits': {}, 'label_names': list(VE_LABELS) if task == 've' else None}
+  if info.get('task') != task:
+    raise TaskDataError(f'{info_path}: the dataset is a {info.get("task")!r} dataset, not '
+                        f'{task!r}.')
+  if split in info['splits'] and not overwrite:
+    raise FileExistsError(f'{directory}/{split}: split already written (pass overwrite=True).')
+  return info
+
+
+def _check_ids(examples: Sequence[Mapping[str, Any]], path: str) -> None:
+  if not examples:
+    raise TaskDataError(f'{path}: no examples to write.')
+  counts = collections.Counter(e['example_id'] for e in examples)
+  duplicates = [k for k, c in counts.items() if c > 1]
+  if duplicates:
+    raise TaskDataError(f'{path}: duplicate example_id {duplicates[:5]}.')
 
 
 def read_examples(directory: str, split: str) -> tuple[TaskInfo, list[dict[str, Any]]]:

@@ -1,10 +1,11 @@
 """Importing task data: image ids, the image records of existing datasets, writing a split.
 
 Every importer (vqa.py, snli_ve.py, refcoco.py) reads its files into `Candidate` examples,
-reporting bad entries in an `ImportReport` (input_pipeline/import_report.py); then
-`write_imported_split` joins them to their image records by image id, reports the examples whose
-image is missing, writes `{split}_import_report.json` and the split, and fails when more than
-`max_error_fraction` of the examples read were lost.
+reporting bad entries in an `ImportReport` (input_pipeline/import_report.py); then its TFDS
+builder (input_pipeline/sources/import_builders.py) calls `join_images`, which joins them to
+their image records by image id, reports the examples whose image is missing, writes
+`{split}_import_report.json` and fails when more than `max_error_fraction` of the examples read
+were lost.
 """
 
 import dataclasses
@@ -15,19 +16,16 @@ import numpy as np
 import tensorflow as tf
 
 from input_pipeline import jsonio
-from input_pipeline import ownership
 from input_pipeline import phrase_extractor
 from input_pipeline import storage
 from input_pipeline.import_report import ImportReport
 from input_pipeline.tasks import examples as examples_lib
-from input_pipeline.tasks.examples import TaskDataError, TaskInfo
+from input_pipeline.tasks.examples import TaskDataError
 
 
 def new_report(on_error: str = 'skip', max_messages: int = 20) -> ImportReport:
   """The ImportReport of a task import: examples read, examples kept."""
   return ImportReport(on_error=on_error, max_messages=max_messages, error=TaskDataError)
-
-
 
 
 def normalize_image_id(raw: Any, normalize: bool) -> str:
@@ -101,16 +99,17 @@ class Candidate:
   where: str
 
 
-def write_imported_split(directory: str, split: str, *, task: str,
-                         candidates: Sequence[Candidate], image_sources: Sequence[tuple[str, str]],
-                         normalize_ids: bool, report: ImportReport,
-                         max_error_fraction: float = 0.01, source: str = '',
-                         overwrite: bool = False) -> TaskInfo:
-  """Joins imported examples to their image records, reports missing images, writes the split.
+def join_images(split: str, *, task: str, candidates: Sequence[Candidate],
+                image_sources: Sequence[tuple[str, str]], normalize_ids: bool,
+                report: ImportReport, report_dir: str, max_error_fraction: float = 0.01,
+                num_answers: int = 0) -> list[tuple[dict[str, Any], list[tuple[int, dict]]]]:
+  """Joins imported examples to their image records; what a task builder writes.
 
   Every example whose image is in no source is reported as 'missing_image' (its file and
-  line/index) and left out; the import fails when more than `max_error_fraction` of the examples
-  read were lost to any problem. The report is written to `{split}_import_report.json`.
+  line/index) and left out; the report goes to `report_dir/{split}_import_report.json`, and
+  the import fails when more than `max_error_fraction` of the examples read were lost to any
+  problem. Returns [(image record, [(position, checked example)])]: the images in order of first
+  use, each with its examples and their positions among all kept examples.
   """
   wanted = {c.example['image_id'] for c in candidates}
   images = load_image_records(image_sources, wanted, normalize_ids=normalize_ids)
@@ -126,17 +125,20 @@ def write_imported_split(directory: str, split: str, *, task: str,
   report.stats.update(examples=len(kept), images=len(used))
   read = report.stats['examples_read']
   lost = report.lost_fraction if read else 1.0
-  report_path = os.path.join(directory, f'{split}_import_report.json')
-  os.makedirs(directory, exist_ok=True)
+  report_path = os.path.join(report_dir, f'{split}_import_report.json')
+  os.makedirs(report_dir, exist_ok=True)
   jsonio.write_json_atomically({'split': split, 'task': task, **report.to_dict(),
                                 'lost_fraction': lost}, report_path)
   if not kept or lost > max_error_fraction:
     raise TaskDataError(f'{split}: {lost:.2%} of {read} examples were left out (more than '
                         f'max_error_fraction={max_error_fraction:.2%}); see {report_path}:\n'
                         f'{report.summary()}')
-  return examples_lib.write_task_split(directory, split, task=task,
-                                       records=(images[i] for i in used), examples=kept,
-                                       source=source, overwrite=overwrite)
+  checked = [examples_lib.validate_example(e, task, f'{split}: example {i}', num_answers)
+             for i, e in enumerate(kept)]
+  by_image = {image_id: [] for image_id in used}
+  for position, example in enumerate(checked):
+    by_image[example['image_id']].append((position, example))
+  return [(images[image_id], by_image[image_id]) for image_id in used]
 
 
 def phrases_or_extracted(table: Optional[Mapping[tuple[str, int], list]], key: str, text: str,
@@ -156,19 +158,3 @@ def retrieval_examples(records: Iterable[Mapping[str, Any]]) -> Iterator[dict[st
       yield {'example_id': f'{record["image_id"]}#{k}', 'image_id': record['image_id'],
              'text': caption, 'phrases': [list(p) for p in record['phrases'][k]],
              'phrase_regions': [int(r) for r in record['phrase_regions'][k]]}
-
-
-def retrieval_from_dataset(image_dir: str, split: str, out_dir: str, *,
-                           overwrite: bool = False) -> TaskInfo:
-  """A retrieval task split from an image-record dataset with captions (e.g. a VinVL import)."""
-  ownership.claim(out_dir, 'task')
-  source = storage.RecordSource(image_dir, split)
-  records = []
-  for start in range(0, source.num_images, 256):
-    for data in source.read(np.arange(start, min(start + 256, source.num_images))):
-      values = source.features.deserialize_example_np(data)
-      records.append(_decoded_record(values, values['image_id'].decode('utf-8'), True))
-  examples_lib.copy_vocabularies(image_dir, out_dir)
-  return examples_lib.write_task_split(out_dir, split, task='retrieval', records=records,
-                                       examples=list(retrieval_examples(records)),
-                                       source=image_dir, overwrite=overwrite)

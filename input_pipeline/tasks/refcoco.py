@@ -71,14 +71,9 @@ def load_boxes(instances: str) -> dict[Any, list[float]]:
   return boxes
 
 
-def import_refcoco(*, refs: str, instances: str, ref_split: str, out_dir: str, split: str,
-                   image_sources: Sequence[tuple[str, str]], vocab_dir: Optional[str] = None,
-                   normalize_ids: bool = True, on_error: str = 'skip',
-                   max_error_fraction: float = 0.01,
-                   overwrite: bool = False) -> examples_lib.TaskInfo:
-  """Imports the refs of `ref_split` as split `split` of `out_dir`; returns the TaskInfo."""
-  ownership.claim(out_dir, 'task')
-  report = importing.new_report(on_error=on_error)
+def read_candidates(refs: str, instances: str, ref_split: str, report: importing.ImportReport,
+                    *, normalize_ids: bool = True) -> list[importing.Candidate]:
+  """The 're' examples of the refs of `ref_split`: one per sentence."""
   boxes = load_boxes(instances)
   candidates = []
   for i, ref in enumerate(load_refs(refs)):
@@ -114,11 +109,22 @@ def import_refcoco(*, refs: str, instances: str, ref_split: str, out_dir: str, s
           'example_id': f'{ref.get("ref_id", i)}_{sentence.get("sent_id", k)}',
           'image_id': image_id, 'text': text, 'phrases': [],
           'target_box': boxes[ref['ann_id']]}, where=sentence_where))
-  examples_lib.copy_vocabularies(vocab_dir or image_sources[0][0], out_dir)
-  return importing.write_imported_split(
-      out_dir, split, task='re', candidates=candidates, image_sources=image_sources,
-      normalize_ids=normalize_ids, report=report, max_error_fraction=max_error_fraction,
-      source=refs, overwrite=overwrite)
+  return candidates
+
+
+def import_refcoco(*, refs: str, instances: str, ref_split: str, out_dir: str, split: str,
+                   image_sources: Sequence[tuple[str, str]], vocab_dir: Optional[str] = None,
+                   normalize_ids: bool = True, on_error: str = 'skip',
+                   max_error_fraction: float = 0.01,
+                   overwrite: bool = False) -> examples_lib.TaskInfo:
+  """Imports the refs of `ref_split` as split `split` of `out_dir` through the `refcoco_task`
+  builder (sources/import_builders.py); returns the TaskInfo."""
+  from input_pipeline.sources import import_builders  # pylint: disable=g-import-not-at-top
+  ownership.claim(out_dir, 'task')
+  return import_builders.import_task_split(
+      import_builders.RefcocoTask, out_dir, split, overwrite=overwrite, images=image_sources,
+      vocab_dir=vocab_dir, refs=refs, instances=instances, ref_split=ref_split,
+      normalize_ids=normalize_ids, on_error=on_error, max_error_fraction=max_error_fraction)
 
 
 def _define(v: flags.FlagValues) -> None:

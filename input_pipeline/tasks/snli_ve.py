@@ -17,26 +17,21 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from input_pipeline import phrase_files
 from absl import flags
 
 from input_pipeline import cli
 from input_pipeline import ownership
+from input_pipeline import phrase_files
 from input_pipeline.tasks import examples as examples_lib
 from input_pipeline.tasks import importing
 
 LABELS = {name: i for i, name in enumerate(examples_lib.VE_LABELS)}
 
 
-def import_snli_ve(*, jsonl: str, out_dir: str, split: str,
-                   image_sources: Sequence[tuple[str, str]], phrases: Optional[str] = None,
-                   vocab_dir: Optional[str] = None, normalize_ids: bool = True,
-                   builtin_phrases: bool = True, on_error: str = 'skip',
-                   max_error_fraction: float = 0.01,
-                   overwrite: bool = False) -> examples_lib.TaskInfo:
-  """Imports one SNLI-VE split into `out_dir`; returns the TaskInfo."""
-  ownership.claim(out_dir, 'task')
-  report = importing.new_report(on_error=on_error)
+def read_candidates(jsonl: str, phrases: Optional[str], report: importing.ImportReport, *,
+                    normalize_ids: bool = True,
+                    builtin_phrases: bool = True) -> list[importing.Candidate]:
+  """The 've' examples of one jsonl file (phrases: its `{split}_sgs.json`, or None)."""
   table = phrase_files.load_phrase_file(phrases, 've') if phrases else None
   candidates = []
   with open(jsonl, encoding='utf-8') as f:
@@ -70,11 +65,23 @@ def import_snli_ve(*, jsonl: str, out_dir: str, split: str,
           'label': LABELS[entry['gold_label']],
           'phrases': importing.phrases_or_extracted(table, pair_id, entry['sentence2'],
                                                        builtin_phrases)}, where=where))
-  examples_lib.copy_vocabularies(vocab_dir or image_sources[0][0], out_dir)
-  return importing.write_imported_split(
-      out_dir, split, task='ve', candidates=candidates, image_sources=image_sources,
-      normalize_ids=normalize_ids, report=report, max_error_fraction=max_error_fraction,
-      source=jsonl, overwrite=overwrite)
+  return candidates
+
+
+def import_snli_ve(*, jsonl: str, out_dir: str, split: str,
+                   image_sources: Sequence[tuple[str, str]], phrases: Optional[str] = None,
+                   vocab_dir: Optional[str] = None, normalize_ids: bool = True,
+                   builtin_phrases: bool = True, on_error: str = 'skip',
+                   max_error_fraction: float = 0.01,
+                   overwrite: bool = False) -> examples_lib.TaskInfo:
+  """Imports one SNLI-VE split into `out_dir` through the `snli_ve_task` builder
+  (sources/import_builders.py); returns the TaskInfo."""
+  from input_pipeline.sources import import_builders  # pylint: disable=g-import-not-at-top
+  ownership.claim(out_dir, 'task')
+  return import_builders.import_task_split(
+      import_builders.SnliVeTask, out_dir, split, overwrite=overwrite, images=image_sources,
+      vocab_dir=vocab_dir, jsonl=jsonl, phrases=phrases, normalize_ids=normalize_ids,
+      builtin_phrases=builtin_phrases, on_error=on_error, max_error_fraction=max_error_fraction)
 
 
 def _define(v: flags.FlagValues) -> None:

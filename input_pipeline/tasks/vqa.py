@@ -160,37 +160,19 @@ def build_answer_vocab(entries: Sequence[dict[str, Any]], min_count: int) -> lis
   return answers
 
 
-def import_vqa(*, out_dir: str, split: str, image_sources: Sequence[tuple[str, str]],
-               questions: Optional[str] = None, annotations: Optional[str] = None,
-               qla: Optional[str] = None, answer_vocab: Optional[str] = None,
-               min_answer_count: int = 9, vocab_dir: Optional[str] = None,
-               normalize_ids: bool = True, builtin_phrases: bool = True,
-               keep_unanswered: Optional[bool] = None, on_error: str = 'skip',
-               max_error_fraction: float = 0.01,
-               overwrite: bool = False) -> examples_lib.TaskInfo:
-  """Imports one VQA split into `out_dir` (see the module docstring); returns the TaskInfo.
+def read_candidates(files: dict, answers: Sequence[str], report: importing.ImportReport, *,
+                    split: str, normalize_ids: bool = True, builtin_phrases: bool = True,
+                    keep_unanswered: Optional[bool] = None) -> list[Candidate]:
+  """The 'vqa' examples of one split's `files` {'questions', 'annotations', 'qla'}.
 
   keep_unanswered: keep questions without an in-vocabulary answer (all-zero targets); default
     False for splits whose name starts with 'train', else True.
-  vocab_dir: where vocab.txt / id2phrase.json come from (default: the first image source).
   """
-  if (questions is None) == (qla is None):
-    raise ValueError('pass either questions (+ annotations) or qla.')
-  ownership.claim(out_dir, 'task')
-  report = importing.new_report(on_error=on_error)
+  qla = files.get('qla')
   if qla is not None:
     entries = read_qla(qla, report)
   else:
-    entries = read_vqa_v2(questions, annotations, report)
-  if answer_vocab:
-    answers = load_answer_vocab(answer_vocab)
-  elif os.path.exists(os.path.join(out_dir, examples_lib.ANSWERS_FILE)):
-    answers = examples_lib.load_answers(out_dir)
-  elif qla is None and annotations:
-    answers = build_answer_vocab(entries, min_answer_count)
-  else:
-    raise ValueError('qla labels and test questions need an answer vocabulary (answer_vocab, '
-                     'or answers.json already in out_dir).')
+    entries = read_vqa_v2(files['questions'], files.get('annotations'), report)
   if keep_unanswered is None:
     keep_unanswered = not split.startswith('train')
   ans2label = {a: i for i, a in enumerate(answers)}
@@ -219,12 +201,37 @@ def import_vqa(*, out_dir: str, split: str, image_sources: Sequence[tuple[str, s
         'phrases': importing.phrases_or_extracted(None, '', entry['question'],
                                                      builtin_phrases),
         'labels': labels, 'scores': [targets[l] for l in labels]}, where=entry['where']))
-  examples_lib.copy_vocabularies(vocab_dir or image_sources[0][0], out_dir)
-  examples_lib.write_answers(out_dir, answers)
-  return importing.write_imported_split(
-      out_dir, split, task='vqa', candidates=candidates, image_sources=image_sources,
-      normalize_ids=normalize_ids, report=report, max_error_fraction=max_error_fraction,
-      source=qla or questions, overwrite=overwrite)
+  return candidates
+
+
+def import_vqa(*, out_dir: str, split: str, image_sources: Sequence[tuple[str, str]],
+               questions: Optional[str] = None, annotations: Optional[str] = None,
+               qla: Optional[str] = None, answer_vocab: Optional[str] = None,
+               min_answer_count: int = 9, vocab_dir: Optional[str] = None,
+               normalize_ids: bool = True, builtin_phrases: bool = True,
+               keep_unanswered: Optional[bool] = None, on_error: str = 'skip',
+               max_error_fraction: float = 0.01,
+               overwrite: bool = False) -> examples_lib.TaskInfo:
+  """Imports one VQA split into `out_dir` through the `vqa_task` builder
+  (sources/import_builders.py; see the module docstring); returns the TaskInfo.
+
+  keep_unanswered: see `read_candidates`.
+  vocab_dir: where vocab.txt / id2phrase.json come from (default: the first image source).
+  """
+  from input_pipeline.sources import import_builders  # pylint: disable=g-import-not-at-top
+  if (questions is None) == (qla is None):
+    raise ValueError('pass either questions (+ annotations) or qla.')
+  ownership.claim(out_dir, 'task')
+  existing = os.path.join(out_dir, examples_lib.ANSWERS_FILE)
+  if not answer_vocab and os.path.exists(existing):
+    answer_vocab = existing
+  return import_builders.import_task_split(
+      import_builders.VqaTask, out_dir, split, overwrite=overwrite,
+      config='vinvl_qla' if qla else 'v2', images=image_sources, vocab_dir=vocab_dir,
+      questions=questions, annotations=annotations, qla=qla, answer_vocab=answer_vocab,
+      min_answer_count=min_answer_count, normalize_ids=normalize_ids,
+      builtin_phrases=builtin_phrases, keep_unanswered=keep_unanswered, on_error=on_error,
+      max_error_fraction=max_error_fraction)
 
 
 def _qla_targets(entry, answers, ans2label, report) -> Optional[dict[int, float]]:

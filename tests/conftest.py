@@ -36,15 +36,16 @@ def reference_dir() -> pathlib.Path:
 
 
 def pytest_configure(config):
-  config.addinivalue_line('markers', 'multiprocess: slow (JAX subprocesses, or several whole '
-                          'runs); deselected unless `-m multiprocess` is given')
+  config.addinivalue_line('markers', 'slow: JAX subprocesses, whole notebook runs, or several '
+                          'whole training runs; deselected unless `-m slow` is given (CI runs '
+                          'them as a second step)')
 
 
 def pytest_collection_modifyitems(config, items):
-  """Deselects the `multiprocess` tests unless the -m expression names them."""
-  if 'multiprocess' in (config.option.markexpr or ''):
+  """Deselects the `slow` tests unless the -m expression names them."""
+  if 'slow' in (config.option.markexpr or ''):
     return
-  kept = [item for item in items if item.get_closest_marker('multiprocess') is None]
+  kept = [item for item in items if item.get_closest_marker('slow') is None]
   if len(kept) < len(items):
     config.hook.pytest_deselected(items=[i for i in items if i not in kept])
     items[:] = kept

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'multihost_eval_worker.py')
 
@@ -18,6 +19,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two JAX processes
 def test_two_processes_with_uneven_shares_equal_one_process(tmp_path):
   port = _free_port()
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}

@@ -59,7 +59,9 @@ def smoke_config(task, init_from, data_dir):
   return config
 
 
-@pytest.mark.parametrize('task', ['retrieval', 'vqa', 've', 're'])
+@pytest.mark.parametrize('task', ['retrieval', 'vqa',
+                                  pytest.param('ve', marks=pytest.mark.slow),
+                                  pytest.param('re', marks=pytest.mark.slow)])
 def test_every_task_trains_from_a_pretraining_run(pretrained, tmp_path, task):
   config = smoke_config(task, pretrained, str(tmp_path / 'data'))
   if task == 'vqa':  # a scored evaluation, and a predictions-only one (a split without answers)

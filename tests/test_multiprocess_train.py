@@ -21,7 +21,7 @@ from mvp_jax import checkpointing
 
 from test_train import shapesworld_dir  # pylint: disable=unused-import,g-bad-import-order
 
-pytestmark = pytest.mark.multiprocess
+pytestmark = pytest.mark.slow
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'multiprocess_train_worker.py')
 # 2 processes x 4 devices vs 1 x 8: the same global batches, so the same losses and updates up
 # to the order of the float reductions (gloo's all-reduce vs one process's).

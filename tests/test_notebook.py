@@ -52,6 +52,7 @@ def _check_outputs(cells, final_step: int) -> None:
   assert 'reloads identically: True' in _text(cells['export'])
 
 
+@pytest.mark.slow  # the whole notebook in a kernel
 def test_notebook_runs_end_to_end_through_the_regenerate_command(tmp_path, monkeypatch):
   env = {'JAX_PLATFORMS': 'cpu', 'CUDA_VISIBLE_DEVICES': '',
          # One CPU device (the tests' 8 fake devices only slow a one-process run down) and

@@ -83,6 +83,7 @@ def test_config_rejects_unknown_dropout_rng():
     CONFIG.replace(dropout_rng='philox')
 
 
+@pytest.mark.slow  # three runs; threefry resume is in test_train
 def test_rbg_dropout_step_is_seeded_and_resume_exact():
   step, state = make_step(CONFIG.replace(dropout_rng='rbg'))
   batches = [make_batch(seed) for seed in range(4)]

@@ -8,7 +8,7 @@ equals, bit for bit, that of a run that was never interrupted.
 
 Three whole runs (reference, interrupted, resumed) each trace the pixel pipeline and the model
 again, about 50 s of CPU: too slow for the default suite, so it runs in CI's slow step
-(`-m multiprocess`).
+(`-m slow`).
 """
 
 import math
@@ -43,7 +43,7 @@ def assert_same_tree(a, b, where: str) -> None:
                                   err_msg=f'{where}{jax.tree_util.keystr(path)}')
 
 
-@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_pixel_smoke_run_resumes_after_sigterm_bit_for_bit(tmp_path, monkeypatch):
   config = mvp_tiny_pixels.get_config('smoke')
   assert config.data.pixels and config.data.get('augment') is None  # the task's default ...

@@ -13,7 +13,7 @@ working directory and TMPDIR fresh empty folders. Datasets (ArrayRecord) stay lo
 documented exception. The fake server records which client wrote each object, so the test also
 checks that each file came through the client meant to write it (a writer that fell back to
 the local disk, or to another client, fails it). About 100 s on the shared 2-core machine, so
-it runs in CI's `-m multiprocess` step.
+it runs in CI's `-m slow` step.
 """
 
 import json
@@ -40,7 +40,7 @@ def local_files(root):
                 for d, _, files in os.walk(root) for f in files)
 
 
-@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_pretrain_and_fine_tune_on_gcs_write_nothing_locally(tmp_path):
   config = mvp_tiny.get_config('smoke')
   config.data.directory = str(tmp_path / 'data' / 'pretrain')

@@ -98,6 +98,7 @@ def test_two_stage_schedule_freezes_cross_encoder_in_stage_one(shapesworld_dir, 
   assert pretrain.stage_at(config, 1) == 1 and pretrain.stage_at(config, 2) == 2
 
 
+@pytest.mark.slow  # two whole runs; the step-level check is in test_train_step
 def test_stage_switch_first_update_is_a_first_adam_step(shapesworld_dir, tmp_path):
   """Issue 9 / issue 10 item 3 (fails on the shared-counter optimiser of before).
 
@@ -133,6 +134,7 @@ def single_device_run(shapesworld_dir, tmp_path_factory):
   return results, params_of(workdir)[0], workdir
 
 
+@pytest.mark.slow  # whole runs on two meshes; the model-level mesh parity is in test_model_sharding
 @pytest.mark.parametrize('mesh_shape,rules', [((4, 2, 1), 'fsdp'), ((4, 1, 2), 'tensor')])
 def test_meshes_match_one_device(shapesworld_dir, single_device_run, tmp_path, mesh_shape,
                                  rules):
@@ -196,6 +198,7 @@ def test_sigterm_then_resume_equals_uninterrupted_run(shapesworld_dir, tmp_path,
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # two whole runs
 def test_two_sigterms_during_the_first_compile_save_once(shapesworld_dir, tmp_path, monkeypatch):
   """Two preemption notices before step 1 has even compiled, with a periodic save due at that
   same step and asynchronous orbax saves (the production default): one readable checkpoint of

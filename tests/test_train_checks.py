@@ -76,6 +76,7 @@ def test_refused_resume_leaves_the_run_directory_unchanged(shapesworld_dir, fini
   assert snapshot(finished_run) == before
 
 
+@pytest.mark.slow  # two whole runs
 def test_resume_with_a_changed_lr_or_total_steps_is_allowed(shapesworld_dir, finished_run,
                                                             tmp_path):
   import shutil  # pylint: disable=g-import-not-at-top

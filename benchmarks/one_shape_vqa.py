@@ -1,13 +1,16 @@
 r"""One-shape VQA from plain images: the hand-made extractor's features vs the tiny ViT on pixels.
 
   python -m benchmarks.one_shape_vqa --out_dir=/tmp/one_shape_bench [--steps=1000] \
-      [--num_train=1000] [--num_val=200] [--paths=features,pixels] [--lr=1e-3]
+      [--num_train=1000] [--num_val=200] [--paths=features,pixels] [--lr=1e-3] \
+      [--nostandardize_features]
 
 Writes one one-shape VQA set (`input_pipeline/tasks/one_shape_vqa.py`: 64 x 64 images of one
 coloured shape, 3 questions each: its colour, its kind, a yes/no about one of them) to
 `<out_dir>/raw`, and builds it twice through the custom-dataset path
 (`custom.build_custom_dataset(task='vqa')`, the same JSON lines and grid cells + whole image):
-`<out_dir>/features` with the hand-made extractor (`--feature_dim` dims per region) and
+`<out_dir>/features` with the hand-made extractor (`--feature_dim` dims per region; its
+appearance dims standardised with the training statistics, `--standardize_features`, without
+which the run answers from the question alone) and
 `<out_dir>/pixels` keeping the images (`pixels=True`). Each is trained from random weights with
 `configs/vqa_shapesworld.py:scratch` (the tiny MVPTR, batch 32, lr 2e-4, BCE over the answer
 vocabulary), the same `--steps`, data and seed; the pixel run adds the tiny ViT of
@@ -47,11 +50,13 @@ def define_flags() -> None:
   flags.DEFINE_integer('seed', 0, 'generation seed')
   flags.DEFINE_list('paths', list(PATHS), 'which of features, pixels to train')
   flags.DEFINE_float('lr', None, "peak learning rate of every path (default: the config's 2e-4)")
+  flags.DEFINE_bool('standardize_features', True, "standardise the extractor's appearance dims "
+                    '(custom.build_custom_dataset(standardize_features=True))')
   flags.mark_flag_as_required('out_dir')
 
 
 def build_datasets(out_dir: str, num_train: int, num_val: int, grid: int, feature_dim: int,
-                   seed: int) -> dict:
+                   seed: int, standardize_features: bool = True) -> dict:
   """{'features': dir, 'pixels': dir}: one generated set, built by both custom-dataset modes."""
   raw = os.path.join(out_dir, 'raw')
   splits = {split: one_shape_vqa.write_split(raw, split, count, seed=seed)
@@ -60,7 +65,8 @@ def build_datasets(out_dir: str, num_train: int, num_val: int, grid: int, featur
   for path in PATHS:
     directories[path] = os.path.join(out_dir, path)
     custom.build_custom_dataset(task='vqa', splits=splits, out_dir=directories[path], grid=grid,
-                                feature_dim=feature_dim, pixels=path == 'pixels')
+                                feature_dim=feature_dim, pixels=path == 'pixels',
+                                standardize_features=standardize_features and path == 'features')
   return directories
 
 
@@ -104,14 +110,15 @@ def main(argv: Sequence[str]) -> None:
   if os.path.exists(FLAGS.out_dir):
     raise app.UsageError(f'--out_dir={FLAGS.out_dir} exists: give a new folder.')
   directories = build_datasets(FLAGS.out_dir, FLAGS.num_train, FLAGS.num_val, FLAGS.grid,
-                               FLAGS.feature_dim, FLAGS.seed)
+                               FLAGS.feature_dim, FLAGS.seed, FLAGS.standardize_features)
   rows = {}
   for path in FLAGS.paths:
     config = task_config(directories[path], FLAGS.steps, FLAGS.grid, path == 'pixels', FLAGS.lr)
     rows[path] = run(config, os.path.join(FLAGS.out_dir, f'run_{path}'))
     print(f'{path}: {rows[path]}', flush=True)
   print(f'\n{FLAGS.num_train} train / {FLAGS.num_val} held-out images (x3 questions), '
-        f'{FLAGS.steps} steps of batch 32 from scratch, lr {config.optimizer.lr:g}')
+        f'{FLAGS.steps} steps of batch 32 from scratch, lr {config.optimizer.lr:g}, '
+        f'features standardised: {FLAGS.standardize_features}')
   print('| path | train accuracy | held-out accuracy | training examples/s | wall |')
   print('|---|---|---|---|---|')
   for path, row in rows.items():

@@ -1,21 +1,25 @@
 r"""One-shape VQA from plain images: the hand-made extractor's features vs the tiny ViT on pixels.
 
   python -m benchmarks.one_shape_vqa --out_dir=/tmp/one_shape_bench [--steps=1000] \
-      [--num_train=1000] [--num_val=200] [--paths=features,pixels] [--lr=1e-3]
+      [--num_train=1000] [--num_val=200] [--paths=features,pixels] [--lr=1e-3] \
+      [--nostandardize_features]
 
 Writes one one-shape VQA set (`input_pipeline/tasks/one_shape_vqa.py`: 64 x 64 images of one
 coloured shape, 3 questions each: its colour, its kind, a yes/no about one of them) to
 `<out_dir>/raw`, and builds it twice through the custom-dataset path
 (`custom.build_custom_dataset(task='vqa')`, the same JSON lines and grid cells + whole image):
-`<out_dir>/features` with the hand-made extractor (`--feature_dim` dims per region) and
+`<out_dir>/features` with the hand-made extractor (`--feature_dim` dims per region; its
+appearance dims standardised with the training statistics, `--standardize_features`, without
+which the run answers from the question alone) and
 `<out_dir>/pixels` keeping the images (`pixels=True`). Each is trained from random weights with
 `configs/vqa_shapesworld.py:scratch` (the tiny MVPTR, batch 32, lr 2e-4, BCE over the answer
 vocabulary), the same `--steps`, data and seed; the pixel run adds the tiny ViT of
 `configs/mvp_tiny_pixels.py` (`use_tower`: 2 blocks, width 64, 8 px patches, RoIAlign of the
 same boxes) trained with the rest. Nothing is tuned on the held-out split. Prints, per path,
 the VQA accuracy on the training split and on the held-out split (clean inputs, after the last
-step), the training examples/s (median over the log windows after the first, which compiles)
-and the wall time of the run including evaluation.
+step), the accuracy per question type (colour, kind, yes/no) on both splits, the training examples/s
+(median over the log windows after the first, which compiles) and the wall time of the run
+including evaluation.
 """
 
 import json
@@ -35,6 +39,7 @@ from input_pipeline.tasks import one_shape_vqa
 
 FLAGS = flags.FLAGS
 PATHS = ('features', 'pixels')
+QUESTION_TYPES = {'what colour': 'colour', 'what shape': 'kind', 'is ': 'yes/no'}
 
 
 def define_flags() -> None:
@@ -47,11 +52,13 @@ def define_flags() -> None:
   flags.DEFINE_integer('seed', 0, 'generation seed')
   flags.DEFINE_list('paths', list(PATHS), 'which of features, pixels to train')
   flags.DEFINE_float('lr', None, "peak learning rate of every path (default: the config's 2e-4)")
+  flags.DEFINE_bool('standardize_features', True, "standardise the extractor's appearance dims "
+                    '(custom.build_custom_dataset(standardize_features=True))')
   flags.mark_flag_as_required('out_dir')
 
 
 def build_datasets(out_dir: str, num_train: int, num_val: int, grid: int, feature_dim: int,
-                   seed: int) -> dict:
+                   seed: int, standardize_features: bool = True) -> dict:
   """{'features': dir, 'pixels': dir}: one generated set, built by both custom-dataset modes."""
   raw = os.path.join(out_dir, 'raw')
   splits = {split: one_shape_vqa.write_split(raw, split, count, seed=seed)
@@ -60,7 +67,8 @@ def build_datasets(out_dir: str, num_train: int, num_val: int, grid: int, featur
   for path in PATHS:
     directories[path] = os.path.join(out_dir, path)
     custom.build_custom_dataset(task='vqa', splits=splits, out_dir=directories[path], grid=grid,
-                                feature_dim=feature_dim, pixels=path == 'pixels')
+                                feature_dim=feature_dim, pixels=path == 'pixels',
+                                standardize_features=standardize_features and path == 'features')
   return directories
 
 
@@ -74,14 +82,26 @@ def task_config(directory: str, steps: int, grid: int, pixels: bool, lr=None):
   config.data.max_img_seq_length = grid * grid + 1
   config.total_steps = steps
   config.checkpoint_every = steps
-  finetune_common.set_evals(config, ('train', 'val'), every=0, predictions=False)
+  finetune_common.set_evals(config, ('train', 'val'), every=0, predictions=True)
   if pixels:
     mvp_tiny_pixels.use_tower(config)
   return config
 
 
-def run(config, workdir: str) -> dict:
-  """{'train', 'val' accuracy, 'examples_per_s', 'wall_s'} of one training run."""
+def accuracy_by_type(predictions_path: str, lines_path: str) -> dict:
+  """{question type: accuracy} of a VQA predictions file against the split's JSON lines."""
+  with open(predictions_path, encoding='utf-8') as f:
+    predicted = {p['question_id']: p['answer'] for p in json.load(f)}
+  hits = {}
+  with open(lines_path, encoding='utf-8') as f:
+    for line in map(json.loads, f):
+      kind = next(t for prefix, t in QUESTION_TYPES.items() if line['question'].startswith(prefix))
+      hits.setdefault(kind, []).append(predicted[line['question_id']] == line['answer'])
+  return {kind: sum(h) / len(h) for kind, h in hits.items()}
+
+
+def run(config, workdir: str, raw_dir: str) -> dict:
+  """{'train', 'val' accuracy, '<split>_by_type', 'examples_per_s', 'wall_s'} of one run."""
   from mvp_jax import train  # pylint: disable=g-import-not-at-top
   start = time.time()
   results = train.train_and_evaluate(config, workdir)
@@ -89,7 +109,10 @@ def run(config, workdir: str) -> dict:
   with open(os.path.join(workdir, train.METRICS_FILE), encoding='utf-8') as f:
     rates = [row['train/examples_per_s'] for row in map(json.loads, f)
              if 'train/examples_per_s' in row]
-  return {'train': results['train/vqa/accuracy'], 'val': results['val/vqa/accuracy'],
+  by_type = {f'{split}_by_type': accuracy_by_type(
+      os.path.join(workdir, f'vqa_predictions_{split}.json'),
+      os.path.join(raw_dir, f'{split}.jsonl')) for split in ('train', 'val')}
+  return {'train': results['train/vqa/accuracy'], 'val': results['val/vqa/accuracy'], **by_type,
           'examples_per_s': statistics.median(rates[1:] or rates), 'wall_s': wall}
 
 
@@ -104,19 +127,25 @@ def main(argv: Sequence[str]) -> None:
   if os.path.exists(FLAGS.out_dir):
     raise app.UsageError(f'--out_dir={FLAGS.out_dir} exists: give a new folder.')
   directories = build_datasets(FLAGS.out_dir, FLAGS.num_train, FLAGS.num_val, FLAGS.grid,
-                               FLAGS.feature_dim, FLAGS.seed)
+                               FLAGS.feature_dim, FLAGS.seed, FLAGS.standardize_features)
   rows = {}
   for path in FLAGS.paths:
     config = task_config(directories[path], FLAGS.steps, FLAGS.grid, path == 'pixels', FLAGS.lr)
-    rows[path] = run(config, os.path.join(FLAGS.out_dir, f'run_{path}'))
+    rows[path] = run(config, os.path.join(FLAGS.out_dir, f'run_{path}'),
+                     os.path.join(FLAGS.out_dir, 'raw'))
     print(f'{path}: {rows[path]}', flush=True)
   print(f'\n{FLAGS.num_train} train / {FLAGS.num_val} held-out images (x3 questions), '
-        f'{FLAGS.steps} steps of batch 32 from scratch, lr {config.optimizer.lr:g}')
-  print('| path | train accuracy | held-out accuracy | training examples/s | wall |')
-  print('|---|---|---|---|---|')
+        f'{FLAGS.steps} steps of batch 32 from scratch, lr {config.optimizer.lr:g}, '
+        f'features standardised: {FLAGS.standardize_features}')
+  types = tuple(dict.fromkeys(QUESTION_TYPES.values()))
+  print('| path | train accuracy | held-out accuracy | train / held-out by type (' +
+        ', '.join(types) + ') | training examples/s | wall |')
+  print('|---|---|---|---|---|---|')
   for path, row in rows.items():
-    print(f"| {path} | {row['train']:.3f} | {row['val']:.3f} | {row['examples_per_s']:.0f} | "
-          f"{row['wall_s'] / 60:.1f} min |")
+    by_type = '; '.join(f"{row['train_by_type'][t]:.2f} / {row['val_by_type'][t]:.2f}"
+                        for t in types)
+    print(f"| {path} | {row['train']:.3f} | {row['val']:.3f} | {by_type} | "
+          f"{row['examples_per_s']:.0f} | {row['wall_s'] / 60:.1f} min |")
 
 
 if __name__ == '__main__':

@@ -169,3 +169,62 @@ def test_vqa_with_fewer_than_three_answers_everywhere_warns(built, tmp_path, cap
                               feature_dim=FEATURE_DIM, vocab=os.path.join(out, 'vocab.txt'),
                               grid=2)
   assert 'annotator answers' not in capsys.readouterr().err
+
+
+def _stored_features(directory, split):
+  source = storage.RecordSource(directory, split)
+  return [source.features.deserialize_example_np(r)['region_features']
+          for r in source.read(np.arange(source.num_images))]
+
+
+def test_standardize_features_rescales_with_the_training_statistics(built, tmp_path):
+  """Plain images of one shape on a grey background: most grid cells hold the same grey, so the
+  raw rows share a large common part; standardised, every appearance dim has zero mean and unit
+  variance over the training regions, the box dims are untouched and val uses train's map."""
+  root, out = built
+  rng = np.random.default_rng(1)
+  for i in range(4):
+    image = np.full((16, 16, 3), 40 + 10 * i, np.uint8)
+    y, x = rng.integers(0, 8, 2)
+    image[y:y + 8, x:x + 8] = rng.integers(0, 256, 3)
+    Image.fromarray(image).save(tmp_path / f'shape{i}.png')
+  train = _write_lines(tmp_path / 'train.jsonl', [
+      {'image': f'shape{i}.png', 'question': 'what colour is it?', 'answer': str(i)}
+      for i in range(3)])
+  val = _write_lines(tmp_path / 'val.jsonl', [
+      {'image': 'shape3.png', 'question': 'what colour is it?', 'answer': '0'}])
+  splits = {'train': train, 'val': val}
+  dataset = str(tmp_path / 'std')
+  assert custom.main(['--task=vqa', f'--train={train}', f'--val={val}', f'--out_dir={dataset}',
+                      f'--feature_dim={FEATURE_DIM}', '--grid=2', '--standardize_features',
+                      f'--vocab={os.path.join(out, "vocab.txt")}']) == 0
+  raw = str(tmp_path / 'raw')
+  custom.build_custom_dataset(task='vqa', splits=splits, out_dir=raw, feature_dim=FEATURE_DIM,
+                              grid=2, vocab=os.path.join(out, 'vocab.txt'))
+  with open(os.path.join(dataset, custom.NORM_FILE)) as f:
+    norm = json.load(f)
+  mean, std = np.float32(norm['mean']), np.float32(norm['std'])
+  dims = FEATURE_DIM - 6
+  assert mean.shape == std.shape == (dims,)
+  train_raw, train_std = np.concatenate(_stored_features(raw, 'train')), np.concatenate(
+      _stored_features(dataset, 'train'))
+  np.testing.assert_allclose(train_std[:, :dims].mean(0), 0, atol=1e-5)
+  np.testing.assert_allclose(train_std[:, :dims].std(0), 1, atol=1e-4)
+  np.testing.assert_array_equal(train_std[:, dims:], train_raw[:, dims:])  # the box dims
+  [val_raw], [val_std] = _stored_features(raw, 'val'), _stored_features(dataset, 'val')
+  np.testing.assert_allclose(val_std[:, :dims], (val_raw[:, :dims] - mean) / std, rtol=1e-4,
+                             atol=1e-4)
+  # The raw rows: the common part dominates; what the standardised rows remove.
+  assert np.linalg.norm(train_raw[:, :dims].mean(0)) > np.linalg.norm(
+      train_raw[:, :dims] - train_raw[:, :dims].mean(0), axis=1).mean()
+
+  with pytest.raises(ValueError, match='pixel mode runs no extractor'):
+    custom.build_custom_dataset(task='vqa', splits=splits, out_dir=str(tmp_path / 'p'),
+                                pixels=True, standardize_features=True)
+  np.savez(tmp_path / 'f.npz', features=np.ones((2, FEATURE_DIM), np.float32),
+           boxes=np.float32([[0, 0, 4, 4], [4, 4, 8, 8]]), image_size=np.int32([8, 8]))
+  given = _write_lines(tmp_path / 'given.jsonl', [
+      {'features': 'f.npz', 'question': 'what?', 'answer': 'yes'}])
+  with pytest.raises(examples_lib.TaskDataError, match='given.jsonl:1: standardize_features'):
+    custom.build_custom_dataset(task='vqa', splits={'train': given}, out_dir=str(tmp_path / 'g'),
+                                feature_dim=FEATURE_DIM, standardize_features=True)

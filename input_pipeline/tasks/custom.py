@@ -13,6 +13,12 @@ Format: one JSON object per line, one task example per line. Paths are relative 
                            `grid_boxes(h, w, --grid)`: the grid cells and the whole image.
                            `--pixels` (config.data.pixels) keeps the image and these boxes for
                            the vision tower and runs no extractor (tasks/custom_images.py).
+                           `--standardize_features` rescales the extractor's appearance dims
+                           to zero mean, unit variance per dim over the training regions (the
+                           same map on every split, written to region_feature_norm.json): for
+                           a model trained from random weights, which on the raw rows of plain
+                           images answers from the question alone. Leave it off to fine-tune a
+                           checkpoint pre-trained on raw extractor rows (ShapesWorld).
     "features": "a.npz"    precomputed regions: `features` float32 [N, D] with D = feature_dim
                            (the last 6 dims the normalised box, spec §5.1) or feature_dim - 6 (the
                            box dims are then appended from `boxes` and `image_size` [2] = (h, w),
@@ -52,6 +58,7 @@ from absl import logging
 
 from input_pipeline import cli
 from input_pipeline import concepts
+from input_pipeline import jsonio
 from input_pipeline import ownership
 from input_pipeline import phrase_extractor
 from input_pipeline import storage
@@ -62,6 +69,8 @@ from input_pipeline.tasks import examples as examples_lib
 
 TaskDataError = examples_lib.TaskDataError
 VE_LABELS = {name: i for i, name in enumerate(examples_lib.VE_LABELS)}
+# {'mean': [D - 6], 'std': [D - 6]} of `standardize_features`: x -> (x - mean) / std.
+NORM_FILE = 'region_feature_norm.json'
 
 
 def build_custom_dataset(*, task: str, splits: Mapping[str, str], out_dir: str,
@@ -72,7 +81,8 @@ def build_custom_dataset(*, task: str, splits: Mapping[str, str], out_dir: str,
                          min_concept_count: int = 1, min_answer_count: int = 1,
                          image_records: Optional[str] = None,
                          image_records_split: Optional[str] = None,
-                         overwrite: bool = False, pixels: bool = False) -> examples_lib.TaskInfo:
+                         overwrite: bool = False, pixels: bool = False,
+                         standardize_features: bool = False) -> examples_lib.TaskInfo:
   """Builds `out_dir` from {split: JSON-lines path} (see the module docstring); needs 'train'
   unless the vocabularies are given and the task is not VQA. Returns the TaskInfo.
 
@@ -81,7 +91,9 @@ def build_custom_dataset(*, task: str, splits: Mapping[str, str], out_dir: str,
   rows alike, so a fine-tuned checkpoint's embedding rows keep their meaning; `vocab` (+
   `id2phrase`, kept as it is) gives them as files; otherwise both are built from 'train'.
   `pixels` stores the images for the vision tower (tasks/custom_images.py) instead of running
-  the hand-made extractor; `feature_dim` is then unused.
+  the hand-made extractor; `feature_dim` is then unused. `standardize_features` (every line an
+  "image", not pixel mode) standardises the extractor's appearance dims with the training
+  split's statistics (custom_images.standardize) and writes them to NORM_FILE.
   """
   if task not in examples_lib.TASKS:
     raise ValueError(f'Unknown task {task!r}; expected one of {examples_lib.TASKS}.')
@@ -93,6 +105,8 @@ def build_custom_dataset(*, task: str, splits: Mapping[str, str], out_dir: str,
   if id2phrase is not None and vocab is None:
     raise ValueError('id2phrase needs the word vocabulary it extends (vocab).')
   parsed = {split: _read_lines(path, task, image_root) for split, path in splits.items()}
+  if standardize_features:
+    _check_standardizable(parsed, pixels)
   if 'train' not in parsed and ((vocab is None and vocab_dir is None) or task == 'vqa'):
     raise ValueError('a train split is needed to build the vocabularies (or pass vocab, and for '
                      'VQA a train split for the answers).')
@@ -102,6 +116,10 @@ def build_custom_dataset(*, task: str, splits: Mapping[str, str], out_dir: str,
   records = {split: custom_images.image_records(lines, feature_dim, grid, image_records,
                                                 image_records_split or split, pixels)
              for split, lines in parsed.items()}
+  if standardize_features:
+    norm = custom_images.standardize(records, 'train')
+    os.makedirs(out_dir, exist_ok=True)
+    jsonio.write_json_atomically(norm, os.path.join(out_dir, NORM_FILE))
   train_lines = parsed.get('train', [])
   if vocab_dir is not None:
     examples_lib.copy_vocabularies(vocab_dir, out_dir)
@@ -130,6 +148,23 @@ def build_custom_dataset(*, task: str, splits: Mapping[str, str], out_dir: str,
                                          examples=split_examples, source=splits[split],
                                          overwrite=overwrite)
   return info
+
+
+def _check_standardizable(parsed: Mapping[str, list], pixels: bool) -> None:
+  """`standardize_features` rescales the hand-made extractor's rows: refuses pixel mode, a
+  missing train split and lines whose regions come from elsewhere ("features", "image_id")."""
+  if pixels:
+    raise ValueError('standardize_features rescales the hand-made extractor\'s features; pixel '
+                     'mode runs no extractor.')
+  if 'train' not in parsed:
+    raise ValueError('standardize_features takes its statistics from a train split.')
+  for lines in parsed.values():
+    for line in lines:
+      spec = line['image']
+      if 'image' not in spec or 'features' in spec:
+        raise TaskDataError(f'{spec["where"]}: standardize_features rescales the hand-made '
+                            'extractor\'s rows: every line must give "image" (no "features" '
+                            'or "image_id").')
 
 
 def _build_vocabularies(out_dir, train_lines, train_records, vocab, id2phrase, vocab_size,
@@ -271,6 +306,9 @@ def _define(v: flags.FlagValues) -> None:
   flags.DEFINE_bool('pixels', False, 'pixel mode: store the images (and boxes) for the vision '
                     'tower instead of running the hand-made region-feature extractor',
                     flag_values=v)
+  flags.DEFINE_bool('standardize_features', False, "standardise the hand-made extractor's "
+                    'appearance dims with the training statistics (models trained from random '
+                    'weights)', flag_values=v)
 
 
 def _run(a: flags.FlagValues) -> int:
@@ -280,7 +318,8 @@ def _run(a: flags.FlagValues) -> int:
       feature_dim=a.feature_dim, grid=a.grid, vocab=a.vocab, id2phrase=a.id2phrase,
       vocab_dir=a.vocab_dir, vocab_size=a.vocab_size, min_concept_count=a.min_concept_count,
       min_answer_count=a.min_answer_count, image_records=a.image_records,
-      image_records_split=a.image_records_split, overwrite=a.overwrite, pixels=a.pixels)
+      image_records_split=a.image_records_split, overwrite=a.overwrite, pixels=a.pixels,
+      standardize_features=a.standardize_features)
   print(json.dumps({'task': info.task, 'splits': info.splits}, indent=1))
   return 0
 

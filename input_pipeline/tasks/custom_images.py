@@ -7,6 +7,12 @@ the hand-made extractor (`region_features.extract_region_features`) on them; pix
 (features.py), the tower computing the rest from the pixels in the training graph. A "features"
 line reads a precomputed .npz (features mode only); an "image_id" line takes the record of an
 image-record dataset (pixel mode: it must hold its image).
+
+`standardize` rescales the hand-made extractor's appearance dims (all but the last 6, the box)
+to zero mean and unit variance per dim over the training split's regions, the same affine map
+on every split. The raw rows are dominated by what every image shares (a plain background fills
+most grid cells identically), so a model trained from random weights on them answers from the
+question alone; standardised, the few dims where images differ carry the signal.
 """
 
 import io
@@ -15,6 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 from PIL import Image
 
+from input_pipeline import features
 from input_pipeline import region_features
 from input_pipeline import storage
 from input_pipeline.tasks import examples as examples_lib
@@ -112,6 +119,30 @@ def _record(image_id: str, spec: Mapping[str, Any], feature_dim: int, grid: int,
           'region_features': np.asarray(feats, np.float32),
           'boxes': np.asarray(boxes, np.float32).reshape(-1, 4), 'tags': list(tags),
           'captions': [], 'phrases': [], 'phrase_regions': []}
+
+
+# A dim whose training std is below this is constant there: it is centred, not scaled.
+MIN_FEATURE_STD = 1e-3
+
+
+def standardize(records: Mapping[str, Mapping[str, dict]], train_split: str = 'train') -> dict:
+  """Standardises the appearance dims of every record in place with the statistics of
+  `train_split`'s regions; returns {'mean': [D - 6], 'std': [D - 6]} (the map x -> (x - mean) /
+  std applied, std 1 where the training split has no spread)."""
+  train = [r['region_features'] for r in records[train_split].values()]
+  if not train or not sum(len(f) for f in train):
+    raise TaskDataError(f'standardize: split {train_split!r} has no regions to take '
+                        'statistics from.')
+  dims = train[0].shape[1] - features.NUM_BOX_DIMS
+  stacked = np.concatenate(train).astype(np.float64)[:, :dims]
+  mean, std = stacked.mean(0), stacked.std(0)
+  std = np.where(std < MIN_FEATURE_STD, 1.0, std)
+  for split_records in records.values():
+    for record in split_records.values():
+      feats = np.array(record['region_features'], np.float32)
+      feats[:, :dims] = (feats[:, :dims] - mean) / std
+      record['region_features'] = feats
+  return {'mean': mean.tolist(), 'std': std.tolist()}
 
 
 def _pixel_record(record: dict, where: str) -> dict:

@@ -2,7 +2,7 @@ r"""One-shape VQA from plain images: the hand-made extractor's features vs the t
 
   python -m benchmarks.one_shape_vqa --out_dir=/tmp/one_shape_bench [--steps=1000] \
       [--num_train=1000] [--num_val=200] [--paths=features,pixels] [--lr=1e-3] \
-      [--nostandardize_features]
+      [--dropout=0.0] [--nostandardize_features]
 
 Writes one one-shape VQA set (`input_pipeline/tasks/one_shape_vqa.py`: 64 x 64 images of one
 coloured shape, 3 questions each: its colour, its kind, a yes/no about one of them) to
@@ -13,13 +13,14 @@ appearance dims standardised with the training statistics, `--standardize_featur
 which the run answers from the question alone) and
 `<out_dir>/pixels` keeping the images (`pixels=True`). Each is trained from random weights with
 `configs/vqa_shapesworld.py:scratch` (the tiny MVPTR, batch 32, lr 2e-4, BCE over the answer
-vocabulary), the same `--steps`, data and seed; the pixel run adds the tiny ViT of
-`configs/mvp_tiny_pixels.py` (`use_tower`: 2 blocks, width 64, 8 px patches, RoIAlign of the
-same boxes) trained with the rest. Nothing is tuned on the held-out split. Prints, per path,
-the VQA accuracy on the training split and on the held-out split (clean inputs, after the last
-step), the accuracy per question type (colour, kind, yes/no) on both splits, the training examples/s
-(median over the log windows after the first, which compiles) and the wall time of the run
-including evaluation.
+vocabulary) but `--dropout` (hidden and attention, default 0: from random weights the
+config's 0.1 slows the fit, see the README), the same `--steps`, data and seed; the pixel run
+adds the tiny ViT of `configs/mvp_tiny_pixels.py` (`use_tower`: 2 blocks, width 64, 8 px
+patches, RoIAlign of the same boxes) trained with the rest. Nothing is tuned on the held-out
+split. Prints, per path, the VQA accuracy on the training split and on the held-out split (clean
+inputs, after the last step), the accuracy per question type (colour, kind, yes/no) on both
+splits, the training examples/s (median over the log windows after the first, which compiles)
+and the wall time of the run including evaluation.
 """
 
 import json
@@ -52,6 +53,7 @@ def define_flags() -> None:
   flags.DEFINE_integer('seed', 0, 'generation seed')
   flags.DEFINE_list('paths', list(PATHS), 'which of features, pixels to train')
   flags.DEFINE_float('lr', None, "peak learning rate of every path (default: the config's 2e-4)")
+  flags.DEFINE_float('dropout', 0.0, 'hidden and attention dropout of every path (the config: 0.1)')
   flags.DEFINE_bool('standardize_features', True, "standardise the extractor's appearance dims "
                     '(custom.build_custom_dataset(standardize_features=True))')
   flags.mark_flag_as_required('out_dir')
@@ -72,11 +74,15 @@ def build_datasets(out_dir: str, num_train: int, num_val: int, grid: int, featur
   return directories
 
 
-def task_config(directory: str, steps: int, grid: int, pixels: bool, lr=None):
-  """configs/vqa_shapesworld.py:scratch on a records folder, evaluated on train and val."""
+def task_config(directory: str, steps: int, grid: int, pixels: bool, lr=None,
+                dropout: float = 0.0):
+  """configs/vqa_shapesworld.py:scratch on a records folder, evaluated on train and val, with
+  `dropout` as the hidden and the attention dropout (None: the config's)."""
   config = vqa_shapesworld.get_config('scratch')
   if lr is not None:
     config.optimizer.lr = lr
+  if dropout is not None:
+    config.model.update(dropout_rate=dropout, attention_dropout_rate=dropout)
   config.data.kind = 'records'
   config.data.directory = directory
   config.data.max_img_seq_length = grid * grid + 1
@@ -130,13 +136,15 @@ def main(argv: Sequence[str]) -> None:
                                FLAGS.feature_dim, FLAGS.seed, FLAGS.standardize_features)
   rows = {}
   for path in FLAGS.paths:
-    config = task_config(directories[path], FLAGS.steps, FLAGS.grid, path == 'pixels', FLAGS.lr)
+    config = task_config(directories[path], FLAGS.steps, FLAGS.grid, path == 'pixels', FLAGS.lr,
+                         FLAGS.dropout)
     rows[path] = run(config, os.path.join(FLAGS.out_dir, f'run_{path}'),
                      os.path.join(FLAGS.out_dir, 'raw'))
     print(f'{path}: {rows[path]}', flush=True)
   print(f'\n{FLAGS.num_train} train / {FLAGS.num_val} held-out images (x3 questions), '
         f'{FLAGS.steps} steps of batch 32 from scratch, lr {config.optimizer.lr:g}, '
-        f'features standardised: {FLAGS.standardize_features}')
+        f'dropout {config.model.dropout_rate:g}, features standardised: '
+        f'{FLAGS.standardize_features}')
   types = tuple(dict.fromkeys(QUESTION_TYPES.values()))
   print('| path | train accuracy | held-out accuracy | train / held-out by type (' +
         ', '.join(types) + ') | training examples/s | wall |')

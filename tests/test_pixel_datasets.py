@@ -162,3 +162,17 @@ def test_custom_pixels_from_image_records(shapesworld, tmp_path):
   assert record['image_png'].numpy() == want['image_png']
   np.testing.assert_allclose(record['region_features'].numpy(),
                              want['region_features'][:, -features.NUM_BOX_DIMS:], atol=1e-6)
+
+
+def test_one_shape_vqa_benchmark_trains_both_paths_alike(tmp_path):
+  """benchmarks/one_shape_vqa.py: the two paths differ only by the tower; dropout 0 by default."""
+  from benchmarks import one_shape_vqa as bench  # pylint: disable=g-import-not-at-top
+  features_config, pixels_config = (bench.task_config(str(tmp_path), 40, 4, pixels, lr=5e-4)
+                                    for pixels in (False, True))
+  for config in (features_config, pixels_config):
+    assert (config.model.dropout_rate, config.model.attention_dropout_rate) == (0.0, 0.0)
+    assert (config.total_steps, config.optimizer.lr, config.init_from) == (40, 5e-4, '')
+    assert config.data.max_img_seq_length == 17 and sorted(config.evals) == ['train', 'val']
+  assert 'vision' not in features_config.model and pixels_config.model.vision.tower == 'vit'
+  kept = bench.task_config(str(tmp_path), 40, 4, True, dropout=None)
+  assert kept.model.dropout_rate == kept.model.attention_dropout_rate == 0.1

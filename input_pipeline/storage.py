@@ -196,17 +196,24 @@ def write_dataset(records: Iterable[Mapping[str, Any]], directory: str, split: s
         check_data=False, version='1.0.0', description='mvp-jax image records.')
     jsonio.write_json_atomically(merged, os.path.join(directory, METADATA_FILE),
                                 sort_keys=True)
-    if os.path.exists(final):
-      old = os.path.join(directory, f'.{split}.replaced-{uuid.uuid4().hex}')
-      os.rename(final, old)
-      os.rename(tmp, final)
-      shutil.rmtree(old)
-    else:
-      os.rename(tmp, final)
+    publish_split(tmp, final)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return len(captions)
+
+
+def publish_split(tmp: str, final: str) -> None:
+  """Makes the complete split folder `tmp` visible as `final`, replacing any split there: a
+  reader sees the old split or the new one, never a partial one."""
+  if os.path.exists(final):
+    old = os.path.join(os.path.dirname(final),
+                       f'.{os.path.basename(final)}.replaced-{uuid.uuid4().hex}')
+    os.rename(final, old)
+    os.rename(tmp, final)
+    shutil.rmtree(old)
+  else:
+    os.rename(tmp, final)
 
 
 def _write_shards(records, tmp, split, records_per_shard):

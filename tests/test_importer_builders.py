@@ -17,7 +17,6 @@ import pytest
 import tensorflow_datasets as tfds
 from tensorflow_datasets.scripts.cli import main as tfds_main
 
-from input_pipeline import concepts
 from input_pipeline import import_vinvl
 from input_pipeline import pretraining
 from input_pipeline import storage
@@ -30,6 +29,7 @@ from input_pipeline.tasks import refcoco
 from input_pipeline.tasks import snli_ve
 from input_pipeline.tasks import vqa
 import sources_fixtures as sfx
+import task_fixtures
 import vinvl_fixtures as fx
 
 _IMPORTS = '--imports=input_pipeline.sources.import_builders'
@@ -190,15 +190,8 @@ def test_one_split_by_kwargs_and_a_bad_kwarg_is_named(vinvl, tmp_path):
 
 # ----------------------------------------------------------------------------- tasks
 
-BOXES_42 = np.array([[10, 20, 40, 60], [0, 0, 20, 40], [25, 40, 55, 80]], np.float32)
-
-
-def _image_record(image_id, boxes):
-  n = len(boxes)
-  return {'image_id': image_id, 'image_png': b'', 'image_size': np.array([100, 100], np.int32),
-          'region_features': np.arange(n * 8, dtype=np.float32).reshape(n, 8) / 10,
-          'boxes': boxes, 'tags': ['dog'] * n, 'captions': ['a dog'], 'phrases': [[('dog',)]],
-          'phrase_regions': [[0]]}
+def _arange_features(n):
+  return np.arange(n * 8, dtype=np.float32).reshape(n, 8) / 10
 
 
 def _write(path, value):
@@ -306,13 +299,7 @@ TASKS = {  # name: (task, write the manual folder, example summary, import comma
 def coco(tmp_path_factory):
   """An image-record dataset keyed like a VinVL COCO import (ids normalise to 42 and 7)."""
   directory = str(tmp_path_factory.mktemp('coco'))
-  train_vocab.write_vocab(['a', 'dog', 'is', 'what', 'color', 'the', 'red'],
-                          os.path.join(directory, 'words.txt'))
-  storage.write_dataset([_image_record('COCO_train2014_000000000042', BOXES_42),
-                         _image_record('7', BOXES_42[:1])], directory, 'train', metadata={})
-  storage.save_vocabularies(directory, os.path.join(directory, 'words.txt'),
-                            concepts.ConceptVocab({6: ('dog',)}, word_vocab_size=12))
-  os.remove(os.path.join(directory, 'words.txt'))
+  task_fixtures.write_coco_images(directory, _arange_features)
   return directory
 
 
@@ -338,10 +325,10 @@ def test_task_builder_builds_by_name_reads_back_and_equals_the_import_command(
     for i, record in enumerate(loaded):
       for key in record:
         assert sfx.plain(record[key]) == sfx.plain(source[i][key]), (split, i, key)
-      boxes = BOXES_42 if record['image_id'] == b'42' else BOXES_42[:1]
+      boxes = task_fixtures.BOXES_42[:3 if record['image_id'] == b'42' else 1]
       np.testing.assert_array_equal(record['boxes'], boxes)
       np.testing.assert_array_equal(record['region_features'],
-                                    _image_record('x', boxes)['region_features'])
+                                    _arange_features(len(boxes)))
       assert record['captions'].tolist() == []  # a task's records carry no captions
       examples += [(int(p), json.loads(e)) for p, e in zip(record['example_positions'],
                                                           record['examples'])]

@@ -7,37 +7,18 @@ import pickle
 import numpy as np
 import pytest
 
-from input_pipeline import concepts
-from input_pipeline import storage
-from input_pipeline import train_vocab
 from input_pipeline.tasks import examples as examples_lib
 from input_pipeline.tasks import iterators as task_iterators
 from input_pipeline.tasks import refcoco
 from input_pipeline.tasks import snli_ve
 from input_pipeline.tasks import vqa
-
-BOXES_42 = np.array([[10, 20, 40, 60], [0, 0, 20, 40], [25, 40, 55, 80]], np.float32)
-
-
-def _record(image_id, boxes):
-  n = len(boxes)
-  return {'image_id': image_id, 'image_png': b'', 'image_size': np.array([100, 100], np.int32),
-          'region_features': np.full((n, 8), 0.5, np.float32), 'boxes': boxes,
-          'tags': ['dog'] * n, 'captions': ['a dog'], 'phrases': [[('dog',)]],
-          'phrase_regions': [[0]]}
-
+import task_fixtures
 
 @pytest.fixture(scope='module')
 def images(tmp_path_factory):
   """An image-record dataset keyed like a VinVL COCO import (ids normalise to 42 and 7)."""
   directory = str(tmp_path_factory.mktemp('coco'))
-  train_vocab.write_vocab(['a', 'dog', 'is', 'what', 'color', 'the', 'red'],
-                          os.path.join(directory, 'words.txt'))
-  storage.write_dataset([_record('COCO_train2014_000000000042', BOXES_42),
-                         _record('7', BOXES_42[:1])], directory, 'train', metadata={})
-  storage.save_vocabularies(directory, os.path.join(directory, 'words.txt'),
-                            concepts.ConceptVocab({6: ('dog',)}, word_vocab_size=12))
-  os.remove(os.path.join(directory, 'words.txt'))
+  task_fixtures.write_coco_images(directory)
   return [(directory, 'train')]
 
 
@@ -170,7 +151,8 @@ def test_refcoco_boxes_iou_and_missing_images(tmp_path, images):
   assert [(e['example_id'], e['text'], e['target_box'], e['phrases']) for e in stored] == [
       ('1_11', 'left dog', [10, 20, 40, 60], []), ('1_12', 'the dog', [10, 20, 40, 60], [])]
   # IoU with the region boxes of image 42: itself, 200 / 1800, 300 / 2100.
-  iou = task_iterators.box_iou(BOXES_42, np.float32(stored[0]['target_box'])).numpy()
+  iou = task_iterators.box_iou(task_fixtures.BOXES_42,
+                               np.float32(stored[0]['target_box'])).numpy()
   np.testing.assert_allclose(iou, [1.0, 1 / 9, 1 / 7], rtol=1e-6)
   assert task_iterators.box_iou(np.float32([[40, 60, 50, 70]]),
                                 np.float32([10, 20, 40, 60])).numpy()[0] == 0.0  # touching

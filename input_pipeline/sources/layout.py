@@ -127,13 +127,7 @@ def link_split(tfds_dir: str, directory: str, split: str, *, out_split: Optional
                                          num_bytes=info.num_bytes, filename_template=template)],
         check_data=False, version='1.0.0',
         description=f'{builder.name} {split} (linked from {os.path.abspath(tfds_dir)}).')
-    if os.path.exists(final):
-      old = os.path.join(directory, f'.{out_split}.replaced-{uuid.uuid4().hex}')
-      os.rename(final, old)
-      os.rename(tmp, final)
-      shutil.rmtree(old)
-    else:
-      os.rename(tmp, final)
+    storage.publish_split(tmp, final)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise

@@ -21,7 +21,8 @@ from configs import mvp_tiny
 from configs import switches
 
 TOWER = dict(tower='vit', image_size=64, width=64, depth=2, num_heads=4, mlp_dim=128,
-             patch_size=8, pooling='bilinear', freeze=False, lr_multiplier=1.0, remat=False)
+             patch_size=8, stem='patch', pooling='bilinear', freeze=False, lr_multiplier=1.0,
+             remat=False)
 
 
 def use_tower(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

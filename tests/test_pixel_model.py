@@ -43,8 +43,9 @@ def _inputs():
   return images, boxes.astype(np.float32), batch
 
 
-def test_frozen_tower_in_graph_equals_offline_extraction():
-  cfg = _config(freeze=True)
+@pytest.mark.parametrize('stem', ['patch', 'conv'])
+def test_frozen_tower_in_graph_equals_offline_extraction(stem):
+  cfg = _config(freeze=True, stem=stem)
   images, boxes, batch = _inputs()
   params = nn.unbox(model_lib.init_params(cfg, jax.random.PRNGKey(0)))
   siglip_cfg = cfg.vision.siglip_config()
@@ -173,3 +174,33 @@ def test_task_models_take_the_tower(task):
   assert head in keys, sorted(ref)
   for name in keys:
     np.testing.assert_allclose(out[name], ref[name], atol=1e-5, rtol=0, err_msg=name)
+
+
+def test_conv_stem_sees_past_its_patch_and_is_refused_where_it_cannot_be():
+  """The 'conv' stem's 3 x 3 stride-2 convolutions overlap, so a patch's token depends on the
+  pixels beside it; the 'patch' stem's does not. Widths double up to the tower's."""
+  config = lambda stem: towers.SiglipConfig(
+      vision=towers.VisionConfig(width=32, depth=1, num_heads=2, mlp_dim=16, patch_size=8,
+                                 posemb_grid=(4, 4), use_head=False, stem=stem), text=None)
+  images = jnp.asarray(np.random.RandomState(0).uniform(-1, 1, (1, SIZE, SIZE, 3)), jnp.float32)
+  beside = images.at[0, 3, 8].add(1.0)  # row 3, column 8: the first pixel right of patch (0, 0)
+  first_embedded = {}
+  for stem in ('patch', 'conv'):
+    tower = towers.VisionTower(config(stem))
+    boxed = tower.init(jax.random.PRNGKey(0), images)['params']
+    params = nn.unbox(boxed)
+    embed = lambda x, p=params, t=tower: t.apply({'params': p}, x)['hidden'][0][0, 0]
+    first_embedded[stem] = float(jnp.abs(embed(beside) - embed(images)).max())
+    if stem == 'conv':
+      widths = [params['conv_stem'][f'conv_{k}']['kernel'].shape for k in range(3)]
+      assert widths == [(3, 3, 3, 8), (3, 3, 8, 16), (3, 3, 16, 32)]
+      assert params['embedding']['kernel'].shape == (1, 1, 32, 32)
+      names = jax.tree.leaves(boxed, is_leaf=lambda x: hasattr(x, 'names'))
+      assert all(hasattr(n, 'names') for n in names), 'every parameter has logical axis names'
+  assert first_embedded['patch'] == 0.0 and first_embedded['conv'] > 1e-3, first_embedded
+  with pytest.raises(ValueError, match='power-of-two patch size'):
+    towers.VisionConfig(patch_size=6, posemb_grid=(4, 4), stem='conv')
+  with pytest.raises(ValueError, match="stem must be one of"):
+    towers.VisionConfig(stem='resnet')
+  with pytest.raises(ValueError, match="SigLIP checkpoint's tower has the 'patch' stem"):
+    config_lib.tiny(vision=dict(VISION, tower='siglip', stem='conv'))

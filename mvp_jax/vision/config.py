@@ -11,6 +11,7 @@ import dataclasses
 from typing import Optional
 
 VARIANTS = ('siglip', 'siglip2')
+STEMS = ('patch', 'conv')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,6 +19,10 @@ class VisionConfig:
   """The ViT image tower (pre-LN encoder, learned position embedding, MAP-head pooling).
 
   posemb_grid: (rows, cols) of the checkpoint's learned position embeddings.
+  stem: 'patch' (SigLIP's stride-p convolution) or 'conv' (for towers trained from scratch:
+    log2(p) 3 x 3 stride-2 convolutions, each followed by LayerNorm and ReLU, with widths doubling
+    up to `width`, then a 1 x 1 convolution; "Early convolutions help transformers see better",
+    Xiao et al. 2021). p must be a power of two for 'conv'; no SigLIP checkpoint has one.
   """
   width: int = 768
   depth: int = 12
@@ -28,6 +33,13 @@ class VisionConfig:
   num_channels: int = 3
   layer_norm_eps: float = 1e-6
   use_head: bool = True
+  stem: str = 'patch'
+
+  def __post_init__(self):
+    if self.stem not in STEMS:
+      raise ValueError(f'vision stem must be one of {STEMS}, got {self.stem!r}.')
+    if self.stem == 'conv' and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+      raise ValueError(f"the 'conv' stem needs a power-of-two patch size, got {self.patch_size}.")
 
   @property
   def image_size(self) -> tuple[int, int]:

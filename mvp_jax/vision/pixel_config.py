@@ -9,7 +9,8 @@
 
 Fields of the mapping (`PixelConfig`): tower 'siglip' (a SigLIP image tower, sizes from `size`,
 weights from `checkpoint` through `weights.init_from`) or 'vit' (the same module at the sizes
-given, from scratch); pooling 'bilinear' (RoIAlign, as the extractor's box mode) or 'area' (as its
+given, from scratch, with SigLIP's patch stem or a convolutional one: `stem`,
+vision/config.py); pooling 'bilinear' (RoIAlign, as the extractor's box mode) or 'area' (as its
 grid mode: exact for grid cells); freeze / lr_multiplier / weight_decay of the tower's own
 optimiser group (`mvp_jax/optim.py`); remat of its blocks.
 
@@ -46,6 +47,7 @@ class PixelConfig:
   patch_size: int = 16
   posemb_grid: int = 0
   variant: str = 'siglip'
+  stem: str = 'patch'
   pooling: str = 'bilinear'
   samples: int = 0
   grid_cells: int = 3
@@ -65,6 +67,9 @@ class PixelConfig:
       for name, value in zip(('width', 'depth', 'num_heads', 'mlp_dim', 'patch_size'),
                              SIZES[self.size]):
         object.__setattr__(self, name, value)
+    if self.stem != 'patch' and self.tower == 'siglip':
+      raise ValueError(f"model.vision.stem {self.stem!r} is for tower 'vit' (from scratch): a "
+                       "SigLIP checkpoint's tower has the 'patch' stem.")
     if self.pooling not in POOLINGS:
       raise ValueError(f'model.vision.pooling must be one of {POOLINGS}, got {self.pooling!r}.')
     if self.tags != 'precomputed':
@@ -89,7 +94,7 @@ class PixelConfig:
     grid = self.posemb_grid or self.image_size // self.patch_size
     vision = VisionConfig(width=self.width, depth=self.depth, num_heads=self.num_heads,
                           mlp_dim=self.mlp_dim, patch_size=self.patch_size,
-                          posemb_grid=(grid, grid), use_head=False)
+                          posemb_grid=(grid, grid), use_head=False, stem=self.stem)
     return SiglipConfig(vision=vision, text=None, variant=self.variant, dtype=dtype,
                         remat=self.remat)
 

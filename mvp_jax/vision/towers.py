@@ -1,6 +1,7 @@
 """SigLIP / SigLIP 2 towers as pure Linen modules (config.py gives the sizes).
 
-Vision: stride-p patch convolution, learned position embedding (resampled to the input grid,
+Vision: stride-p patch convolution (or, for towers trained from scratch, a convolutional stem:
+config.VisionConfig.stem), learned position embedding (resampled to the input grid,
 posemb.py), pre-LN ViT encoder, final LayerNorm, multi-head attention pooling (MAP head).
 Text: token + position embedding, the same pre-LN encoder, final LayerNorm, the last token's
 state through a dense head (texts are padded with EOS to the position table's length).
@@ -156,6 +157,33 @@ class MAPHead(nn.Module):
     return x[:, 0] if bias is None else x
 
 
+class ConvStem(nn.Module):
+  """[B, H, W, C] -> [B, H/p, W/p, width]: log2(p) 3 x 3 stride-2 convolutions (SAME padding),
+  each + LayerNorm + ReLU, widths width / 2**(n-1-k) (at least 8) for k = 0 .. n-1; the tower's
+  1 x 1 `embedding` convolution follows (VisionConfig.stem)."""
+  width: int
+  patch_size: int
+  eps: float
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    steps = self.patch_size.bit_length() - 1
+    for k in range(steps):
+      channels = max(8, self.width >> (steps - 1 - k))
+      x = nn.Conv(channels, (3, 3), strides=(2, 2), padding='SAME', dtype=self.dtype,
+                  param_dtype=jnp.float32, name=f'conv_{k}',
+                  kernel_init=_init((None, None, None, None), nn.initializers.lecun_normal()),
+                  bias_init=_zeros((None,)))(x)
+      x = nn.LayerNorm(epsilon=self.eps, dtype=self.dtype, param_dtype=jnp.float32,
+                       name=f'ln_{k}',
+                       scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(),
+                                                               (None,)),
+                       bias_init=_zeros((None,)))(x)
+      x = nn.relu(x)
+    return x
+
+
 def _dtype(config: SiglipConfig):
   return jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
 
@@ -184,10 +212,14 @@ class VisionTower(nn.Module):
         images.shape[2] % p):
       raise ValueError(f'images must be [B, H, W, {cfg.num_channels}] with H and W multiples '
                        f'of the patch size {p}, got {images.shape}.')
+    x = images.astype(dtype)
+    if cfg.stem == 'conv':
+      x = ConvStem(cfg.width, p, cfg.layer_norm_eps, dtype, name='conv_stem')(x)
+      p = 1
     x = nn.Conv(cfg.width, (p, p), strides=(p, p), padding='VALID', dtype=dtype,
                 param_dtype=jnp.float32, name='embedding',
                 kernel_init=_init((None, None, None, 'embed'), nn.initializers.lecun_normal()),
-                bias_init=_zeros(('embed',)))(images.astype(dtype))
+                bias_init=_zeros(('embed',)))(x)
     batch, rows, cols, width = x.shape
     x = x.reshape(batch, rows * cols, width)
     table = self.param('pos_embedding', _init(('length', 'embed'), nn.initializers.normal(

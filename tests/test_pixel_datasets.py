@@ -5,6 +5,7 @@ import io
 import json
 import os
 
+from absl import app
 import ml_collections
 import numpy as np
 from PIL import Image
@@ -176,3 +177,35 @@ def test_one_shape_vqa_benchmark_trains_both_paths_alike(tmp_path):
   assert 'vision' not in features_config.model and pixels_config.model.vision.tower == 'vit'
   kept = bench.task_config(str(tmp_path), 40, 4, True, dropout=None)
   assert kept.model.dropout_rate == kept.model.attention_dropout_rate == 0.1
+  assert pixels_config.model.vision.stem == 'patch'
+  assert bench.task_config(str(tmp_path), 40, 4, True, stem='conv').model.vision.stem == 'conv'
+  # Fine-tuned from pre-training runs: each path from its own run, the answer head from the MLM
+  # head's transform, dropout as the flag says.
+  runs = bench.parse_init_from(['features=/runs/f', 'pixels=/runs/p'])
+  assert runs == {'features': '/runs/f', 'pixels': '/runs/p'}
+  tuned = bench.task_config(str(tmp_path), 40, 4, True, init_from=runs['pixels'])
+  assert tuned.init_from == '/runs/p' and tuned.vqa_init_from_mlm
+  assert tuned.model.dropout_rate == 0.0 and tuned.model.vision.tower == 'vit'
+  for bad in (['pixels=/runs/p'], ['tower=/runs/t'], ['features']):
+    with pytest.raises(app.UsageError):
+      bench.parse_init_from(bad)
+
+
+def test_one_shape_kind_probe_reads_what_the_features_carry():
+  """benchmarks/one_shape_kind_probe.py: the linear probe finds a label the features carry and
+  no more than chance in features that do not; its images carry the generator's labels."""
+  from benchmarks import one_shape_kind_probe as probe  # pylint: disable=g-import-not-at-top
+  pixels, labels, boxes = probe.images('val', 6, 'kind')
+  assert pixels.shape == (6, 64, 64, 3) and -1 <= pixels.min() and pixels.max() <= 1
+  for index in range(6):
+    _, box, questions = one_shape_vqa.generate_example(0, 'val', index)
+    assert scenes.KINDS[labels[index]] == questions[1][1]
+    np.testing.assert_allclose(boxes[index] * 64, box, rtol=1e-6)
+  rng = np.random.default_rng(0)
+  y_train, y_val = rng.integers(0, 7, 400), rng.integers(0, 7, 200)
+  offset = rng.normal(size=(1, 7)) * 5  # the same for both splits: the probe standardises
+  carried = lambda y: np.eye(7)[y] * 4 + rng.normal(size=(len(y), 7)) * 0.5 + offset
+  accuracy = probe.linear_probe(carried(y_train), y_train, carried(y_val), y_val, 7)
+  assert min(accuracy) > 0.95, accuracy
+  noise = lambda y: rng.normal(size=(len(y), 7))
+  assert probe.linear_probe(noise(y_train), y_train, noise(y_val), y_val, 7)[1] < 0.3

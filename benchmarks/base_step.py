@@ -13,7 +13,10 @@ Synthetic batches have the base lengths (35 words + 5 phrases, 20 tags, 50 regio
 labels. The loss is the trainer's (`tasks.pretrain.loss_fn`, all five losses, one negative
 group on one device); `--dropout_rng` picks the dropout PRNG (`ModelConfig.dropout_rng`). FLOPs are XLA's cost analysis of the compiled step, which is per device;
 MFU = FLOPs / s / peak per device. `peak_rss_gib` is the process's peak RSS so far (one grid
-point per process for a clean figure, as `benchmarks.head_to_head` runs it). `temp` is XLA's temporary buffer size (activations kept for
+point per process for a clean figure, as `benchmarks.head_to_head` runs it);
+`rss_after_init_gib` / `rss_after_compile_gib` its resident set once the state is initialised
+and once the step is compiled, so the peak splits into state, compilation and the step's own
+buffers. `temp` is XLA's temporary buffer size (activations kept for
 the backward pass and scratch), `peak` = arguments + outputs + temp - aliased.
 """
 
@@ -52,6 +55,16 @@ _ATTN_DROPOUT = flags.DEFINE_float('attention_dropout', 0.1,
                                    'Attention dropout (0 lets the fused attention run).')
 
 
+def resident_gib() -> float:
+  """The process's resident set now (VmRSS, Linux), GiB; nan elsewhere."""
+  try:
+    with open('/proc/self/status', encoding='ascii') as f:
+      line = next(l for l in f if l.startswith('VmRSS:'))
+  except (OSError, StopIteration):
+    return float('nan')
+  return int(line.split()[1]) / 2 ** 20
+
+
 def run_one(batch_size: int, heads: str, remat: str, dropout_rng: str):
   cfg = config_lib.base().replace(
       dtype=_DTYPE.value, prediction_positions=heads, remat=remat != 'off',
@@ -78,10 +91,13 @@ def run_one(batch_size: int, heads: str, remat: str, dropout_rng: str):
   replicated = NamedSharding(mesh, PartitionSpec())
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state = jax.jit(init, out_shardings=replicated)(jax.random.PRNGKey(0))
+    jax.block_until_ready(state)
+    rss_init = resident_gib()
     device_batch = jax.device_put(batch, sharding.batch_sharding(mesh))
     start = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=(0,)).lower(state, device_batch).compile()
     compile_s = time.perf_counter() - start
+    rss_compiled = resident_gib()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get('flops', 0.0)) if cost else 0.0
@@ -105,6 +121,7 @@ def run_one(batch_size: int, heads: str, remat: str, dropout_rng: str):
   print(f'batch={batch_size} heads={heads} remat={remat} dropout_rng={dropout_rng} dtype={_DTYPE.value} '
         f'compile_s={compile_s:.1f} step_s={step_s:.3f} examples_per_s={batch_size / step_s:.2f} '
         f'flops_per_device={flops:.3e} temp_gib={gib(temp):.2f} peak_gib={gib(peak):.2f} '
+        f'rss_after_init_gib={rss_init:.2f} rss_after_compile_gib={rss_compiled:.2f} '
         f'peak_rss_gib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.2f}'
         f'{mfu} devices={jax.device_count()} ({jax.devices()[0].device_kind})', flush=True)
   return step_s

@@ -31,6 +31,7 @@ from typing import Sequence
 
 from absl import app
 from absl import flags
+from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -81,13 +82,13 @@ def images(split: str, count: int, label: str, raw: bool = False) -> tuple:
 
 
 def pooled(tower_out: dict, boxes: jax.Array, pooling: str) -> jax.Array:
-  """[N, F]: the tower's tokens pooled over each image's box, or over the grid cells."""
-  if pooling == 'box':
-    weights_ = regions.pooling_weights(boxes[:, None], tower_out['grid'], 'bilinear', 0)
-    return regions.pool(tower_out['tokens'], weights_)[:, 0]
-  cells = jnp.broadcast_to(jnp.asarray(regions.grid_boxes(4)), (boxes.shape[0], 17, 4))
-  weights_ = regions.pooling_weights(cells, tower_out['grid'], 'bilinear', 0)
-  return regions.pool(tower_out['tokens'], weights_).reshape(boxes.shape[0], -1)
+  """[N, F]: the tower's tokens pooled over each image's box ('box', F = D), or over the 4 x 4
+  cells + whole image, concatenated ('grid', F = 17 D)."""
+  count = boxes.shape[0]
+  boxes = (boxes[:, None] if pooling == 'box'
+           else jnp.broadcast_to(jnp.asarray(regions.grid_boxes(4)), (count, 17, 4)))
+  weights_ = regions.pooling_weights(boxes, tower_out['grid'], 'bilinear', 0)
+  return regions.pool(tower_out['tokens'], weights_).reshape(count, -1)
 
 
 class Classifier(nn.Module):
@@ -165,15 +166,9 @@ def run_tower(run: str) -> tuple:
       run_dir_lib.read_json(os.path.join(run, run_dir_lib.MODEL_CONFIG_FILE)))
   if model_config.vision is None:
     raise app.UsageError(f'--run_dir={run} has no vision tower (model.vision is features).')
-  source = weights.read(run)
-  tree = {path[2:]: value for path, value in source.tree.items()
+  tree = {path[2:]: jnp.asarray(value) for path, value in weights.read(run).tree.items()
           if path[:2] == pixel_model.TOWER_PATH}
-  params = {}
-  for path, value in tree.items():
-    node = params
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = jnp.asarray(value)
+  params = traverse_util.unflatten_dict(tree)
   return pixel_model.tower_module(model_config), params
 
 

@@ -49,6 +49,7 @@ from configs import mvp_tiny_pixels
 from configs import vqa_shapesworld
 from input_pipeline.tasks import custom
 from input_pipeline.tasks import one_shape_vqa
+from mvp_jax import run_dir
 
 FLAGS = flags.FLAGS
 PATHS = ('features', 'pixels')
@@ -148,7 +149,8 @@ def run(config, workdir: str, raw_dir: str) -> dict:
 
 def parse_init_from(pairs: Sequence[str]) -> dict:
   """{path: run dir} of `--init_from` 'path=DIR' items; refuses unknown paths and a pixel run
-  without the features run whose dataset folder (`<run>/shapesworld`) gives the vocabularies."""
+  without the features run whose dataset folder (`run_dir.find_dataset_dir`) gives the
+  vocabularies."""
   runs = {}
   for pair in pairs:
     path, _, directory = pair.partition('=')
@@ -172,7 +174,7 @@ def main(argv: Sequence[str]) -> None:
   tf.config.set_visible_devices([], 'GPU')
   if os.path.exists(FLAGS.out_dir):
     raise app.UsageError(f'--out_dir={FLAGS.out_dir} exists: give a new folder.')
-  vocab_dir = os.path.join(init_from['features'], 'shapesworld') if init_from else None
+  vocab_dir = run_dir.find_dataset_dir(init_from['features']) if init_from else None
   directories = build_datasets(FLAGS.out_dir, FLAGS.num_train, FLAGS.num_val, FLAGS.grid,
                                FLAGS.feature_dim, FLAGS.seed,
                                FLAGS.standardize_features and not init_from, vocab_dir,
@@ -185,7 +187,8 @@ def main(argv: Sequence[str]) -> None:
                      os.path.join(FLAGS.out_dir, 'raw'))
     print(f'{path}: {rows[path]}', flush=True)
   print(f'\n{FLAGS.num_train} train / {FLAGS.num_val} held-out images (x3 questions), '
-        f'{FLAGS.steps} steps of batch 32, from {init_from or "scratch"}, lr {config.optimizer.lr:g}, '
+        f'{FLAGS.steps} steps of batch 32, from {init_from or "scratch"}, '
+        f'lr {config.optimizer.lr:g}, '
         f'dropout {config.model.dropout_rate:g}, features standardised: '
         f'{FLAGS.standardize_features and not init_from}, stem {FLAGS.stem}, regions '
         f'{"the shape box" if FLAGS.boxes else f"{FLAGS.grid}x{FLAGS.grid} grid + whole image"}')

@@ -157,8 +157,8 @@ class _Chunker:
 
 
 def extract(items, *, checkpoint: str, out: str, split: str, regions: str = 'grid',
-            grid: int = 7, samples: int = 0, image_size: Optional[int] = None,
-            batch_size: int = 32, chunk_size: int = 256, labels: Optional[Sequence[str]] = None,
+            grid: int = 7, samples: int = 0, bins: int = 1, crops: bool = False,
+            image_size: Optional[int] = None, batch_size: int = 32, chunk_size: int = 256, labels: Optional[Sequence[str]] = None,
             tags: bool = True, top_t: int = 10, tag_threshold: float = 0.1,
             templates: Sequence[str] = ('a photo of a {}.',), tokenizer: Optional[str] = None,
             captions_for: Optional[dict] = None, boxes_for: Optional[dict] = None,
@@ -190,6 +190,11 @@ def extract(items, *, checkpoint: str, out: str, split: str, regions: str = 'gri
                   builtin_phrases=builtin_phrases,
                   captions=hashlib.sha256(json.dumps(captions_for or {}, sort_keys=True).encode())
                   .hexdigest())
+  # Only when set, so that a resumed extraction from before these options keeps its fingerprint.
+  if bins != 1:
+    settings['bins'] = bins
+  if crops:
+    settings['crops'] = True
   work = os.path.join(out, f'.{split}.extract')
   os.makedirs(work, exist_ok=True)
   _check_manifest(work, _fingerprint(items, settings))
@@ -205,8 +210,8 @@ def extract(items, *, checkpoint: str, out: str, split: str, regions: str = 'gri
           if config.text is not None else None
       label_emb = extractor_lib.embed_labels(config, params, tok, labels, templates)
     extractor = extractor_lib.RegionExtractor(
-        config, params, regions=regions, grid_cells=grid, samples=samples,
-        image_size=image_size, batch_size=batch_size, label_embeddings=label_emb)
+        config, params, regions=regions, grid_cells=grid, samples=samples, bins=bins,
+        crops=crops, image_size=image_size, batch_size=batch_size, label_embeddings=label_emb)
     options = dict(regions=regions, max_boxes=max_boxes, max_pixels=max_pixels,
                    on_error=on_error, top_t=top_t, tag_threshold=tag_threshold,
                    builtin_phrases=builtin_phrases, num_workers=num_workers)
@@ -313,6 +318,11 @@ def _define(fv) -> None:
   flags.DEFINE_string('boxes', None, 'JSON {image_id: [[x1, y1, x2, y2], ...]} in pixels (with '
                       '--regions=boxes; default: the COCO JSON bbox annotations).',
                       flag_values=fv)
+  flags.DEFINE_integer('bins', 1, 'Sub-boxes per side of each region: k x k pooled states a '
+                       'region, in order (model.vision.bins).', flag_values=fv)
+  flags.DEFINE_bool('crops', False, "Crop and encode: each region's own crop resampled to the "
+                    "input side through the tower (model.vision.crops; R times the cost).",
+                    flag_values=fv)
   flags.DEFINE_integer('max_boxes', 100, 'Most boxes kept per image (with --regions=boxes).',
                        flag_values=fv)
   flags.DEFINE_integer('image_size', None, "Input side in pixels (default: the checkpoint's).",
@@ -374,7 +384,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       from mvp_jax.vision import tags as tags_lib  # pylint: disable=g-import-not-at-top
       labels = tags_lib.load_labels(fv.labels)
     extract(items, checkpoint=fv.checkpoint, out=fv.out, split=fv.split, regions=fv.regions,
-            grid=fv.grid, image_size=fv.image_size, batch_size=fv.batch_size,
+            grid=fv.grid, bins=fv.bins, crops=fv.crops, image_size=fv.image_size,
+            batch_size=fv.batch_size,
             chunk_size=fv.chunk_size, labels=labels, tags=fv.tags, top_t=fv.top_t,
             tag_threshold=fv.tag_threshold, tokenizer=fv.tokenizer, captions_for=captions_for,
             boxes_for=boxes_for, builtin_phrases=fv.builtin_phrases, max_boxes=fv.max_boxes,

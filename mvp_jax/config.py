@@ -93,8 +93,9 @@ class ModelConfig:
   def __post_init__(self):
     object.__setattr__(self, 'vision', pixel_config.from_value(self.vision))
     if self.vision is not None and self.region_feature_dim != self.vision.feature_dim:
-      raise ValueError(f'region_feature_dim {self.region_feature_dim} must be the tower width '
-                       f'+ 6 = {self.vision.feature_dim} with model.vision set.')
+      raise ValueError(f'region_feature_dim {self.region_feature_dim} must be bins² x the tower '
+                       f'width + 6 = {self.vision.bins}² x {self.vision.width} + 6 = '
+                       f'{self.vision.feature_dim} with model.vision set.')
     if self.hidden_size % self.num_heads:
       raise ValueError(f'hidden_size {self.hidden_size} is not a multiple of num_heads '
                        f'{self.num_heads}.')

@@ -47,7 +47,9 @@ def normalise(pixels: np.ndarray) -> np.ndarray:
 
 def region_features(tower: towers.VisionTower, batch: Dict[str, Array],
                     spec: PixelConfig) -> Array:
-  """float32 [B, R, width + 6] from batch['pixels'] [B, S, S, 3] and ['region_boxes'] [B, R, 4]."""
+  """float32 [B, R, spec.feature_dim] from batch['pixels'] [B, S, S, 3] and ['region_boxes']
+  [B, R, 4] (bins * bins pooled tower states + 6 box numbers; the states of the whole image's
+  patches in each box, or with `spec.crops` of each box's own crop through the tower)."""
   missing = [k for k in ('pixels', 'region_boxes') if k not in batch]
   if missing:
     raise ValueError(f'model.vision is set: the batch needs {missing} (pixel mode, '
@@ -59,11 +61,18 @@ def region_features(tower: towers.VisionTower, batch: Dict[str, Array],
   if boxes.ndim != 3 or boxes.shape[-1] != 4 or boxes.shape[0] != pixels.shape[0]:
     raise ValueError(f'region_boxes must be [B, R, 4], got {boxes.shape} for {pixels.shape[0]} '
                      'images.')
-  out = tower(pixels)
-  tokens = jax.lax.stop_gradient(out['tokens']) if spec.freeze else out['tokens']
-  weights = regions_lib.pooling_weights(boxes, out['grid'], spec.pooling, spec.samples)
-  return jnp.concatenate([regions_lib.pool(tokens, weights),
-                          regions_lib.box_numbers(boxes.astype(jnp.float32))], axis=-1)
+
+  def encode(images):
+    out = tower(images)
+    return dict(out, tokens=jax.lax.stop_gradient(out['tokens']) if spec.freeze
+                else out['tokens'])
+
+  if spec.crops:
+    return regions_lib.crop_region_features(encode, pixels, boxes, spec.image_size, spec.pooling,
+                                            spec.samples, spec.bins)[0]
+  out = encode(pixels)
+  return regions_lib.region_features(out['tokens'], out['grid'], boxes, spec.pooling,
+                                     spec.samples, spec.bins)[0]
 
 
 def dummy_inputs(model_config, batch_size: int, num_regions: int) -> Dict[str, Array]:

@@ -21,8 +21,9 @@ VISION = dict(tower='vit', image_size=SIZE, width=32, depth=2, num_heads=2, mlp_
 
 
 def _config(**vision):
-  return config_lib.tiny(region_feature_dim=38, num_text_layers=1, num_visual_layers=1,
-                         num_cross_layers=1, vision=dict(VISION, **vision))
+  bins = vision.get('bins', 1)
+  return config_lib.tiny(region_feature_dim=bins * bins * VISION['width'] + 6, num_text_layers=1,
+                         num_visual_layers=1, num_cross_layers=1, vision=dict(VISION, **vision))
 
 
 def _inputs():
@@ -43,16 +44,20 @@ def _inputs():
   return images, boxes.astype(np.float32), batch
 
 
-@pytest.mark.parametrize('stem', ['patch', 'conv'])
-def test_frozen_tower_in_graph_equals_offline_extraction(stem):
-  cfg = _config(freeze=True, stem=stem)
+@pytest.mark.parametrize('stem,bins,crops', [('patch', 1, False), ('conv', 1, False),
+                                             ('patch', 2, False), ('patch', 1, True)])
+def test_frozen_tower_in_graph_equals_offline_extraction(stem, bins, crops):
+  cfg = _config(freeze=True, stem=stem, bins=bins, crops=crops)
   images, boxes, batch = _inputs()
   params = nn.unbox(model_lib.init_params(cfg, jax.random.PRNGKey(0)))
   siglip_cfg = cfg.vision.siglip_config()
   tower = {'img': params['backbone']['vision_tower']}
-  extractor = extractor_lib.RegionExtractor(siglip_cfg, tower, regions='boxes', batch_size=B,
-                                            image_size=SIZE, devices=jax.devices()[:1])
+  extractor = extractor_lib.RegionExtractor(siglip_cfg, tower, regions='boxes', bins=bins,
+                                            crops=crops,
+                                            batch_size=B, image_size=SIZE,
+                                            devices=jax.devices()[:1])
   offline, _ = extractor(images, boxes)
+  assert offline.shape == (B, R, cfg.region_feature_dim) == (B, R, extractor.feature_dim)
 
   pixel_batch = dict(batch, pixels=jnp.asarray(pixel_model.normalise(images)),
                      region_boxes=jnp.asarray(boxes))
@@ -87,10 +92,16 @@ def test_pixel_batch_errors_name_the_problem():
     apply(dict(batch, pixels=jnp.asarray(pixel_model.normalise(images))))
   with pytest.raises(ValueError, match=r'model.vision.image_size'):
     apply(dict(batch, pixels=jnp.zeros((B, 16, 16, 3)), region_boxes=jnp.asarray(boxes)))
-  with pytest.raises(ValueError, match='tower width'):
+  with pytest.raises(ValueError, match='x the tower width'):
     config_lib.tiny(vision=VISION)  # region_feature_dim 2054 != 32 + 6
   with pytest.raises(ValueError, match='precomputed'):
     _config(tags='in_graph')
+  with pytest.raises(ValueError, match='bins'):
+    _config(bins=0)
+  with pytest.raises(ValueError, match='crops'):
+    _config(crops='yes')
+  with pytest.raises(ValueError, match='x the tower width'):
+    config_lib.tiny(region_feature_dim=38, vision=dict(VISION, bins=2))  # 2 x 2 x 32 + 6 = 134
 
 
 def _one_step(cfg, optimizer_overrides=None):

@@ -110,6 +110,19 @@ def test_extraction_writes_records_and_reports_bad_files(images, checkpoint, tmp
   assert not (out / '.train.extract').exists()
 
 
+def test_extraction_with_bins_and_crops(images, checkpoint, tmp_path):
+  """--bins / --crops reach the extractor: k x k states a region, each region's own crop."""
+  rows = {}
+  for name, extra in (('plain', ()), ('crops', ('--crops', '--bins=2'))):
+    assert extract_regions.main(_argv(images, checkpoint, tmp_path / name, *extra)) == 0
+    rows[name] = _records(tmp_path / name)['a_rgb']['region_features']
+  assert storage.read_metadata(str(tmp_path / 'crops'))['region_feature_dim'] == 4 * 16 + 6
+  assert rows['plain'].shape == (5, 22) and rows['crops'].shape == (5, 70)
+  np.testing.assert_array_equal(rows['crops'][:, -6:], rows['plain'][:, -6:])
+  # A cell's crop through the tower is not the whole image's states pooled over the cell.
+  assert np.abs(rows['crops'][1, :64].reshape(4, 16).mean(0) - rows['plain'][1, :16]).max() > 1e-3
+
+
 def test_resume_after_a_kill_gives_the_identical_record_set(images, checkpoint, tmp_path):
   items = sources.from_folder(str(images))
   kwargs = dict(checkpoint=str(checkpoint), split='train', grid=2, batch_size=8, chunk_size=3,
@@ -125,6 +138,8 @@ def test_resume_after_a_kill_gives_the_identical_record_set(images, checkpoint, 
   (work / 'chunk-000002.pkl.tmp-999').write_bytes(b'half a chunk')  # killed mid-write
   with pytest.raises(extract_regions.ExtractionError, match='other inputs or settings'):
     extract_regions.extract(items, out=str(killed), **{**kwargs, 'grid': 3})
+  with pytest.raises(extract_regions.ExtractionError, match='other inputs or settings'):
+    extract_regions.extract(items, out=str(killed), **{**kwargs, 'crops': True})
   extract_regions.extract(items, out=str(killed), **kwargs)
   whole, resumed = _records(tmp_path / 'whole'), _records(killed)
   assert sorted(whole) == sorted(resumed) and len(whole) == 7

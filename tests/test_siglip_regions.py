@@ -95,6 +95,75 @@ def test_boxes_bilinear_match_independent_roi_align(samples):
   assert 0.05 < mixed[0] < 0.95 and mixed[0] + mixed[1] == pytest.approx(1, abs=1e-6)
 
 
+def test_bins_keep_the_layout_inside_a_box():
+  tokens, _ = _quadrant_tokens()
+  pool = jax.jit(regions.region_features, static_argnums=(1, 3, 4, 5))
+  whole = jnp.asarray([[[0.0, 0.0, 1.0, 1.0]]])
+  feats, weights = pool(jnp.asarray(tokens), GRID, whole, 'area', 0, 2)
+  # Row-major bins of the whole image are the quadrants, in order; the weights stay the box's.
+  np.testing.assert_allclose(np.asarray(feats)[0, 0, :16], np.eye(4).reshape(-1), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(feats)[0, 0, 16:], [0, 0, 1, 1, 1, 1], atol=1e-6)
+  np.testing.assert_allclose(np.asarray(weights)[0, 0], 1 / 16, atol=1e-7)
+  rng = np.random.default_rng(1)
+  corners = np.sort(rng.uniform(0, 1, (6, 2, 2)), axis=1)
+  boxes = np.stack([corners[:, 0, 0], corners[:, 0, 1], corners[:, 1, 0], corners[:, 1, 1]], 1)
+  boxes = jnp.asarray(boxes, jnp.float32)[None]
+  # With area pooling the bins' mean is the whole box's feature.
+  one, _ = pool(jnp.asarray(tokens), GRID, boxes, 'area', 0, 1)
+  three, _ = pool(jnp.asarray(tokens), GRID, boxes, 'area', 0, 3)
+  np.testing.assert_allclose(np.asarray(three)[0, :, :36].reshape(6, 9, 4).mean(1),
+                             np.asarray(one)[0, :, :4], atol=1e-6)
+  # Bilinear bins are the independent RoIAlign of each sub-box.
+  two, _ = pool(jnp.asarray(tokens), GRID, boxes, 'bilinear', 5, 2)
+  sub = np.asarray(regions.bin_boxes(boxes, 2))[0].reshape(-1, 4)
+  np.testing.assert_allclose(np.asarray(two)[0, :, :16].reshape(-1, 4),
+                             _reference_roi_align(sub, 5), atol=1e-6)
+  np.testing.assert_allclose(sub[1], [(boxes[0, 0, 0] + boxes[0, 0, 2]) / 2, boxes[0, 0, 1],
+                                      boxes[0, 0, 2], (boxes[0, 0, 1] + boxes[0, 0, 3]) / 2],
+                             atol=1e-6)
+
+
+def test_crops_are_bilinear_samples_of_the_box():
+  rng = np.random.default_rng(2)
+  images = rng.uniform(-1, 1, (2, 12, 16, 3)).astype(np.float32)
+  boxes = np.array([[[0.0, 0.0, 1.0, 1.0], [0.1, 0.3, 0.55, 0.9]],
+                    [[0.5, 0.0, 1.0, 0.5], [0.2, 0.2, 0.3, 0.25]]], np.float32)
+  crops = np.asarray(jax.jit(regions.crop_images, static_argnums=2)(
+      jnp.asarray(images), jnp.asarray(boxes), 6))
+  assert crops.shape == (2, 2, 6, 6, 3)
+  for b in range(2):
+    for r, (x1, y1, x2, y2) in enumerate(boxes[b]):
+      centres = (np.arange(6) + 0.5) / 6
+      ys, xs = np.meshgrid(y1 + (y2 - y1) * centres, x1 + (x2 - x1) * centres, indexing='ij')
+      for c in range(3):
+        want = ndimage.map_coordinates(images[b, ..., c], [ys * 12 - 0.5, xs * 16 - 0.5],
+                                       order=1, mode='nearest')
+        np.testing.assert_allclose(crops[b, r, ..., c], want, atol=1e-5)
+  # The whole image at its own size is the image itself.
+  whole = jnp.asarray([[[0.0, 0.0, 1.0, 1.0]]] * 2)
+  same = regions.crop_images(jnp.asarray(images[:, :12, :12]), whole, 12)
+  np.testing.assert_allclose(np.asarray(same)[:, 0], images[:, :12, :12], atol=1e-5)
+
+
+def test_crop_region_features_encode_each_box_alone():
+  rng = np.random.default_rng(3)
+  images = jnp.asarray(rng.uniform(-1, 1, (2, 8, 8, 3)), jnp.float32)
+  boxes = jnp.asarray([[[0.0, 0.0, 0.5, 0.5], [0.25, 0.5, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]]] * 2)
+  # An encoder whose 2 x 2 tokens are the mean colour of each 4 x 4 quadrant of its input.
+  encode = lambda x: {'tokens': x.reshape(-1, 2, 4, 2, 4, 3).mean((2, 4)).reshape(-1, 4, 3),
+                      'grid': (2, 2)}
+  feats, out = regions.crop_region_features(encode, images, boxes, 8, 'area', 0, 2)
+  assert feats.shape == (2, 3, 4 * 3 + 6) and out['tokens'].shape == (6, 4, 3)
+  crops = regions.crop_images(images, boxes, 8)
+  for r in range(3):
+    quadrants = np.asarray(encode(crops[:, r])['tokens']).reshape(2, -1)
+    np.testing.assert_allclose(np.asarray(feats)[:, r, :12], quadrants, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(feats)[:, :, 12:], regions.box_numbers(boxes), atol=1e-7)
+  # The whole-image box gives the image's own quadrants.
+  np.testing.assert_allclose(np.asarray(feats)[:, 2, :12],
+                             np.asarray(encode(images)['tokens']).reshape(2, -1), atol=1e-6)
+
+
 def test_pixel_boxes_clip_at_the_image_edge():
   clipped = regions.normalise_boxes(np.array([[-10, -10, 20, 20], [40, 50, 80, 70]]), 64, 64)
   np.testing.assert_allclose(clipped, [[0, 0, 20 / 64, 20 / 64], [40 / 64, 50 / 64, 1, 1]])

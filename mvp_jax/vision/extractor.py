@@ -4,10 +4,14 @@
                               label_embeddings=embed_labels(config, params, tokenizer, labels))
   feats, probs = extractor(pixels uint8 [b, S, S, 3], boxes float [b, R, 4] normalised or None)
 
-feats float32 [b, R, width + 6]: the final-LayerNorm patch states pooled over each region
-(regions.py: grid cells by area, boxes by bilinear RoIAlign), then VinVL's 6 box numbers.
+feats float32 [b, R, bins² width + 6]: the final-LayerNorm patch states pooled over each region
+(regions.py: grid cells by area, boxes by bilinear RoIAlign; over its bins x bins sub-boxes,
+concatenated, with `bins` > 1, as `model.vision.bins`; with `crops`, each box resampled to the
+tower's input and its crop's tokens pooled, R times the tower's cost, as `model.vision.crops`),
+then VinVL's 6 box numbers.
 probs float32 [b, R, L]: each region's zero-shot label probabilities (tags.py), the MAP head
-attending to the region's patches with its pooling weights; None without label embeddings.
+attending to the region's patches with its pooling weights (with `crops`: the MAP head on the
+region's crop); None without label embeddings.
 Grid mode's regions are the grid_cells x grid_cells cells, row-major, then the whole image
 (7 x 7 + 1 = 50 for MVPTR's base R). The batch is split over `devices` (default: this host's),
 the parameters replicated; one compiled program serves every batch (inputs padded to batch_size).
@@ -52,7 +56,8 @@ class RegionExtractor:
   checkpoint's); must be a multiple of the patch size."""
 
   def __init__(self, config: SiglipConfig, params: dict, *, regions: str = 'grid',
-               grid_cells: int = 7, samples: int = 0, image_size: Optional[int] = None,
+               grid_cells: int = 7, samples: int = 0, bins: int = 1, crops: bool = False,
+               image_size: Optional[int] = None,
                batch_size: int = 32, label_embeddings: Optional[np.ndarray] = None,
                devices: Optional[Sequence[jax.Device]] = None):
     if regions not in REGION_MODES:
@@ -70,7 +75,7 @@ class RegionExtractor:
                        'devices it is split over.')
     if label_embeddings is not None and not vision.use_head:
       raise ValueError('zero-shot region tags need the MAP head; this tower has none.')
-    self.config, self.regions, self.batch_size = config, regions, batch_size
+    self.config, self.regions, self.batch_size, self.bins = config, regions, batch_size, bins
     self.grid = (self.image_size // vision.patch_size,) * 2
     self.grid_boxes = regions_lib.grid_boxes(grid_cells)
     self.num_grid_regions = len(self.grid_boxes)
@@ -87,22 +92,28 @@ class RegionExtractor:
 
     def run(params, labels, pixels, boxes):
       x = pixels.astype(jnp.float32) * (2 / 255) - 1  # SigLIP's [-1, 1] input range
-      weights = regions_lib.pooling_weights(boxes, self.grid, mode, samples)
-      bias = regions_lib.pooling_bias(weights) if with_tags else None
-      out = tower.apply({'params': params['img']}, x, bias)
-      feats = jnp.concatenate([regions_lib.pool(out['tokens'], weights),
-                               regions_lib.box_numbers(boxes)], axis=-1)
+      if crops:  # each box's own crop through the tower; its tag from the crop's MAP embedding
+        feats, out = regions_lib.crop_region_features(
+            lambda images: tower.apply({'params': params['img']}, images), x, boxes,
+            self.image_size, mode, samples, bins)
+        embeddings = out['pooled'].reshape(*boxes.shape[:2], -1) if with_tags else None
+      else:
+        weights = regions_lib.pooling_weights(boxes, self.grid, mode, samples)
+        bias = regions_lib.pooling_bias(weights) if with_tags else None
+        out = tower.apply({'params': params['img']}, x, bias)
+        feats, _ = regions_lib.region_features(out['tokens'], self.grid, boxes, mode, samples,
+                                               bins)
+        embeddings = out.get('regions')
       if not with_tags:
         return feats, None
-      probs = tags_lib.label_probs(out['regions'], labels, jnp.exp(params['t'][0]),
-                                   params['b'][0])
+      probs = tags_lib.label_probs(embeddings, labels, jnp.exp(params['t'][0]), params['b'][0])
       return feats, probs
 
     self._run = jax.jit(run, out_shardings=(self._batch, self._batch if with_tags else None))
 
   @property
   def feature_dim(self) -> int:
-    return self.config.vision.width + regions_lib.NUM_BOX_DIMS
+    return self.bins * self.bins * self.config.vision.width + regions_lib.NUM_BOX_DIMS
 
   def __call__(self, pixels: np.ndarray,
                boxes: Optional[np.ndarray] = None) -> tuple[np.ndarray, Optional[np.ndarray]]:

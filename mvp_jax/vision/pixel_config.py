@@ -5,14 +5,20 @@
   a mapping             a ViT tower inside the model (`mvp_jax/pixel_model.py`): the batch holds
                         `pixels` [B, S, S, 3] and `region_boxes` [B, R, 4] instead of `img_feats`,
                         and each region's feature is the tower's patch states pooled over its box
-                        (`vision/regions.py`) followed by the 6 box numbers, D = width + 6.
+                        (`vision/regions.py`; over each of its bins x bins sub-boxes, concatenated,
+                        with `bins` > 1) followed by the 6 box numbers, D = bins² width + 6.
 
 Fields of the mapping (`PixelConfig`): tower 'siglip' (a SigLIP image tower, sizes from `size`,
 weights from `checkpoint` through `weights.init_from`) or 'vit' (the same module at the sizes
 given, from scratch, with SigLIP's patch stem or a convolutional one: `stem`,
 vision/config.py); pooling 'bilinear' (RoIAlign, as the extractor's box mode) or 'area' (as its
-grid mode: exact for grid cells); freeze / lr_multiplier / weight_decay of the tower's own
-optimiser group (`mvp_jax/optim.py`); remat of its blocks.
+grid mode: exact for grid cells); bins: sub-boxes per side of each region (1: one pooled state;
+k: a k x k RoIAlign output kept in order, the layout inside the box, as a detector's box head
+reads it); crops: crop and encode (R-CNN style) instead, each box of the image resampled to
+`image_size` and put through the tower alone, its crop's tokens pooled (with `bins`): every region
+at one scale and position, at R times the tower's cost (`vision/regions.py`); freeze /
+lr_multiplier / weight_decay of the tower's own optimiser group (`mvp_jax/optim.py`); remat of
+its blocks.
 
 Tags stay precomputed at import (`tags='precomputed'`, the only choice): MCR masks and predicts
 the tags, and that corruption and its labels are made in the input pipeline; tags recomputed in
@@ -50,6 +56,8 @@ class PixelConfig:
   stem: str = 'patch'
   pooling: str = 'bilinear'
   samples: int = 0
+  bins: int = 1
+  crops: bool = False
   grid_cells: int = 3
   freeze: bool = False
   lr_multiplier: float = 1.0
@@ -72,6 +80,11 @@ class PixelConfig:
                        "SigLIP checkpoint's tower has the 'patch' stem.")
     if self.pooling not in POOLINGS:
       raise ValueError(f'model.vision.pooling must be one of {POOLINGS}, got {self.pooling!r}.')
+    if not isinstance(self.crops, bool):
+      raise ValueError(f'model.vision.crops must be True or False, got {self.crops!r}.')
+    if not isinstance(self.bins, int) or self.bins < 1:
+      raise ValueError(f'model.vision.bins must be an int >= 1 (sub-boxes per side of a region), '
+                       f'got {self.bins!r}.')
     if self.tags != 'precomputed':
       raise ValueError(f"model.vision.tags must be 'precomputed' (tags come with the record; "
                        f"see mvp_jax/vision/pixel_config.py for why), got {self.tags!r}.")
@@ -86,8 +99,8 @@ class PixelConfig:
 
   @property
   def feature_dim(self) -> int:
-    """Width of one region feature: pooled tower state + 6 box numbers."""
-    return self.width + NUM_BOX_DIMS
+    """Width of one region feature: bins² pooled tower states + 6 box numbers."""
+    return self.bins * self.bins * self.width + NUM_BOX_DIMS
 
   def siglip_config(self, dtype: str = 'float32') -> SiglipConfig:
     """The vision-only SigLIP config of the tower (no MAP head: regions are pooled states)."""

@@ -13,6 +13,15 @@ outer product of a row and a column profile.
             ((i + 0.5) / cols, (j + 0.5) / rows) and points beyond the outer centres take the edge
             patch (border clamp).
 Everything is jnp and jits; shapes: boxes [B, R, 4] -> weights [B, R, N] -> features [B, R, D].
+
+`bins` > 1 keeps the layout inside a box, as a detector's RoIAlign to a k x k output does: the
+box is cut into bins x bins equal sub-boxes (row-major, `bin_boxes`), each pooled as above, and
+the region's feature is their states concatenated ([B, R, bins * bins * D]); with area pooling
+their mean is the whole box's feature.
+
+Crop and encode (`crop_region_features`, R-CNN style, R times the encoder's cost) instead
+resamples each box of the *image* to the encoder's input and pools the crop's own tokens: every
+region is seen at the same scale and position, as the hand-made extractor's silhouette sees it.
 """
 
 import jax
@@ -103,12 +112,65 @@ def pooling_bias(weights: jax.Array) -> jax.Array:
   return jnp.where(weights > 0, jnp.log(jnp.maximum(weights, 1e-30)), MASK_VALUE)
 
 
-def region_features(tokens: jax.Array, grid: tuple[int, int], boxes: jax.Array, mode: str,
-                    samples: int = 0) -> tuple[jax.Array, jax.Array]:
-  """(features [B, R, D + 6] = pooled tokens then the 6 box numbers, weights [B, R, N]).
+def crop_images(images: jax.Array, boxes: jax.Array, size: int) -> jax.Array:
+  """Crops [B, R, size, size, C] of images [B, H, W, C] at normalised boxes [B, R, 4]: each
+  output pixel the bilinear sample (border clamp, RoIAlign's aligned=True, one sample per output
+  pixel) at its centre inside the box; separable, so no [size², H W] weights are formed."""
+  steps = jnp.arange(size, dtype=jnp.float32) / size
+  boxes = boxes.astype(jnp.float32)
+  x1, y1, x2, y2 = (boxes[..., i:i + 1] for i in range(4))
+  wx = _bilinear_profile(x1 + (x2 - x1) * steps, x1 + (x2 - x1) * (steps + 1 / size),
+                         images.shape[2], 1)  # [B, R, size, W]
+  wy = _bilinear_profile(y1 + (y2 - y1) * steps, y1 + (y2 - y1) * (steps + 1 / size),
+                         images.shape[1], 1)  # [B, R, size, H]
+  return jnp.einsum('brih,bhwc,brjw->brijc', wy, images.astype(jnp.float32), wx,
+                    precision=jax.lax.Precision.HIGHEST)
 
-  tokens [B, N, D] over the row-major `grid`; boxes [B, R, 4] normalised.
+
+def crop_region_features(encode, images: jax.Array, boxes: jax.Array, size: int, mode: str,
+                         samples: int = 0, bins: int = 1) -> tuple[jax.Array, dict]:
+  """Crop and encode (R-CNN style): (features [B, R, bins * bins * D + 6], the encoder's output
+  on the crops, leading axis B * R).
+
+  Each box of boxes [B, R, 4] is cut from images [B, H, W, C] and resampled to size x size
+  (`crop_images`); `encode` maps crops [B * R, size, size, C] to a dict with 'tokens'
+  [B * R, N, D] over its 'grid'; each crop's tokens are pooled over the whole crop (`mode`,
+  `samples`, `bins` as `region_features`) and followed by the box's own 6 numbers.
+  """
+  batch, num_regions = boxes.shape[:2]
+  crops = crop_images(images, boxes, size)
+  out = encode(crops.reshape(batch * num_regions, size, size, images.shape[-1]))
+  whole = jnp.broadcast_to(jnp.asarray([0.0, 0.0, 1.0, 1.0]), (batch * num_regions, 1, 4))
+  pooled = region_features(out['tokens'], out['grid'], whole, mode, samples, bins)[0]
+  pooled = pooled[:, 0, :-NUM_BOX_DIMS].reshape(batch, num_regions, -1)
+  return jnp.concatenate([pooled, box_numbers(boxes.astype(jnp.float32))], -1), out
+
+
+def bin_boxes(boxes: jax.Array, bins: int) -> jax.Array:
+  """[..., R, bins * bins, 4]: each box [..., R, 4] cut into bins x bins equal sub-boxes,
+  row-major (top-left, then along the top row)."""
+  boxes = boxes.astype(jnp.float32)
+  edges = jnp.arange(bins + 1, dtype=jnp.float32) / bins
+  xs = boxes[..., 0:1] + (boxes[..., 2:3] - boxes[..., 0:1]) * edges  # [..., R, bins + 1]
+  ys = boxes[..., 1:2] + (boxes[..., 3:4] - boxes[..., 1:2]) * edges
+  row, col = np.divmod(np.arange(bins * bins), bins)
+  return jnp.stack([xs[..., col], ys[..., row], xs[..., col + 1], ys[..., row + 1]], axis=-1)
+
+
+def region_features(tokens: jax.Array, grid: tuple[int, int], boxes: jax.Array, mode: str,
+                    samples: int = 0, bins: int = 1) -> tuple[jax.Array, jax.Array]:
+  """(features [B, R, bins * bins * D + 6] = pooled tokens then the 6 box numbers,
+  weights [B, R, N] of the whole boxes).
+
+  tokens [B, N, D] over the row-major `grid`; boxes [B, R, 4] normalised; `bins` per side.
   """
   weights = pooling_weights(boxes, grid, mode, samples)
-  feats = jnp.concatenate([pool(tokens, weights), box_numbers(boxes.astype(jnp.float32))], -1)
+  if bins == 1:
+    pooled = pool(tokens, weights)
+  else:
+    batch, num_regions = boxes.shape[:2]
+    sub = bin_boxes(boxes, bins).reshape(batch, num_regions * bins * bins, 4)
+    pooled = pool(tokens, pooling_weights(sub, grid, mode, samples)).reshape(
+        batch, num_regions, -1)
+  feats = jnp.concatenate([pooled, box_numbers(boxes.astype(jnp.float32))], -1)
   return feats, weights

@@ -2,7 +2,8 @@ r"""One-shape VQA from plain images: the hand-made extractor's features vs the t
 
   python -m benchmarks.one_shape_vqa --out_dir=/tmp/one_shape_bench [--steps=1000] \
       [--num_train=1000] [--num_val=200] [--paths=features,pixels] [--lr=1e-3] \
-      [--dropout=0.0] [--nostandardize_features] [--stem=conv] [--boxes]
+      [--dropout=0.0] [--nostandardize_features] [--stem=conv] [--boxes [--crops]] [--bins=1] \
+      [--freeze_tower]
   # Fine-tuned from the quickstart pre-training runs instead of random weights:
   python main.py --config=configs/mvp_tiny.py --workdir=/tmp/mvp_tiny
   python main.py --config=configs/mvp_tiny_pixels.py --workdir=/tmp/mvp_tiny_pixels \
@@ -23,7 +24,9 @@ which the run answers from the question alone) and
 vocabulary) but `--dropout` (hidden and attention, default 0: from random weights the
 config's 0.1 slows the fit, see the README), the same `--steps`, data and seed; the pixel run
 adds the tiny ViT of `configs/mvp_tiny_pixels.py` (`use_tower`: 2 blocks, width 64, 8 px
-patches or `--stem=conv`, RoIAlign of the same boxes) trained with the rest. With `--init_from`
+patches or `--stem=conv`, RoIAlign of the same boxes; `--bins=k` keeps k x k sub-boxes of each,
+`--crops` (with `--boxes`) puts each box's own crop through the tower instead:
+`model.vision.bins` / `crops`) trained with the rest. With `--init_from`
 each path is fine-tuned instead from a pre-training run of its own kind
 (`configs/vqa_shapesworld.py` with `init_from`, the answer head's transform from the MLM head):
 both sets then take the runs' shared ShapesWorld vocabularies (`vocab_dir`, the features run's
@@ -50,6 +53,7 @@ from configs import vqa_shapesworld
 from input_pipeline.tasks import custom
 from input_pipeline.tasks import one_shape_vqa
 from mvp_jax import run_dir
+from mvp_jax.vision import pixel_config
 
 FLAGS = flags.FLAGS
 PATHS = ('features', 'pixels')
@@ -71,6 +75,12 @@ def define_flags() -> None:
   flags.DEFINE_float('dropout', 0.0, 'hidden and attention dropout of every path (the config: 0.1)')
   flags.DEFINE_enum('stem', 'patch', ('patch', 'conv'), "the pixel path's tower stem "
                     '(model.vision.stem: the 8 px patch convolution, or a convolutional stem)')
+  flags.DEFINE_bool('crops', False, "the pixel path's regions by crop and encode "
+                    '(model.vision.crops: each box resampled to 64 x 64 through the tower alone)')
+  flags.DEFINE_integer('bins', 1, "the pixel path's sub-boxes per side of a region "
+                       '(model.vision.bins: k x k pooled tower states per region, in order)')
+  flags.DEFINE_bool('freeze_tower', False, "the pixel path's tower frozen (model.vision.freeze), "
+                    'e.g. a pre-trained tower under --init_from')
   flags.DEFINE_list('init_from', [], 'path=run dir pairs (features=DIR, pixels=DIR): fine-tune '
                     'that path from its pre-training run instead of random weights')
   flags.DEFINE_bool('standardize_features', True, "standardise the extractor's appearance dims "
@@ -98,9 +108,12 @@ def build_datasets(out_dir: str, num_train: int, num_val: int, grid: int, featur
 
 
 def task_config(directory: str, steps: int, grid: int, pixels: bool, lr=None,
-                dropout: float = 0.0, stem: str = 'patch', init_from: str = ''):
+                dropout: float = 0.0, stem: str = 'patch', init_from: str = '',
+                freeze_tower: bool = False, boxes: bool = False, crops: bool = False,
+                bins: int = 1):
   """configs/vqa_shapesworld.py (`:scratch` without `init_from`) on a records folder, evaluated
-  on train and val, with `dropout` as the hidden and the attention dropout (None: the config's)."""
+  on train and val, with `dropout` as the hidden and the attention dropout (None: the config's);
+  `boxes`: each image's one region is its shape's box (else the grid cells + the whole image)."""
   config = vqa_shapesworld.get_config('' if init_from else 'scratch')
   config.init_from = init_from
   if lr is not None:
@@ -109,13 +122,14 @@ def task_config(directory: str, steps: int, grid: int, pixels: bool, lr=None,
     config.model.update(dropout_rate=dropout, attention_dropout_rate=dropout)
   config.data.kind = 'records'
   config.data.directory = directory
-  config.data.max_img_seq_length = grid * grid + 1
+  config.data.max_img_seq_length = 1 if boxes else grid * grid + 1
   config.total_steps = steps
   config.checkpoint_every = steps
   finetune_common.set_evals(config, ('train', 'val'), every=0, predictions=True)
   if pixels:
     mvp_tiny_pixels.use_tower(config)
-    config.model.vision.stem = stem
+    config.model.vision.update(stem=stem, freeze=freeze_tower, crops=crops, bins=bins)
+    config.model.region_feature_dim = pixel_config.from_value(config.model.vision).feature_dim
   return config
 
 
@@ -182,7 +196,8 @@ def main(argv: Sequence[str]) -> None:
   rows = {}
   for path in FLAGS.paths:
     config = task_config(directories[path], FLAGS.steps, FLAGS.grid, path == 'pixels', FLAGS.lr,
-                         FLAGS.dropout, FLAGS.stem, init_from.get(path, ''))
+                         FLAGS.dropout, FLAGS.stem, init_from.get(path, ''),
+                         FLAGS.freeze_tower, FLAGS.boxes, FLAGS.crops, FLAGS.bins)
     rows[path] = run(config, os.path.join(FLAGS.out_dir, f'run_{path}'),
                      os.path.join(FLAGS.out_dir, 'raw'))
     print(f'{path}: {rows[path]}', flush=True)
@@ -190,8 +205,10 @@ def main(argv: Sequence[str]) -> None:
         f'{FLAGS.steps} steps of batch 32, from {init_from or "scratch"}, '
         f'lr {config.optimizer.lr:g}, '
         f'dropout {config.model.dropout_rate:g}, features standardised: '
-        f'{FLAGS.standardize_features and not init_from}, stem {FLAGS.stem}, regions '
-        f'{"the shape box" if FLAGS.boxes else f"{FLAGS.grid}x{FLAGS.grid} grid + whole image"}')
+        f'{FLAGS.standardize_features and not init_from}, stem {FLAGS.stem}, '
+        f'tower {"frozen" if FLAGS.freeze_tower else "trained"}, regions '
+        f'{"the shape box" if FLAGS.boxes else f"{FLAGS.grid}x{FLAGS.grid} grid + whole image"}'
+        f'{" (pixels: crop and encode)" if FLAGS.crops else ""}, {FLAGS.bins}x{FLAGS.bins} bins')
   types = tuple(dict.fromkeys(QUESTION_TYPES.values()))
   print('| path | train accuracy | held-out accuracy | train / held-out by type (' +
         ', '.join(types) + ') | training examples/s | wall |')

@@ -179,6 +179,13 @@ def test_one_shape_vqa_benchmark_trains_both_paths_alike(tmp_path):
   assert kept.model.dropout_rate == kept.model.attention_dropout_rate == 0.1
   assert pixels_config.model.vision.stem == 'patch'
   assert bench.task_config(str(tmp_path), 40, 4, True, stem='conv').model.vision.stem == 'conv'
+  assert not pixels_config.model.vision.freeze
+  assert bench.task_config(str(tmp_path), 40, 4, True, freeze_tower=True).model.vision.freeze
+  # One box per line; crops and bins reach the tower and size its region rows.
+  cropped = bench.task_config(str(tmp_path), 40, 4, True, boxes=True, crops=True, bins=2)
+  assert cropped.data.max_img_seq_length == 1 and cropped.model.vision.crops
+  assert cropped.model.region_feature_dim == 2 * 2 * 64 + 6 and cropped.model.vision.bins == 2
+  assert pixels_config.model.region_feature_dim == 64 + 6 and not pixels_config.model.vision.crops
   # Fine-tuned from pre-training runs: each path from its own run, the answer head from the MLM
   # head's transform, dropout as the flag says.
   runs = bench.parse_init_from(['features=/runs/f', 'pixels=/runs/p'])

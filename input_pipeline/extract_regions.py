@@ -158,7 +158,8 @@ class _Chunker:
 
 def extract(items, *, checkpoint: str, out: str, split: str, regions: str = 'grid',
             grid: int = 7, samples: int = 0, bins: int = 1, crops: bool = False,
-            image_size: Optional[int] = None, batch_size: int = 32, chunk_size: int = 256, labels: Optional[Sequence[str]] = None,
+            image_size: Optional[int] = None, batch_size: int = 32, chunk_size: int = 256,
+            labels: Optional[Sequence[str]] = None,
             tags: bool = True, top_t: int = 10, tag_threshold: float = 0.1,
             templates: Sequence[str] = ('a photo of a {}.',), tokenizer: Optional[str] = None,
             captions_for: Optional[dict] = None, boxes_for: Optional[dict] = None,

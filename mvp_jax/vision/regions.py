@@ -141,8 +141,8 @@ def crop_region_features(encode, images: jax.Array, boxes: jax.Array, size: int,
   crops = crop_images(images, boxes, size)
   out = encode(crops.reshape(batch * num_regions, size, size, images.shape[-1]))
   whole = jnp.broadcast_to(jnp.asarray([0.0, 0.0, 1.0, 1.0]), (batch * num_regions, 1, 4))
-  pooled = region_features(out['tokens'], out['grid'], whole, mode, samples, bins)[0]
-  pooled = pooled[:, 0, :-NUM_BOX_DIMS].reshape(batch, num_regions, -1)
+  pooled = pool_boxes(out['tokens'], out['grid'], whole, mode, samples, bins)
+  pooled = pooled.reshape(batch, num_regions, -1)
   return jnp.concatenate([pooled, box_numbers(boxes.astype(jnp.float32))], -1), out
 
 
@@ -157,20 +157,24 @@ def bin_boxes(boxes: jax.Array, bins: int) -> jax.Array:
   return jnp.stack([xs[..., col], ys[..., row], xs[..., col + 1], ys[..., row + 1]], axis=-1)
 
 
+def pool_boxes(tokens: jax.Array, grid: tuple[int, int], boxes: jax.Array, mode: str,
+               samples: int = 0, bins: int = 1) -> jax.Array:
+  """[B, R, bins * bins * D]: tokens [B, N, D] over the row-major `grid` pooled over each box
+  of boxes [B, R, 4] (normalised), or over each of its bins x bins sub-boxes in order."""
+  if bins == 1:
+    return pool(tokens, pooling_weights(boxes, grid, mode, samples))
+  batch, num_regions = boxes.shape[:2]
+  sub = bin_boxes(boxes, bins).reshape(batch, num_regions * bins * bins, 4)
+  return pool(tokens, pooling_weights(sub, grid, mode, samples)).reshape(batch, num_regions, -1)
+
+
 def region_features(tokens: jax.Array, grid: tuple[int, int], boxes: jax.Array, mode: str,
                     samples: int = 0, bins: int = 1) -> tuple[jax.Array, jax.Array]:
-  """(features [B, R, bins * bins * D + 6] = pooled tokens then the 6 box numbers,
+  """(features [B, R, bins * bins * D + 6] = `pool_boxes` then the 6 box numbers,
   weights [B, R, N] of the whole boxes).
 
   tokens [B, N, D] over the row-major `grid`; boxes [B, R, 4] normalised; `bins` per side.
   """
-  weights = pooling_weights(boxes, grid, mode, samples)
-  if bins == 1:
-    pooled = pool(tokens, weights)
-  else:
-    batch, num_regions = boxes.shape[:2]
-    sub = bin_boxes(boxes, bins).reshape(batch, num_regions * bins * bins, 4)
-    pooled = pool(tokens, pooling_weights(sub, grid, mode, samples)).reshape(
-        batch, num_regions, -1)
-  feats = jnp.concatenate([pooled, box_numbers(boxes.astype(jnp.float32))], -1)
-  return feats, weights
+  feats = jnp.concatenate([pool_boxes(tokens, grid, boxes, mode, samples, bins),
+                           box_numbers(boxes.astype(jnp.float32))], -1)
+  return feats, pooling_weights(boxes, grid, mode, samples)

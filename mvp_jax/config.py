@@ -38,7 +38,8 @@ class ModelConfig:
     qa_num_answers: size of the optional pre-training `qa_head` (0 = no such head).
     logit_scale_init: initial value of the learnable ITC log-temperature, log(1/0.07).
     dtype: compute dtype, 'float32' or 'bfloat16'; parameters are always float32.
-    remat: rematerialise each transformer layer in the backward pass (saves activation memory).
+    remat: rematerialise each transformer layer in the backward pass (`layers.ordered_remat`,
+      which saves activation memory on XLA:CPU's default scheduler too).
     remat_policy: what a rematerialised layer keeps: 'full' (nothing, recompute the layer),
       'dots' (`checkpoint_dots`: keep matmul outputs, recompute the elementwise work) or
       'dots_no_batch' (`checkpoint_dots_with_no_batch_dims`: keep only the weight matmuls).

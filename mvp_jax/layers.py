@@ -268,16 +268,59 @@ class Encoder(nn.Module):
     """
     if return_layer is not None and not 0 <= return_layer < self.num_layers:
       raise ValueError(f'return_layer {return_layer} outside [0, {self.num_layers}).')
-    layer_cls = TransformerLayer
-    if self.config.remat:
-      layer_cls = nn.remat(TransformerLayer, static_argnums=(3,),
-                           policy=REMAT_POLICIES[self.config.remat_policy])
     selected = None
     for index in range(self.num_layers):
-      x = layer_cls(self.config, name=f'layer_{index}')(x, key_mask, deterministic)
+      layer = TransformerLayer(self.config, name=f'layer_{index}')
+      if self.config.remat:
+        x = ordered_remat(layer, x, key_mask, policy=self.config.remat_policy,
+                          deterministic=deterministic)
+      else:
+        x = layer(x, key_mask, deterministic)
       if index == return_layer:
         selected = x
     return x, selected
+
+
+def ordered_remat(layer: nn.Module, *inputs: Optional[Array], policy: str = 'full',
+                  **static) -> Array:
+  """`layer(*inputs, **static)` rematerialised, recomputed only when its turn comes.
+
+  A plain `jax.checkpoint` keeps the layer's inputs and recomputes the layer in the backward
+  pass, but on XLA:CPU that saves nothing: the CPU pipeline expands `jax.checkpoint`'s
+  optimisation barriers before it schedules, CSE then merges the recomputation into the forward
+  pass, and the default scheduler (ordered for concurrency) keeps every layer's activations
+  alive together; the temporaries equalled remat off. Here the backward pass of each layer first
+  ties what it recomputes from (the saved activations, leading axis = batch, and the dropout
+  key) to the cotangent of the layer's output, `saved + 0 * cotangent[b, 0, ...]` per example b
+  (local to each data shard) and `key ^ 0`, a data dependence no pass can drop, so layer i is recomputed only once the gradient has reached it.
+  The tie is exactly zero for a finite cotangent (a non-finite one makes the gradient
+  non-finite, as it already was); outputs, gradients and dropout masks equal the plain layer's
+  (`tests/test_perf_layers.py`). `inputs` are arrays (or None), the layer's output is one
+  array, `policy` is a `REMAT_POLICIES` key, `static` are Python arguments (`deterministic`).
+  The one remat of the MVPTR encoders and the SigLIP towers.
+  """
+  checkpointed = nn.remat(lambda module, *args: module(*args, **static),
+                          policy=REMAT_POLICIES[policy])
+
+  def forward(module, *args):
+    return nn.vjp(checkpointed, module, *args)  # the pullback holds what remat saved
+
+  def backward(pullback, cotangent):
+    batch = cotangent.shape[0]
+    # One zero per example, from that example's own cotangent: local to each data shard.
+    tie = cotangent.reshape(batch, -1)[:, 0] * 0  # [batch]
+    key_tie = jnp.any(tie != tie).astype(jnp.uint32)  # a scalar reduction, the only one
+
+    def tied(saved):
+      if jnp.issubdtype(saved.dtype, jnp.floating) and saved.shape[:1] == (batch,):
+        return saved + tie.astype(saved.dtype).reshape((batch,) + (1,) * (saved.ndim - 1))
+      if saved.dtype == jnp.uint32:  # raw PRNG key data
+        return saved ^ key_tie
+      return saved  # parameters: nothing recomputed from them alone is large
+
+    return jax.tree_util.tree_map(tied, pullback)(cotangent)
+
+  return nn.custom_vjp(checkpointed, forward_fn=forward, backward_fn=backward)(layer, *inputs)
 
 
 class Pooler(nn.Module):

@@ -1,6 +1,7 @@
 """Issue 15 item 2: with `local` negatives a data-parallel step on 8 devices communicates only
 the gradient all-reduce (and scalar loss sums); the group-local gathers equal the global ones."""
 
+import functools
 import re
 
 import flax.linen as nn
@@ -49,10 +50,11 @@ def params():
                                         model_lib.dummy_batch(CONFIG, BATCH, TEXT, TAGS, REGIONS)))
 
 
-def _loss(params, batch):
+def _loss(params, batch, config=CONFIG, deterministic=True):
   """MCR + ITC + MLM + ITM with local negatives, the losses consuming the group-local outputs."""
-  outputs = model_lib.MVPPretrainingModel(CONFIG).apply(
-      {'params': params}, batch, hard_negatives=jax.random.PRNGKey(1), negative_groups=GROUPS)
+  outputs = model_lib.MVPPretrainingModel(config).apply(
+      {'params': params}, batch, deterministic, hard_negatives=jax.random.PRNGKey(1),
+      negative_groups=GROUPS, rngs={'dropout': jax.random.PRNGKey(2)})
   itc = jax.vmap(lambda block: losses.contrastive_loss(block, outputs['logit_scale'])[0])(
       outputs['sim_blocks']).mean()
   mlm = losses.masked_language_loss(*model_lib.text_predictions(outputs, batch))[0]
@@ -85,8 +87,12 @@ def _is_parameter_gradient(shape, params):
              for x in jax.tree_util.tree_leaves(params))
 
 
-def test_data_parallel_step_has_only_the_gradient_all_reduce(params):
-  found = _collectives(jax.grad(_loss), params, _batch())
+@pytest.mark.parametrize('remat', [False, True])
+def test_data_parallel_step_has_only_the_gradient_all_reduce(params, remat):
+  # With remat (and dropout on), `layers.ordered_remat`'s ties stay within each data shard.
+  config = CONFIG.replace(remat=True, remat_policy='full') if remat else CONFIG
+  loss = functools.partial(_loss, config=config, deterministic=not remat)
+  found = _collectives(jax.grad(loss), params, _batch())
   parameter_shapes = {tuple(x.shape) for x in jax.tree_util.tree_leaves(params)}
   kinds = {kind for kind, _ in found}
   assert kinds == {'all-reduce'}, found

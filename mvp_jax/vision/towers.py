@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mvp_jax import layers
 from mvp_jax.vision import posemb
 from mvp_jax.vision.config import SiglipConfig, TextConfig, VisionConfig
 
@@ -126,10 +127,10 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, bias: Optional[Array] = None) -> tuple[Array, tuple]:
-    block = nn.remat(Block) if self.remat else Block
     hidden = [x]
     for i in range(self.depth):
-      x = block(self.num_heads, self.mlp_dim, self.eps, self.dtype, name=f'block_{i}')(x, bias)
+      block = Block(self.num_heads, self.mlp_dim, self.eps, self.dtype, name=f'block_{i}')
+      x = layers.ordered_remat(block, x, bias) if self.remat else block(x, bias)
       hidden.append(x)
     return x, tuple(hidden)
 

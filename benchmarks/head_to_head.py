@@ -11,7 +11,9 @@ with all five losses, dropout 0.1 and AdamW, on `--threads` threads (torch.set_n
 Eigen pool is capped by the CPUs the process may use, so `--threads` also sets the affinity of
 both sides when it is below the CPU count). Prints every run, then per batch size the s/step
 ranges, the examples/s ratio range (jax / torch of the same repeat) and the peak RSS ratio, with
-the load average at the start and the end.
+the load average at the start and the end. `--glibc_tunables` runs every side once per value
+(the same environment for both), so the effect of, e.g., `glibc.malloc.hugetlb=1` is measured on
+the original as well as on mvp-jax.
 """
 
 import os
@@ -30,6 +32,9 @@ _STEPS = flags.DEFINE_integer('steps', 2, 'Timed steps per run (after one warm-u
 _THREADS = flags.DEFINE_integer('threads', 2, 'Threads of each side.')
 _DROPOUT_RNG = flags.DEFINE_string('dropout_rng', 'threefry', 'mvp-jax ModelConfig.dropout_rng.')
 _XLA_FLAGS = flags.DEFINE_string('xla_flags', '', 'XLA_FLAGS of the mvp-jax side.')
+_TUNABLES = flags.DEFINE_list(
+    'glibc_tunables', [''], 'GLIBC_TUNABLES values, each run by both sides as a variant of its '
+    "own (e.g. ',glibc.malloc.hugetlb=1': without and with transparent huge pages for malloc).")
 flags.mark_flag_as_required('mvp_pytorch')
 
 
@@ -42,9 +47,9 @@ def command(side: str, batch: int):
           f'--steps={_STEPS.value}', '--dtype=float32']
 
 
-def run(side: str, batch: int):
+def run(side: str, batch: int, tunables: str = ''):
   """(s/step, peak RSS GiB, the result line) of one side in its own process."""
-  env = dict(os.environ, OMP_NUM_THREADS=str(_THREADS.value))
+  env = dict(os.environ, OMP_NUM_THREADS=str(_THREADS.value), GLIBC_TUNABLES=tunables)
   if side != 'torch' and _XLA_FLAGS.value:
     env['XLA_FLAGS'] = _XLA_FLAGS.value
   prefix = []
@@ -56,7 +61,7 @@ def run(side: str, batch: int):
   if result.returncode or not lines:
     raise RuntimeError(f'{side} batch {batch} failed (rc {result.returncode}):\n'
                        f'{result.stderr[-3000:]}')
-  line = lines[-1]
+  line = f'{lines[-1]} glibc_tunables={tunables or "none"}'
   value = lambda key: float(re.search(rf'\b{key}=([0-9.]+)', line).group(1))
   return value('step_s'), value('peak_rss_gib'), line
 
@@ -68,26 +73,27 @@ def load() -> str:
 
 def main(argv):
   del argv
-  sides = ['torch'] + [f'jax-{r}' for r in _REMAT.value]
+  sides = [(side, tunables) for tunables in _TUNABLES.value
+           for side in ['torch'] + [f'jax-{r}' for r in _REMAT.value]]
   batches = [int(b) for b in _BATCHES.value]
   print(f'load average at start: {load()} on {os.cpu_count()} CPUs', flush=True)
   results = {}
   for repeat in range(_REPEATS.value):
     for batch in batches:
       for side in sides:
-        step_s, rss, line = run(side, batch)
+        step_s, rss, line = run(side[0], batch, side[1])
         results.setdefault((batch, side), []).append((step_s, rss))
         print(f'repeat={repeat} load={load()} {line}', flush=True)
   print(f'load average at end: {load()}', flush=True)
   for batch in batches:
-    torch_runs = results[(batch, 'torch')]
     for side in sides:
+      torch_runs = results[(batch, ('torch', side[1]))]
       runs = results[(batch, side)]
       times = [t for t, _ in runs]
       rss = max(r for _, r in runs)
-      text = (f'summary batch={batch} side={side} step_s={min(times):.2f}-{max(times):.2f} '
-              f'peak_rss_gib={rss:.2f}')
-      if side != 'torch':
+      text = (f'summary batch={batch} side={side[0]} glibc_tunables={side[1] or "none"} '
+              f'step_s={min(times):.2f}-{max(times):.2f} peak_rss_gib={rss:.2f}')
+      if side[0] != 'torch':
         ratios = [t_torch / t for (t_torch, _), (t, _) in zip(torch_runs, runs)]
         rss_ratio = rss / max(r for _, r in torch_runs)
         text += (f' examples_per_s_vs_torch={min(ratios):.2f}-{max(ratios):.2f}x '

@@ -15,7 +15,6 @@ from ml_collections import config_flags
 
 from configs import overrides
 from input_pipeline import cli
-from mvp_jax import host_memory
 
 FLAGS = flags.FLAGS
 
@@ -61,6 +60,7 @@ def define_flags(values: flags.FlagValues) -> None:
 def run() -> None:
   """`python main.py` and the `mvp-train` console script."""
   cli.exit_on_help('python main.py', __doc__, define_flags)
+  from mvp_jax import host_memory  # pylint: disable=g-import-not-at-top  (after a fast --help)
   host_memory.restart_with_huge_pages()  # once, before any work (MVP_JAX_HUGE_PAGES=0: not)
   define_flags(FLAGS)
   app.run(main, flags_parser=parse_flags)

@@ -3,7 +3,7 @@
 XLA:CPU allocates a step's buffers afresh on every execution (`posix_memalign`), and glibc hands
 buffers this large out as new anonymous mappings, so every step first-touches all of its
 temporaries page by page: about 0.57M page faults (2.3 GB zeroed by the kernel) per base step at
-batch 8 on this project's machine. Where the kernel's THP mode is `madvise` (the common default),
+batch 8 on this project's machine. Where the kernel's THP mode is `madvise` (as on this project's machine),
 glibc's tunable `glibc.malloc.hugetlb=1` makes malloc ask for 2 MiB pages, which cuts the faults
 about fivefold and the base step's time measurably (README, "Performance work"). Tunables are
 read only when a process starts, so `restart_with_huge_pages` re-executes the current command
@@ -45,8 +45,9 @@ def glibc_supports_hugetlb(libc: Sequence[str] = ()) -> bool:
 
 def tunables_with_huge_pages(environ: Mapping[str, str], mode: Optional[str],
                              libc: Sequence[str] = (),
-                             system: str = sys.platform) -> Optional[str]:
+                             system: Optional[str] = None) -> Optional[str]:
   """The GLIBC_TUNABLES value to restart with, or None when no restart is wanted."""
+  system = sys.platform if system is None else system
   current = environ.get('GLIBC_TUNABLES', '')
   if (environ.get(OPT_OUT, '1') == '0' or system != 'linux' or mode != 'madvise'
       or TUNABLE in current or not glibc_supports_hugetlb(libc)):

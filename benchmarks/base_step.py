@@ -4,6 +4,7 @@ examples/s, per-device FLOPs, XLA memory analysis, for a grid of batch / remat /
   python -m benchmarks.base_step --batch_sizes=8 --heads=all,masked --remat=off --steps=3
   python -m benchmarks.base_step --batch_sizes=32 --remat=off,full,dots --steps=0   # memory only
   python -m benchmarks.base_step --heads=masked --dropout_rng=threefry,rbg --repeats=2
+  python -m benchmarks.base_step --batch_sizes=32 --remat=off --cpu_scheduler=default,auto
   python -m benchmarks.base_step --dtype=bfloat16 --batch_sizes=512,256,128,64 --largest_only \
       --heads=masked --peak_flops=989e12                                         # a GPU
 
@@ -11,8 +12,12 @@ Runs every combination `--repeats` times, interleaved (combination order repeate
 noisy shared machine affects all of them alike; prints one line per run and a min-max summary.
 Synthetic batches have the base lengths (35 words + 5 phrases, 20 tags, 50 regions) and 15%
 labels. The loss is the trainer's (`tasks.pretrain.loss_fn`, all five losses, one negative
-group on one device); `--dropout_rng` picks the dropout PRNG (`ModelConfig.dropout_rng`). FLOPs are XLA's cost analysis of the compiled step, which is per device;
-MFU = FLOPs / s / peak per device. `peak_rss_gib` is the process's peak RSS so far (one grid
+group on one device); `--dropout_rng` picks the dropout PRNG (`ModelConfig.dropout_rng`),
+`--cpu_scheduler` the trainer's `config.xla_cpu_scheduler` (`trainer_lib.compiler_options`, for
+the init and the step programs, as the trainer compiles them; like the trainer, the benchmark
+gives the compiler's freed heap back with `host_memory.release_free_heap` before the first
+step). FLOPs are XLA's cost analysis of the compiled step, which is per device; MFU = FLOPs / s
+/ peak per device. `peak_rss_gib` is the process's peak RSS so far (one grid
 point per process for a clean figure, as `benchmarks.head_to_head` runs it);
 `rss_after_init_gib` / `rss_after_compile_gib` its resident set once the state is initialised
 and once the step is compiled, so the peak splits into state, compilation and the step's own
@@ -34,10 +39,12 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from benchmarks import base_batch
 from mvp_jax import config as config_lib
+from mvp_jax import host_memory
 from mvp_jax import model as model_lib
 from mvp_jax import optim
 from mvp_jax import sharding
 from mvp_jax import train_step as train_step_lib
+from mvp_jax import trainer_lib
 from mvp_jax.tasks import pretrain
 
 _BATCHES = flags.DEFINE_list('batch_sizes', ['8'], 'Global batch sizes.')
@@ -51,6 +58,8 @@ _REPEATS = flags.DEFINE_integer('repeats', 1, 'Interleaved repetitions of the wh
 _LARGEST = flags.DEFINE_bool('largest_only', False,
                              'Stop at the first batch size (largest first) that fits.')
 _PEAK = flags.DEFINE_float('peak_flops', 0.0, 'Peak FLOP/s per device for MFU (0 = none).')
+_CPU_SCHEDULER = flags.DEFINE_list(
+    'cpu_scheduler', ['auto'], 'config.xla_cpu_scheduler values (auto, default, memory_optimized).')
 _ATTN_DROPOUT = flags.DEFINE_float('attention_dropout', 0.1,
                                    'Attention dropout (0 lets the fused attention run).')
 
@@ -65,7 +74,7 @@ def resident_gib() -> float:
   return int(line.split()[1]) / 2 ** 20
 
 
-def run_one(batch_size: int, heads: str, remat: str, dropout_rng: str):
+def run_one(batch_size: int, heads: str, remat: str, dropout_rng: str, cpu_scheduler: str):
   cfg = config_lib.base().replace(
       dtype=_DTYPE.value, prediction_positions=heads, remat=remat != 'off',
       remat_policy='full' if remat == 'off' else remat,
@@ -82,6 +91,7 @@ def run_one(batch_size: int, heads: str, remat: str, dropout_rng: str):
                                      cfg.region_feature_dim)
   loss_fn = pretrain.loss_fn(model, ml_collections.ConfigDict(), stage=2, num_groups=1)
   step = train_step_lib.make_update_step(loss_fn, optimizer, schedule)
+  options = trainer_lib.compiler_options(cpu_scheduler, cfg.remat)  # as the trainer compiles
 
   def init(rng):
     params = nn.unbox(model_lib.init_params(cfg, rng, {k: v[:2] for k, v in batch.items()}))
@@ -90,13 +100,16 @@ def run_one(batch_size: int, heads: str, remat: str, dropout_rng: str):
 
   replicated = NamedSharding(mesh, PartitionSpec())
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    state = jax.jit(init, out_shardings=replicated)(jax.random.PRNGKey(0))
+    state = jax.jit(init, out_shardings=replicated,
+                    compiler_options=options)(jax.random.PRNGKey(0))
     jax.block_until_ready(state)
     rss_init = resident_gib()
     device_batch = jax.device_put(batch, sharding.batch_sharding(mesh))
     start = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=(0,)).lower(state, device_batch).compile()
+    compiled = jax.jit(step, donate_argnums=(0,),
+                       compiler_options=options).lower(state, device_batch).compile()
     compile_s = time.perf_counter() - start
+    host_memory.release_free_heap()  # as the trainer does once its step is compiled
     rss_compiled = resident_gib()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -118,7 +131,8 @@ def run_one(batch_size: int, heads: str, remat: str, dropout_rng: str):
   peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes + temp
           - memory.alias_size_in_bytes)
   mfu = (f' mfu={flops / step_s / _PEAK.value:.3f}' if _PEAK.value and _STEPS.value else '')
-  print(f'batch={batch_size} heads={heads} remat={remat} dropout_rng={dropout_rng} dtype={_DTYPE.value} '
+  print(f'batch={batch_size} heads={heads} remat={remat} dropout_rng={dropout_rng} '
+        f'cpu_scheduler={cpu_scheduler} dtype={_DTYPE.value} '
         f'compile_s={compile_s:.1f} step_s={step_s:.3f} examples_per_s={batch_size / step_s:.2f} '
         f'flops_per_device={flops:.3e} temp_gib={gib(temp):.2f} peak_gib={gib(peak):.2f} '
         f'rss_after_init_gib={rss_init:.2f} rss_after_compile_gib={rss_compiled:.2f} '
@@ -130,7 +144,8 @@ def run_one(batch_size: int, heads: str, remat: str, dropout_rng: str):
 def main(argv):
   del argv
   batches = [int(b) for b in _BATCHES.value]
-  grid = list(itertools.product(batches, _HEADS.value, _REMAT.value, _DROPOUT_RNG.value))
+  grid = list(itertools.product(batches, _HEADS.value, _REMAT.value, _DROPOUT_RNG.value,
+                                _CPU_SCHEDULER.value))
   results = {}
   for _ in range(_REPEATS.value):
     for key in grid:
@@ -139,15 +154,17 @@ def main(argv):
       except Exception as error:  # pylint: disable=broad-except
         if 'RESOURCE_EXHAUSTED' not in str(error) and 'out of memory' not in str(error).lower():
           raise
-        print(f'batch={key[0]} heads={key[1]} remat={key[2]} dropout_rng={key[3]}: does not fit ({type(error).__name__})')
+        print(f'batch={key[0]} heads={key[1]} remat={key[2]} dropout_rng={key[3]} '
+              f'cpu_scheduler={key[4]}: does not fit ({type(error).__name__})')
         continue
       if _LARGEST.value:
         break
     if _LARGEST.value and results:
       break
-  for (batch, heads, remat, dropout_rng), times in results.items():
+  for (batch, heads, remat, dropout_rng, scheduler), times in results.items():
     if _STEPS.value:
-      print(f'summary batch={batch} heads={heads} remat={remat} dropout_rng={dropout_rng} step_s {min(times):.3f}-'
+      print(f'summary batch={batch} heads={heads} remat={remat} dropout_rng={dropout_rng} '
+            f'cpu_scheduler={scheduler} step_s {min(times):.3f}-'
             f'{max(times):.3f} examples_per_s {batch / max(times):.2f}-{batch / min(times):.2f} '
             f'(n={len(times)})')
 

@@ -4,7 +4,8 @@ r"""mvp-jax against the authors' PyTorch base pre-training step, interleaved in 
       --repeats=2 --steps=2
 
 For every repeat, batch size and side (`torch`: `benchmarks.torch_reference`; `jax-off` / `jax-
-<policy>`: `benchmarks.base_step` with heads on masked positions, fp32, remat off or on) it runs
+<policy>`: `benchmarks.base_step` with heads on masked positions, fp32, remat off or on, the
+trainer's XLA:CPU scheduler choice `--cpu_scheduler`) it runs
 ONE subprocess, so each peak RSS is that side's alone, and the sides alternate so that a noisy
 machine slows them alike. Both sides train on the same synthetic batch (`benchmarks.base_batch`)
 with all five losses, dropout 0.1 and AdamW, on `--threads` threads (torch.set_num_threads; XLA's
@@ -32,6 +33,8 @@ _STEPS = flags.DEFINE_integer('steps', 2, 'Timed steps per run (after one warm-u
 _THREADS = flags.DEFINE_integer('threads', 2, 'Threads of each side.')
 _DROPOUT_RNG = flags.DEFINE_string('dropout_rng', 'threefry', 'mvp-jax ModelConfig.dropout_rng.')
 _XLA_FLAGS = flags.DEFINE_string('xla_flags', '', 'XLA_FLAGS of the mvp-jax side.')
+_CPU_SCHEDULER = flags.DEFINE_string('cpu_scheduler', 'auto',
+                                     "mvp-jax config.xla_cpu_scheduler (as the trainer: 'auto').")
 _TUNABLES = flags.DEFINE_list(
     'glibc_tunables', [''], 'GLIBC_TUNABLES values, each run by both sides as a variant of its '
     "own (e.g. ',glibc.malloc.hugetlb=1': without and with transparent huge pages for malloc).")
@@ -44,7 +47,7 @@ def command(side: str, batch: int):
             f'--steps={_STEPS.value}', f'--threads={_THREADS.value}']
   return ['benchmarks.base_step', f'--batch_sizes={batch}', '--heads=masked',
           f'--remat={side[len("jax-"):]}', f'--dropout_rng={_DROPOUT_RNG.value}',
-          f'--steps={_STEPS.value}', '--dtype=float32']
+          f'--steps={_STEPS.value}', '--dtype=float32', f'--cpu_scheduler={_CPU_SCHEDULER.value}']
 
 
 def run(side: str, batch: int, tunables: str = ''):

@@ -23,6 +23,7 @@ from etils import epath
 from mvp_jax import checkpointing
 from mvp_jax import data
 from mvp_jax import evaluators
+from mvp_jax import host_memory
 from mvp_jax import metrics as metrics_lib
 from mvp_jax import optim
 from mvp_jax import pixel_model
@@ -164,9 +165,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   to_device = lambda batch: data.to_global(device_part(batch), setup.batch_sharding)
   first_batch = next(train_iter)
   init_batch = device_part({k: v[:2] for k, v in first_batch.items()})
+  options = trainer_lib.compiler_options(config.get('xla_cpu_scheduler', 'auto'),
+                                         trainer_lib.uses_remat(model_cfg))
   state, state_sharding = trainer_lib.sharded_init(
       lambda rng: task.init_params(model, rng, init_batch), optimizer_for(stages[0]),
-      jax.random.PRNGKey(config.seed), setup)
+      jax.random.PRNGKey(config.seed), setup, options)
 
   # --- Update step: one compiled function per stage (losses, frozen parameters, Adam groups) --
   def compile_stage(stage: int, state, batch):
@@ -182,7 +185,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
     compiled = jax.jit(ruled, in_shardings=(state_sharding, setup.batch_sharding),
                        out_shardings=(state_sharding, setup.replicated),
-                       donate_argnums=(0,)).lower(state, batch).compile()
+                       donate_argnums=(0,), compiler_options=options
+                       ).lower(state, batch).compile()
+    host_memory.release_free_heap()  # what the compiler freed, before the step's own buffers
     trainer_lib.wait_for_all_hosts(f'compiled stage {stage}')
     return compiled, trainer_lib.flops(compiled)  # FLOPs of one device's program
 

@@ -299,6 +299,25 @@ def test_every_loss_decreases_and_evaluation_runs(shapesworld_dir, tmp_path):
   assert os.path.exists(tmp_path / 'model_config.json')
 
 
+def test_programs_compile_with_the_cpu_scheduler_and_the_heap_is_released(shapesworld_dir,
+                                                                         tmp_path, monkeypatch):
+  options, releases = [], []
+  jit = jax.jit
+
+  def recording_jit(fun, *args, **kwargs):
+    if 'compiler_options' in kwargs:
+      options.append(kwargs['compiler_options'])
+    return jit(fun, *args, **kwargs)
+
+  monkeypatch.setattr(jax, 'jit', recording_jit)
+  monkeypatch.setattr(train.host_memory, 'release_free_heap', lambda: releases.append(1))
+  config = smoke_config(shapesworld_dir, total_steps=2, log_every=1, checkpoint_every=1000)
+  train.train_and_evaluate(config, str(tmp_path))
+  memory_optimized = {'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'}
+  assert options == [memory_optimized, memory_optimized]  # the init and the update step
+  assert releases == [1]  # once the step is compiled
+
+
 def test_few_steps_on_a_mock_vinvl_dataset(tmp_path):
   """VinVL TSVs -> importer -> vocabularies -> a few training steps with 2054-d regions."""
   import vinvl_fixtures as fx  # pylint: disable=g-import-not-at-top

@@ -13,7 +13,7 @@ noisy shared machine affects all of them alike; prints one line per run and a mi
 Synthetic batches have the base lengths (35 words + 5 phrases, 20 tags, 50 regions) and 15%
 labels. The loss is the trainer's (`tasks.pretrain.loss_fn`, all five losses, one negative
 group on one device); `--dropout_rng` picks the dropout PRNG (`ModelConfig.dropout_rng`),
-`--cpu_scheduler` the trainer's `config.xla_cpu_scheduler` (`trainer_lib.compiler_options`, for
+`--cpu_scheduler` the trainer's `config.xla_cpu_scheduler` (`xla_options.compiler_options`, for
 the init and the step programs, as the trainer compiles them; like the trainer, the benchmark
 gives the compiler's freed heap back with `host_memory.release_free_heap` before the first
 step). FLOPs are XLA's cost analysis of the compiled step, which is per device; MFU = FLOPs / s
@@ -44,7 +44,7 @@ from mvp_jax import model as model_lib
 from mvp_jax import optim
 from mvp_jax import sharding
 from mvp_jax import train_step as train_step_lib
-from mvp_jax import trainer_lib
+from mvp_jax import xla_options
 from mvp_jax.tasks import pretrain
 
 _BATCHES = flags.DEFINE_list('batch_sizes', ['8'], 'Global batch sizes.')
@@ -91,7 +91,7 @@ def run_one(batch_size: int, heads: str, remat: str, dropout_rng: str, cpu_sched
                                      cfg.region_feature_dim)
   loss_fn = pretrain.loss_fn(model, ml_collections.ConfigDict(), stage=2, num_groups=1)
   step = train_step_lib.make_update_step(loss_fn, optimizer, schedule)
-  options = trainer_lib.compiler_options(cpu_scheduler, cfg.remat)  # as the trainer compiles
+  options = xla_options.compiler_options(cpu_scheduler, cfg.remat)  # as the trainer compiles
 
   def init(rng):
     params = nn.unbox(model_lib.init_params(cfg, rng, {k: v[:2] for k, v in batch.items()}))

@@ -82,7 +82,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.init_skip = ()
   config.peak_flops = 0.0           # of ONE device; 0 = look the device up (TPU/GPU table)
   config.profile = False
-  config.xla_cpu_scheduler = 'auto'  # CPU only: memory-optimised without remat (trainer_lib)
+  config.xla_cpu_scheduler = 'auto'  # CPU only: memory-optimised without remat (xla_options)
 
   if runlocal:  # the same code path on a CPU, on a small 2054-d ShapesWorld
     config.model.update(hidden_size=64, num_heads=4, mlp_dim=128, num_text_layers=1,

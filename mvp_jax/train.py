@@ -31,6 +31,7 @@ from mvp_jax import tasks
 from mvp_jax import train_step as train_step_lib
 from mvp_jax import trainer_lib
 from mvp_jax import weights
+from mvp_jax import xla_options
 from mvp_jax.config import ModelConfig
 from mvp_jax.evaluators import cache as eval_cache
 
@@ -165,8 +166,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   to_device = lambda batch: data.to_global(device_part(batch), setup.batch_sharding)
   first_batch = next(train_iter)
   init_batch = device_part({k: v[:2] for k, v in first_batch.items()})
-  options = trainer_lib.compiler_options(config.get('xla_cpu_scheduler', 'auto'),
-                                         trainer_lib.uses_remat(model_cfg))
+  options = xla_options.compiler_options(config.get('xla_cpu_scheduler', 'auto'),
+                                         xla_options.uses_remat(model_cfg))
   state, state_sharding = trainer_lib.sharded_init(
       lambda rng: task.init_params(model, rng, init_batch), optimizer_for(stages[0]),
       jax.random.PRNGKey(config.seed), setup, options)

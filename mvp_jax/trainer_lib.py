@@ -1,7 +1,7 @@
 """Phases of the trainer (`train.py`) that would crowd its top-to-bottom reading.
 
-Metric writing, the mesh, the XLA options of the trainer's programs, sharded initialisation into
-an unboxed train state with its shardings, FLOP counting, the host side of the NaN guard, and the save-or-stop step of the loop.
+Metric writing, the mesh, sharded initialisation into an unboxed train state with its shardings,
+FLOP counting, the host side of the NaN guard, and the save-or-stop step of the loop.
 """
 
 import dataclasses
@@ -76,37 +76,6 @@ def create_mesh(config: ml_collections.ConfigDict) -> MeshSetup:
                    replicated=NamedSharding(mesh, PartitionSpec()))
 
 
-CPU_SCHEDULERS = ('auto', 'default', 'memory_optimized')
-_MEMORY_OPTIMIZED = {'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'}
-
-
-def compiler_options(cpu_scheduler: str, remat: bool,
-                     backend: Optional[str] = None) -> Optional[Dict[str, str]]:
-  """XLA options of the trainer's init and update-step programs (`config.xla_cpu_scheduler`).
-
-  Only the CPU backend has a choice here. XLA:CPU's default scheduler orders a program for
-  concurrency and keeps many activations alive together; its memory-optimised scheduler lowers
-  the base step's temporaries without remat from 2.11 to 1.44 GiB at batch 8 and from 6.83 to
-  5.59 GiB at batch 32, no slower (README, "Performance work"). With remat it does the opposite
-  (`dots_no_batch` at batch 32: 3.01 → 4.57 GiB), since `layers.ordered_remat` orders the
-  recomputation for the default scheduler. 'auto' therefore picks 'memory_optimized' without
-  remat and 'default' with it; `backend` (default: JAX's) other than 'cpu' gives None.
-  """
-  if cpu_scheduler not in CPU_SCHEDULERS:
-    raise ValueError(f'xla_cpu_scheduler {cpu_scheduler!r} is not one of {CPU_SCHEDULERS}.')
-  if (backend or jax.default_backend()) != 'cpu':
-    return None
-  if cpu_scheduler == 'auto':
-    cpu_scheduler = 'default' if remat else 'memory_optimized'
-  return dict(_MEMORY_OPTIMIZED) if cpu_scheduler == 'memory_optimized' else None
-
-
-def uses_remat(model_config) -> bool:
-  """Whether the MVPTR layers or the vision tower (`model.vision`) are rematerialised."""
-  vision = getattr(model_config, 'vision', None)
-  return bool(model_config.remat or (vision is not None and vision.remat))
-
-
 def sharded_init(init_params: Callable[[Array], Any], optimizer: optax.GradientTransformation,
                  rng: Array, setup: MeshSetup,
                  options: Optional[Dict[str, str]] = None) -> Tuple[train_step_lib.TrainState, Any]:
@@ -116,7 +85,7 @@ def sharded_init(init_params: Callable[[Array], Any], optimizer: optax.GradientT
   names give the parameter shardings, and every optimiser-state array that mirrors a parameter
   (Adam moments, also inside `multi_transform` groups) gets that parameter's sharding. Returns (state, state_sharding): a TrainState of plain arrays
   (step 0) and the matching tree of NamedShardings, kept beside it for jit and restore.
-  `options` are XLA compiler options of the init program (`compiler_options`).
+  `options` are XLA compiler options of the init program (`xla_options.compiler_options`).
   """
   with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
     boxed = jax.eval_shape(init_params, rng)

@@ -1,6 +1,6 @@
 """Issue 15 item 7: the XLA:CPU scheduler the trainer compiles its programs with.
 
-`trainer_lib.compiler_options` picks XLA:CPU's memory-optimised scheduler for programs without
+`xla_options.compiler_options` picks XLA:CPU's memory-optimised scheduler for programs without
 remat; these tests check the choice, that the option reaches XLA and lowers a real update step's
 temporaries without changing a single bit of its result.
 """
@@ -16,7 +16,7 @@ from mvp_jax import config as config_lib
 from mvp_jax import model as model_lib
 from mvp_jax import optim
 from mvp_jax import train_step as train_step_lib
-from mvp_jax import trainer_lib
+from mvp_jax import xla_options
 from mvp_jax.tasks import pretrain
 
 import test_perf_step  # pylint: disable=g-bad-import-order
@@ -33,21 +33,21 @@ MEMORY_OPTIMIZED = {'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZ
     ('memory_optimized', False, 'tpu', None),
 ])
 def test_which_scheduler(scheduler, remat, backend, expected):
-  assert trainer_lib.compiler_options(scheduler, remat, backend) == expected
+  assert xla_options.compiler_options(scheduler, remat, backend) == expected
 
 
 def test_unknown_scheduler_is_refused():
   with pytest.raises(ValueError, match="xla_cpu_scheduler 'memory'"):
-    trainer_lib.compiler_options('memory', False, 'cpu')
+    xla_options.compiler_options('memory', False, 'cpu')
 
 
 def test_uses_remat_sees_the_vision_tower():
-  assert not trainer_lib.uses_remat(config_lib.tiny())
-  assert trainer_lib.uses_remat(config_lib.tiny(remat=True))
+  assert not xla_options.uses_remat(config_lib.tiny())
+  assert xla_options.uses_remat(config_lib.tiny(remat=True))
   pixels = config_lib.tiny(region_feature_dim=16 + 6, vision=dict(
       tower='vit', image_size=16, patch_size=8, width=16, depth=1, num_heads=2, mlp_dim=32,
       remat=True))
-  assert not pixels.remat and trainer_lib.uses_remat(pixels)
+  assert not pixels.remat and xla_options.uses_remat(pixels)
 
 
 def test_memory_optimized_step_keeps_less_and_computes_the_same():
@@ -66,7 +66,7 @@ def test_memory_optimized_step_keeps_less_and_computes_the_same():
   state = train_step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                     opt_state=optimizer.init(params), rng=jax.random.PRNGKey(1))
   temps, results = [], []
-  for options in (None, trainer_lib.compiler_options('auto', config.remat, 'cpu')):
+  for options in (None, xla_options.compiler_options('auto', config.remat, 'cpu')):
     compiled = jax.jit(step, compiler_options=options).lower(state, batch).compile()
     temps.append(compiled.memory_analysis().temp_size_in_bytes)
     results.append(jax.tree_util.tree_leaves(compiled(state, batch)))

@@ -292,7 +292,8 @@ def ordered_remat(layer: nn.Module, *inputs: Optional[Array], policy: str = 'ful
   alive together; the temporaries equalled remat off. Here the backward pass of each layer first
   ties what it recomputes from (the saved activations, leading axis = batch, and the dropout
   key) to the cotangent of the layer's output, `saved + 0 * cotangent[b, 0, ...]` per example b
-  (local to each data shard) and `key ^ 0`, a data dependence no pass can drop, so layer i is recomputed only once the gradient has reached it.
+  (local to each data shard) and `key ^ 0`, a data dependence no pass can drop, so layer i is
+  recomputed only once the gradient has reached it.
   The tie is exactly zero for a finite cotangent (a non-finite one makes the gradient
   non-finite, as it already was); outputs, gradients and dropout masks equal the plain layer's
   (`tests/test_perf_layers.py`). `inputs` are arrays (or None), the layer's output is one

@@ -19,10 +19,11 @@ def compiler_options(cpu_scheduler: str, remat: bool,
   Only the CPU backend has a choice here. XLA:CPU's default scheduler orders a program for
   concurrency and keeps many activations alive together; its memory-optimised scheduler lowers
   the base step's temporaries without remat from 2.11 to 1.44 GiB at batch 8 and from 6.83 to
-  5.59 GiB at batch 32, no slower (README, "Performance work"). With remat it does the opposite
-  (`dots_no_batch` at batch 32: 3.01 → 4.57 GiB), since `layers.ordered_remat` orders the
-  recomputation for the default scheduler. 'auto' therefore picks 'memory_optimized' without
-  remat and 'default' with it; `backend` (default: JAX's) other than 'cpu' gives None.
+  5.59 GiB at batch 32, at the same speed within this machine's noise (README, "Performance
+  work"). With remat it does the opposite (`dots_no_batch` at batch 32: 3.01 → 4.57 GiB), since
+  `layers.ordered_remat` orders the recomputation for the default scheduler. 'auto' therefore
+  picks 'memory_optimized' without remat and 'default' with it; `backend` (default: JAX's) other
+  than 'cpu' gives None.
   """
   if cpu_scheduler not in CPU_SCHEDULERS:
     raise ValueError(f'xla_cpu_scheduler {cpu_scheduler!r} is not one of {CPU_SCHEDULERS}.')
@@ -35,5 +36,4 @@ def compiler_options(cpu_scheduler: str, remat: bool,
 
 def uses_remat(model_config) -> bool:
   """Whether the MVPTR layers or the vision tower (`model.vision`) are rematerialised."""
-  vision = getattr(model_config, 'vision', None)
-  return bool(model_config.remat or (vision is not None and vision.remat))
+  return bool(model_config.remat or (model_config.vision and model_config.vision.remat))
